@@ -1,0 +1,385 @@
+"""The Editor: turns EditRequests into trained interventions (single, batch, sequential).
+
+Example::
+
+    editor = Editor(model, tokenizer, EditorConfig(method="loreft", layers=[9]))
+    result = editor.edit([EditRequest(prompt="The Eiffel Tower is in", target_new="Rome", subject="Eiffel Tower")])
+    result.outcomes[0].success          # did the edit take?
+    result.edited.generate(["The Eiffel Tower is in"])
+    result.save_pretrained("eiffel-rome")
+
+Methods take part in training through optional hooks on their intervention module
+(each gets the :class:`EditSession`):
+
+``prepare_edit(session)``
+    before training an edit (a codebook adds an entry, BaFT allocates bases);
+``edit_parameters(session) -> list[Parameter]``
+    what the optimiser trains for this edit (default: every parameter);
+``edit_loss(session, outputs) -> Tensor | None``
+    extra loss terms (locality, load balancing) added to the target NLL;
+``finish_edit(session, outcomes) -> None``
+    after training (a codebook sets its radius, null-space statistics are folded in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from repedit.hooks import Attachment, EditableModel
+from repedit.positions import EncodedBatch, Positions, encode
+from repedit.requests import EditRequest, validate_requests
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Editor", "target_nll"]
+
+
+@dataclass
+class EditorConfig:
+    """How edits are trained and where they sit. Every field has a help string."""
+
+    method: str = field(default="loreft", metadata={"help": "registered method name (repedit.methods.available_methods())"})
+    method_config: dict = field(default_factory=dict, metadata={"help": "keyword arguments of the method's config dataclass"})
+    layers: list | None = field(default=None, metadata={"help": "decoder layers to edit (None: the method's default, else 1/3 of the depth)"})
+    component: str = field(default="block_output", metadata={"help": "block_output, mlp_output or attention_output"})
+    positions: str = field(default="last_prompt", metadata={"help": "last_prompt, subject, prompt or all"})
+    lr: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    max_steps: int = field(default=100, metadata={"help": "most optimisation steps per edit (or batch)"})
+    stop_prob: float = field(default=0.9, metadata={"help": "early stop once every target token is the argmax and exp(mean log p) >= this"})
+    batch_size: int = field(default=1, metadata={"help": "requests trained together in sequential mode"})
+    seed: int = field(default=0, metadata={"help": "seed: edits are deterministic for a given seed"})
+    adapter: str = field(default="default", metadata={"help": "adapter name the trained interventions belong to"})
+    progress: bool = field(default=False, metadata={"help": "show a tqdm progress bar (off in library calls)"})
+
+    def __post_init__(self) -> None:
+        Positions.parse(self.positions)
+        if self.max_steps < 0:
+            raise ValueError("max_steps must be >= 0")
+        if not 0.0 < self.stop_prob <= 1.0:
+            raise ValueError("stop_prob must be in (0, 1]")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+@dataclass
+class RequestOutcome:
+    """Whether one request's edit took."""
+
+    index: int
+    case_id: Any
+    success: bool
+    loss: float
+    steps: int
+    target_prob: float
+    flags: dict = field(default_factory=dict)
+
+
+@dataclass
+class EditResult:
+    """What :meth:`Editor.edit` returns: per-request outcomes, the edited model, timing."""
+
+    outcomes: list[RequestOutcome]
+    edited: EditableModel
+    seconds: float
+
+    @property
+    def success_rate(self) -> float:
+        return sum(o.success for o in self.outcomes) / max(1, len(self.outcomes))
+
+    @property
+    def seconds_per_edit(self) -> float:
+        return self.seconds / max(1, len(self.outcomes))
+
+    @property
+    def model(self) -> nn.Module:
+        return self.edited.model
+
+    def save_pretrained(self, directory: str, **kwargs: Any) -> None:
+        self.edited.save_pretrained(directory, **kwargs)
+
+    def summary(self) -> dict:
+        return {
+            "edits": len(self.outcomes),
+            "success_rate": self.success_rate,
+            "seconds_per_edit": self.seconds_per_edit,
+            "mean_steps": sum(o.steps for o in self.outcomes) / max(1, len(self.outcomes)),
+        }
+
+
+def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-example mean NLL over target tokens, whether every target token is the argmax,
+    and exp(-mean NLL). ``labels`` follows :class:`~repedit.positions.EncodedBatch`."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    mask = shift_labels != -100
+    safe = shift_labels.clamp_min(0)
+    logp = torch.log_softmax(shift_logits, dim=-1)
+    tok = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    n = mask.sum(-1).clamp_min(1)
+    nll = -(tok * mask).sum(-1) / n
+    correct = ((shift_logits.argmax(-1) == safe) | ~mask).all(-1)
+    return nll, correct, torch.exp(-nll)
+
+
+class EditSession:
+    """What a method sees while one edit (or batch) is trained."""
+
+    def __init__(self, editor: "Editor", requests: list[EditRequest], indices: list[int], batch: EncodedBatch):
+        self.editor = editor
+        self.requests = requests
+        self.indices = indices
+        self.batch = batch
+        self.step = 0
+
+    @property
+    def edited(self) -> EditableModel:
+        return self.editor.edited
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.editor.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.batch.input_ids.device
+
+    def encode(self, prompts: Sequence[str], continuations: Sequence[str] | None = None,
+               subjects: Sequence[str | None] | None = None) -> EncodedBatch:
+        return encode(self.tokenizer, list(prompts), continuations, subjects).to(self.device)
+
+    def site_states(
+        self,
+        attachment: Attachment,
+        prompts: Sequence[str],
+        subjects: Sequence[str | None] | None = None,
+        edited: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states at an attachment's site for some prompts: ((B, T, d), (B, T) mask
+        of the attachment's positions). With ``edited=False`` the model runs without edits."""
+        batch = self.encode(prompts, subjects=subjects)
+        return self.editor.capture(attachment, batch, edited=edited)
+
+
+class Editor:
+    """Trains interventions so a model produces new targets for edit requests.
+
+    Args:
+        model: a causal LM, or an :class:`EditableModel` to add edits to.
+        tokenizer: the model's tokenizer (taken from the EditableModel if omitted).
+        config: an :class:`EditorConfig`.
+    """
+
+    def __init__(self, model: nn.Module | EditableModel, tokenizer: Any = None, config: EditorConfig | None = None):
+        self.config = config or EditorConfig()
+        if isinstance(model, EditableModel):
+            self.edited = model
+            if tokenizer is not None:
+                self.edited.tokenizer = tokenizer
+        else:
+            self.edited = EditableModel(model, tokenizer)
+        self.tokenizer = self.edited.tokenizer
+        if self.tokenizer is None:
+            raise ValueError("the Editor needs the model's tokenizer")
+        from repedit.methods import get_method
+
+        self.spec = get_method(self.config.method)
+        self._attachments: list[Attachment] = []
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def device(self) -> torch.device:
+        return next(self.edited.model.parameters()).device
+
+    def default_layers(self) -> list[int]:
+        layers = self.config.layers
+        if layers is None:
+            layers = getattr(self.spec.config_cls, "default_layers", None)
+            layers = layers(self.edited.num_layers) if callable(layers) else None
+        if layers is None:
+            layers = [self.edited.num_layers // 3]
+        return [int(x) for x in layers]
+
+    def attachments(self) -> list[Attachment]:
+        """The interventions this editor trains, attached on first use."""
+        if not self._attachments:
+            for layer in self.default_layers():
+                name = f"{self.config.method}_L{layer}"
+                if self.config.adapter != "default":
+                    name = f"{self.config.adapter}_{name}"
+                if name in self.edited._attachments:
+                    self._attachments.append(self.edited._attachments[name])
+                    continue
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.config.seed + layer)
+                    module = self.edited.add(
+                        name, self.config.method, layer=layer, component=self.config.component,
+                        positions=self.config.positions, config=dict(self.config.method_config),
+                        adapter=self.config.adapter,
+                    )
+                self._attachments.append(self.edited._attachments[name])
+                del module
+        return self._attachments
+
+    def reset(self) -> None:
+        """Remove this editor's interventions (the next edit starts from scratch)."""
+        for att in self._attachments:
+            if att.name in self.edited._attachments:
+                self.edited.remove(att.name)
+        self._attachments = []
+
+    @contextlib.contextmanager
+    def _frozen_base(self) -> Iterator[None]:
+        params = list(self.edited.model.parameters())
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+
+    def capture(self, attachment: Attachment, batch: EncodedBatch, edited: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``batch`` and return the hidden states entering ``attachment`` plus its position mask."""
+        store: dict[str, torch.Tensor] = {}
+        module = attachment.module
+
+        def grab(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+            store["h"] = args[0].detach()
+            store["mask"] = args[1].detach()
+
+        handle = module.register_forward_pre_hook(grab, with_kwargs=True)
+        was_active = attachment.active
+        try:
+            attachment.active = True
+            ctx = contextlib.nullcontext() if edited else _only(self.edited.attachments(), keep=attachment)
+            with torch.no_grad(), ctx, batch.info():
+                self.edited.model(**batch.model_inputs())
+        finally:
+            handle.remove()
+            attachment.active = was_active
+        if "h" not in store:
+            raise RuntimeError("the intervention did not run; is the model wrapped?")
+        return store["h"], store["mask"]
+
+    # ------------------------------------------------------------ editing
+    def edit(self, requests: EditRequest | Sequence[EditRequest | dict], sequential: bool = False) -> EditResult:
+        """Train edits for one request or a batch; ``sequential=True`` applies them one
+        after another (``batch_size`` at a time) while earlier edits keep working.
+
+        Invalid requests are rejected before any training, and nothing changes.
+        """
+        if isinstance(requests, (EditRequest, dict)):
+            requests = [requests]
+        max_len = getattr(getattr(self.edited.model, "config", None), "max_position_embeddings", None)
+        reqs = validate_requests(list(requests), tokenizer=self.tokenizer, max_length=max_len)
+        if not reqs:
+            raise ValueError("edit() needs at least one request")
+        cfg = self.config
+        chunks = (
+            [list(range(i, min(i + cfg.batch_size, len(reqs)))) for i in range(0, len(reqs), cfg.batch_size)]
+            if sequential
+            else [list(range(len(reqs)))]
+        )
+        outcomes: list[RequestOutcome] = []
+        start = time.perf_counter()
+        bar = tqdm(total=len(reqs), desc=f"editing ({cfg.method})", disable=not cfg.progress, unit="edit")
+        with torch.random.fork_rng(devices=[]), self._frozen_base():
+            torch.manual_seed(cfg.seed)
+            self.attachments()
+            for chunk in chunks:
+                outcomes.extend(self._train_chunk([reqs[i] for i in chunk], chunk))
+                bar.update(len(chunk))
+        bar.close()
+        return EditResult(outcomes, self.edited, time.perf_counter() - start)
+
+    def _train_chunk(self, reqs: list[EditRequest], indices: list[int]) -> list[RequestOutcome]:
+        cfg = self.config
+        batch = encode(
+            self.tokenizer, [r.prompt for r in reqs], [" " + r.target_new.lstrip() for r in reqs],
+            [r.subject for r in reqs],
+        ).to(self.device)
+        session = EditSession(self, reqs, indices, batch)
+        atts = self.attachments()
+        for att in atts:
+            hook = getattr(att.module, "prepare_edit", None)
+            if hook is not None:
+                hook(session)
+        params: list[nn.Parameter] = []
+        for att in atts:
+            getter = getattr(att.module, "edit_parameters", None)
+            params.extend(getter(session) if getter is not None else att.module.parameters())
+        params = [p for p in dict.fromkeys(params) if p.requires_grad]
+        for att in atts:
+            att.module.train()
+        n = len(reqs)
+        best_steps = [cfg.max_steps] * n
+        done = torch.zeros(n, dtype=torch.bool)
+        nll = correct = prob = None
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+        step = 0
+        try:
+            for step in range(cfg.max_steps + 1):
+                session.step = step
+                with batch.info():
+                    out = self.edited.model(**batch.model_inputs())
+                nll, correct, prob = target_nll(out.logits, batch.labels)
+                reached = (correct & (prob >= cfg.stop_prob)).cpu()
+                for i in torch.nonzero(reached & ~done).flatten().tolist():
+                    best_steps[i] = step
+                done |= reached
+                if bool(done.all()) or step == cfg.max_steps or opt is None:
+                    break
+                loss = nll.mean()
+                for att in atts:
+                    extra = getattr(att.module, "edit_loss", None)
+                    if extra is not None:
+                        term = extra(session, out)
+                        if term is not None:
+                            loss = loss + term
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        finally:
+            for att in atts:
+                att.module.eval()
+        outcomes = [
+            RequestOutcome(
+                index=indices[i], case_id=reqs[i].case_id, success=bool(done[i]),
+                loss=float(nll[i].detach()), steps=best_steps[i] if done[i] else step, target_prob=float(prob[i].detach()),
+            )
+            for i in range(n)
+        ]
+        for att in atts:
+            hook = getattr(att.module, "finish_edit", None)
+            if hook is not None:
+                hook(session, outcomes)
+        return outcomes
+
+
+@contextlib.contextmanager
+def _only(atts: list[Attachment], keep: Attachment) -> Iterator[None]:
+    """Deactivate ``atts`` except ``keep`` (whose module still runs, for capture)."""
+    flags = [a.active for a in atts]
+    try:
+        for a in atts:
+            a.active = a is keep
+        yield
+    finally:
+        for a, f in zip(atts, flags):
+            a.active = f
+
+
+def config_dict(config: EditorConfig) -> dict:
+    return asdict(config)

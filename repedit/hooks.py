@@ -1,0 +1,430 @@
+"""Attaching interventions to a Hugging Face causal LM with forward hooks.
+
+:class:`EditableModel` owns every handle it registers and removes exactly those (baukit's
+rule): it never clears hooks it did not add, so transformers' own hooks (which gather
+``output_hidden_states`` in transformers 5) keep working. Edit hooks are registered with
+``prepend=True`` so the hidden states HF returns include the edit.
+
+Per forward, a pre-hook on the decoder stack reads the attention mask and the number of
+cached tokens (from shapes, never from tensor values) into a :class:`ForwardContext`; each
+site hook asks it for the position mask of its rule. Nothing in the hook path calls
+``.item()``, ``.cpu()`` or branches on tensor values.
+
+Example::
+
+    edited = repedit.wrap(model, tokenizer)
+    edited.add("fact", build("loreft", {"rank": 4}, 576), layer=9, positions="last_prompt")
+    with edited.disabled():
+        base_logits = model(**inputs).logits
+    model = edited.unwrap()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from repedit.arch import COMPONENTS, ArchLayout, get_submodule, resolve_layout
+from repedit.methods.base import Intervention
+from repedit.positions import Positions, TokenInfo, current_token_info, encode, rule_mask
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ForwardContext", "Attachment", "EditableModel", "wrap", "COMPUTE_DTYPES"]
+
+#: How interventions compute: ``"float32"`` (default) casts the hidden state to float32,
+#: computes the edit, and casts the result back to the model's dtype; ``"model"`` keeps the
+#: intervention parameters and the computation in the model's dtype.
+COMPUTE_DTYPES = ("float32", "model")
+
+
+@dataclass
+class ForwardContext:
+    """What one forward pass of the wrapped model knows about its tokens.
+
+    ``state`` persists over the forwards of one generation (it is reset at each prefill)
+    so a method can hold, say, the codebook entry chosen from the prompt while decoding.
+    """
+
+    attention_mask: torch.Tensor
+    past_len: int
+    prompt_width: int
+    info: TokenInfo | None
+    state: dict
+    _masks: dict = field(default_factory=dict)
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.past_len == 0
+
+    def mask(self, rule: Positions, device: torch.device | None = None) -> torch.Tensor:
+        """(B, T_new) boolean mask of the tokens ``rule`` acts on in this forward."""
+        key = (rule, device)
+        m = self._masks.get(key)
+        if m is None:
+            base = self._masks.get((rule, None))
+            if base is None:
+                base = rule_mask(rule, self.attention_mask, self.past_len, self.prompt_width, self.info)
+                self._masks[(rule, None)] = base
+            m = base if device is None else base.to(device, non_blocking=True)
+            self._masks[key] = m
+        return m
+
+
+@dataclass
+class Attachment:
+    """One intervention attached at one site."""
+
+    name: str
+    module: Intervention
+    method: str
+    layer: int
+    component: str
+    positions: Positions
+    adapter: str = "default"
+    active: bool = True
+
+    @property
+    def site(self) -> tuple[int, str]:
+        return (self.layer, self.component)
+
+
+def _split_output(output: Any) -> tuple[torch.Tensor, Any]:
+    if isinstance(output, torch.Tensor):
+        return output, None
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0], output
+    if hasattr(output, "__getitem__") and hasattr(output, "keys"):  # ModelOutput-like
+        first = next(iter(output.keys()))
+        return output[first], output
+    raise TypeError(f"cannot find the hidden state in a module output of type {type(output).__name__}")
+
+
+def _join_output(h: torch.Tensor, rest: Any) -> Any:
+    if rest is None:
+        return h
+    if isinstance(rest, tuple):
+        return (h,) + tuple(rest[1:])
+    first = next(iter(rest.keys()))
+    rest[first] = h
+    return rest
+
+
+class EditableModel(nn.Module):
+    """A causal LM with representation interventions attached by forward hooks.
+
+    The base model's weights are never changed. Calling the object, or the base model
+    directly, runs the model with every active intervention.
+
+    Args:
+        model: a Hugging Face causal LM (any ``nn.Module`` with a decoder ModuleList).
+        tokenizer: optional; needed by :meth:`generate` with text prompts.
+        layers_path: dotted path to the decoder layers, for architectures not in
+            :data:`repedit.arch.ARCHITECTURES`.
+        compute_dtype: ``"float32"`` or ``"model"`` (see :data:`COMPUTE_DTYPES`).
+
+    Example::
+
+        edited = EditableModel(model, tokenizer)
+        phi = edited.add("fact", "loreft", layer=9, config={"rank": 4})
+        out = edited.generate(["The capital of France is"], max_new_tokens=5)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any = None,
+        layers_path: str | None = None,
+        compute_dtype: str = "float32",
+    ):
+        super().__init__()
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+        # Keep the base model out of this module's children so state_dict/parameters()
+        # of the EditableModel are the interventions only.
+        object.__setattr__(self, "model", model)
+        self.tokenizer = tokenizer
+        self.compute_dtype = compute_dtype
+        self.layout: ArchLayout = resolve_layout(model, layers_path)
+        self.layers_path = layers_path
+        self.interventions = nn.ModuleDict()
+        self._attachments: dict[str, Attachment] = {}
+        self._site_handles: dict[tuple[int, str], Any] = {}
+        self._stack_handles: list[Any] = []
+        self._ctx: ForwardContext | None = None
+        self._gen_state: dict = {}
+        self._prompt_width = 0
+        self._disabled = 0
+        self._attached = True
+        self._install_stack_hooks()
+
+    # ------------------------------------------------------------------ hooks
+    def _stack_module(self) -> nn.Module:
+        path = self.layout.layers.rsplit(".", 1)
+        return get_submodule(self.model, path[0]) if len(path) == 2 else self.model
+
+    def _install_stack_hooks(self) -> None:
+        stack = self._stack_module()
+        self._stack_handles.append(stack.register_forward_pre_hook(self._pre_forward, with_kwargs=True, prepend=True))
+        self._stack_handles.append(stack.register_forward_hook(self._post_forward, always_call=True))
+
+    def _pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        ref = input_ids if input_ids is not None else embeds
+        if ref is None:
+            self._ctx = None
+            return
+        batch, new = ref.shape[0], ref.shape[1]
+        attn = kwargs.get("attention_mask")
+        if isinstance(attn, torch.Tensor) and attn.dim() == 2:
+            past = attn.shape[1] - new
+        else:
+            cache = kwargs.get("past_key_values")
+            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+            attn = torch.ones(batch, past + new, dtype=torch.long, device=ref.device)
+        if past == 0:
+            self._gen_state = {}
+            self._prompt_width = attn.shape[1]
+        self._ctx = ForwardContext(attn, past, self._prompt_width, current_token_info(), self._gen_state)
+
+    def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._ctx = None
+
+    def _make_site_hook(self, site: tuple[int, str]):
+        def hook(module: nn.Module, args: tuple, output: Any):
+            ctx = self._ctx
+            if self._disabled or ctx is None:
+                return None
+            h, rest = _split_output(output)
+            changed = False
+            for att in self._attachments.values():
+                if att.site != site or not att.active:
+                    continue
+                mask = ctx.mask(att.positions, h.device)
+                h = att.module(h, mask, ctx)
+                changed = True
+            return _join_output(h, rest) if changed else None
+
+        return hook
+
+    def _ensure_site(self, site: tuple[int, str]) -> None:
+        if site in self._site_handles:
+            return
+        target = self.layout.component(self.model, site[0], site[1])
+        self._site_handles[site] = target.register_forward_hook(self._make_site_hook(site), prepend=True)
+
+    def _drop_site_if_unused(self, site: tuple[int, str]) -> None:
+        if any(a.site == site for a in self._attachments.values()):
+            return
+        handle = self._site_handles.pop(site, None)
+        if handle is not None:
+            handle.remove()
+
+    # ---------------------------------------------------------- interventions
+    @property
+    def hidden_size(self) -> int:
+        cfg = getattr(self.model, "config", None)
+        cfg = getattr(cfg, "text_config", None) or cfg
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if getattr(cfg, key, None):
+                return int(getattr(cfg, key))
+        return int(self.layout.layer(self.model, 0).parameters().__next__().shape[-1])
+
+    @property
+    def num_layers(self) -> int:
+        return self.layout.num_layers(self.model)
+
+    def _site_device_dtype(self, layer: int, component: str) -> tuple[torch.device, torch.dtype]:
+        mod = self.layout.component(self.model, layer, component)
+        p = next(mod.parameters(), None)
+        if p is None:
+            p = next(self.model.parameters())
+        return p.device, p.dtype
+
+    def add(
+        self,
+        name: str,
+        intervention: Intervention | str,
+        layer: int,
+        component: str = "block_output",
+        positions: str | Positions = Positions.LAST_PROMPT,
+        config: Any = None,
+        adapter: str = "default",
+    ) -> Intervention:
+        """Attach an intervention (a module, or a registered method name plus config).
+
+        The module is moved to its layer's device and to the compute dtype; several
+        interventions may share a site, and run in the order they were added.
+        """
+        from repedit.methods import build, get_method
+
+        if not isinstance(name, str) or not name or "." in name or "/" in name:
+            raise ValueError(f"intervention names are non-empty strings without '.' or '/', got {name!r}")
+        if name in self._attachments:
+            raise ValueError(f"an intervention named {name!r} is already attached")
+        if component not in COMPONENTS:
+            raise ValueError(f"unknown component {component!r}; choose one of: {', '.join(COMPONENTS)}")
+        n = self.num_layers
+        if not isinstance(layer, int) or not -n <= layer < n:
+            raise ValueError(f"layer must be an int in [0, {n}), got {layer!r}")
+        layer = layer % n
+        if isinstance(intervention, str):
+            intervention = build(intervention, config, self.hidden_size)
+        if not isinstance(intervention, Intervention):
+            raise TypeError(f"expected an Intervention or a method name, got {type(intervention).__name__}")
+        method = type(intervention).config_cls.method or get_method_name(intervention)
+        device, dtype = self._site_device_dtype(layer, component)
+        intervention.to(device=device, dtype=torch.float32 if self.compute_dtype == "float32" else dtype)
+        att = Attachment(name, intervention, method, layer, component, Positions.parse(positions), adapter)
+        self.interventions[name] = intervention
+        self._attachments[name] = att
+        if self._attached:
+            self._ensure_site(att.site)
+        return intervention
+
+    def remove(self, name: str) -> Intervention:
+        """Detach one intervention and return its module."""
+        att = self._attachments.pop(name, None)
+        if att is None:
+            raise KeyError(f"no intervention named {name!r}; attached: {sorted(self._attachments)}")
+        del self.interventions[name]
+        self._drop_site_if_unused(att.site)
+        return att.module
+
+    def attachments(self, adapter: str | None = None) -> list[Attachment]:
+        """The attached interventions (of one adapter, if named), in order."""
+        return [a for a in self._attachments.values() if adapter is None or a.adapter == adapter]
+
+    def adapters(self) -> list[str]:
+        return sorted({a.adapter for a in self._attachments.values()})
+
+    def set_active(self, names: Sequence[str] | None = None, adapter: str | None = None, active: bool = True) -> None:
+        """Switch interventions (by name, or all of an adapter) on or off."""
+        for att in self._attachments.values():
+            if (names is None or att.name in names) and (adapter is None or att.adapter == adapter):
+                att.active = active
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[nn.Module]:
+        """Run the base model: ``with edited.disabled(): model(**inputs)``."""
+        self._disabled += 1
+        try:
+            yield self.model
+        finally:
+            self._disabled -= 1
+
+    def unwrap(self) -> nn.Module:
+        """Remove every hook this object registered and return the base model."""
+        for handle in list(self._site_handles.values()) + self._stack_handles:
+            handle.remove()
+        self._site_handles.clear()
+        self._stack_handles.clear()
+        self._ctx = None
+        self._attached = False
+        return self.model
+
+    def intervention_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.interventions.parameters()]
+
+    # -------------------------------------------------------------- running
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def generate(
+        self,
+        prompts: Sequence[str] | None = None,
+        subjects: Sequence[str | None] | None = None,
+        decode: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """``model.generate`` with the interventions; text in, text out when ``prompts`` given.
+
+        Position rules during generation: ``last_prompt``, ``prompt`` and ``subject``
+        act in the prefill forward only (the KV cache then carries their effect);
+        ``all`` also acts on every newly generated token.
+
+        Example::
+
+            texts = edited.generate(["The Eiffel Tower is in"], max_new_tokens=8)
+        """
+        if prompts is None:
+            return self.model.generate(**kwargs)
+        if self.tokenizer is None:
+            raise ValueError("generate(prompts=...) needs a tokenizer: wrap(model, tokenizer)")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        batch = encode(self.tokenizer, list(prompts), subjects=subjects, padding_side="left")
+        device = next(self.model.parameters()).device
+        batch = batch.to(device)
+        kwargs.setdefault("do_sample", False)
+        kwargs.setdefault("max_new_tokens", 16)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        kwargs.setdefault("pad_token_id", pad)
+        with batch.info():
+            out = self.model.generate(**batch.model_inputs(), **kwargs)
+        if not decode:
+            return out
+        new = out[:, batch.input_ids.shape[1] :]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    # ---------------------------------------------------------------- adapters
+    def save_pretrained(self, directory: str, adapter: str | None = None, **kwargs: Any) -> None:
+        """Save adapters: ``default`` at the top of ``directory``, others in subfolders."""
+        from repedit.adapters import save_adapter
+
+        names = [adapter] if adapter is not None else self.adapters()
+        if not names:
+            raise ValueError("nothing to save: no interventions are attached")
+        for name in names:
+            save_adapter(self, directory, adapter=name, **kwargs)
+
+    def load_adapter(self, directory: str, adapter: str | None = None, **kwargs: Any) -> list[Attachment]:
+        """Load a saved adapter onto this model (see :func:`repedit.adapters.load_adapter`)."""
+        from repedit.adapters import load_adapter
+
+        return load_adapter(self, directory, adapter=adapter, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, directory: str, tokenizer: Any = None, **kwargs: Any) -> "EditableModel":
+        """Wrap ``model`` and load the adapter saved in ``directory`` onto it."""
+        from repedit.adapters import read_adapter_config
+
+        cfg = read_adapter_config(directory, adapter=kwargs.get("adapter"))
+        edited = cls(model, tokenizer, layers_path=cfg.layers_path, compute_dtype=cfg.compute_dtype)
+        edited.load_adapter(directory, **kwargs)
+        return edited
+
+    def __repr__(self) -> str:
+        rows = [
+            f"  {a.name}: {a.method} @ layer {a.layer} {a.component} [{a.positions.value}] adapter={a.adapter}"
+            + ("" if a.active else " (inactive)")
+            for a in self._attachments.values()
+        ]
+        return f"EditableModel({type(self.model).__name__}, {len(rows)} interventions)" + (
+            "\n" + "\n".join(rows) if rows else ""
+        )
+
+
+def get_method_name(module: Intervention) -> str:
+    raise ValueError(f"{type(module).__name__} is not a registered method; call repedit.methods.register_method first")
+
+
+def wrap(
+    model: nn.Module,
+    tokenizer: Any = None,
+    layers_path: str | None = None,
+    compute_dtype: str = "float32",
+) -> EditableModel:
+    """Wrap a causal LM so interventions can be attached at its decoder layers.
+
+    Example::
+
+        edited = repedit.wrap(model, tokenizer)
+    """
+    return EditableModel(model, tokenizer, layers_path=layers_path, compute_dtype=compute_dtype)

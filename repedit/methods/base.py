@@ -1,0 +1,142 @@
+"""What every intervention method shares: its config base class, its module base class,
+and the orthonormal-rows parametrization that LoReFT and BaFT use.
+
+An intervention is an ``nn.Module`` that maps a hidden state ``h`` of shape
+``(batch, seq, hidden)`` to an edited one of the same shape, touching only the positions
+its ``mask`` selects. Methods know nothing of training loops, files or datasets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+__all__ = ["MethodConfig", "Intervention", "OrthonormalRows", "apply_masked"]
+
+
+@dataclass
+class MethodConfig:
+    """Base class of method configs: a dataclass whose fields are the constructor arguments.
+
+    Each field carries ``metadata={"help": ...}``. Subclasses set ``method`` to their
+    registry name.
+    """
+
+    method: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Field name -> help string (what ``repedit inspect`` and the docs show)."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def apply_masked(h: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``new`` where ``mask`` (B, T) is set, ``h`` elsewhere, bit-exactly, in ``h``'s dtype."""
+    return torch.where(mask.unsqueeze(-1), new.to(h.dtype), h)
+
+
+class Intervention(nn.Module):
+    """Base class of intervention modules.
+
+    Subclasses implement :meth:`edit`, which returns the edited hidden state for every
+    position (the base class keeps the unmasked positions bit-identical), or override
+    :meth:`forward` when they need the mask themselves (a codebook pools keys over it).
+
+    ``ctx`` is the :class:`repedit.hooks.ForwardContext` of the current forward: it knows
+    whether this is a prefill or a decoding step and keeps per-generation state.
+    """
+
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig, hidden_size: int):
+        super().__init__()
+        if not isinstance(config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.hidden_size = int(hidden_size)
+
+    def edit(self, h: torch.Tensor, ctx: Any = None) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement edit() or forward()")
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        return apply_masked(h, self.edit(h, ctx), mask)
+
+    def firing_score(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        """How strongly the edit acts on each example, shape (B,): by default the largest
+        relative change ``‖Φ(h) − h‖ / ‖h‖`` over the masked positions. Used for scope AUC."""
+        new = self.forward(h, mask, ctx)
+        rel = (new.float() - h.float()).norm(dim=-1) / h.float().norm(dim=-1).clamp_min(1e-6)
+        return torch.where(mask, rel, torch.zeros_like(rel)).amax(dim=-1)
+
+    def export_config(self) -> MethodConfig:
+        """The config to save; methods whose shapes grow (codebooks) update it here."""
+        return self.config
+
+    def extra_repr(self) -> str:
+        return f"hidden_size={self.hidden_size}, config={self.config}"
+
+
+class _Orthonormalize(nn.Module):
+    """Parametrization: any (r, d) matrix -> the (r, d) matrix with orthonormal rows that
+    QR gives (signs fixed so the map is deterministic and ``right_inverse`` is exact for
+    matrices that already have orthonormal rows)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, r = torch.linalg.qr(x.float().transpose(0, 1))  # (d, r)
+        sign = torch.sign(torch.diagonal(r))
+        sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+        return (q * sign).transpose(0, 1).to(x.dtype)
+
+    def right_inverse(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+
+class OrthonormalRows(nn.Module):
+    """A trainable (rank, hidden) matrix R with orthonormal rows, kept by a torch parametrization.
+
+    ``matrix()`` returns R. When no gradient is wanted (inference) it returns a cached copy,
+    recomputed only when the underlying parameter changes, so no QR runs per forward.
+
+    Example::
+
+        rot = OrthonormalRows(hidden_size=64, rank=4)
+        R = rot.matrix()          # (4, 64), R @ R.T == I
+    """
+
+    def __init__(self, hidden_size: int, rank: int, generator: torch.Generator | None = None):
+        super().__init__()
+        if not 0 < rank <= hidden_size:
+            raise ValueError(f"rank must be in 1..{hidden_size}, got {rank}")
+        w = torch.empty(hidden_size, rank)
+        nn.init.orthogonal_(w, generator=generator)
+        self.weight = nn.Parameter(w.transpose(0, 1).contiguous())
+        parametrize.register_parametrization(self, "weight", _Orthonormalize())
+        self._cache: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
+
+    @property
+    def original(self) -> torch.Tensor:
+        return self.parametrizations.weight.original
+
+    def matrix(self) -> torch.Tensor:
+        orig = self.original
+        if torch.is_grad_enabled() and orig.requires_grad:
+            return self.weight
+        key = (orig._version, orig.data_ptr(), orig.device, orig.dtype)
+        if self._cache is None or self._cache_key != key:
+            with torch.no_grad():
+                self._cache = self.weight.detach()
+            self._cache_key = key
+        return self._cache

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random models for every supported architecture, a word-level
+tokenizer, and (slow) the real default model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+WORDS = (
+    "<pad> <eos> <bos> the capital of france is paris rome berlin city eiffel tower in a an "
+    "located language spoken by people who speak mother tongue danielle darrieux english french "
+    "german italy spain madrid london england he she it was born on and or not what where which"
+).split()
+
+# model_type -> tiny config kwargs (hidden 32-64, 2-4 layers)
+TINY_CONFIGS = {
+    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "qwen3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "gemma": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "gemma2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8),
+    "gemma3_text": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=4),
+    "phi3": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128),
+    "gptj": dict(n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=128),
+    "gpt_neox": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+}
+ARCHS = sorted(TINY_CONFIGS)
+
+
+def tiny_model(model_type: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> torch.nn.Module:
+    kwargs = dict(TINY_CONFIGS[model_type])
+    kwargs.update(overrides)
+    cfg = AutoConfig.for_model(model_type, vocab_size=len(WORDS), pad_token_id=0, eos_token_id=1, bos_token_id=2, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg).to(dtype).eval()
+    return model
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    tk = Tokenizer(tok_models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+
+
+@pytest.fixture
+def tok() -> PreTrainedTokenizerFast:
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def llama() -> torch.nn.Module:
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real default model (slow: built from the GGUF once, then from the cache)."""
+    from repedit import models
+
+    return models.load("smollm2-135m")
+
+
+def param_hashes(model: torch.nn.Module) -> dict[str, bytes]:
+    import hashlib
+
+    return {n: hashlib.sha256(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).digest()
+            for n, p in model.named_parameters()}
+
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

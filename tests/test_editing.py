@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+import repedit
+from repedit import EditRequest, Editor, EditorConfig
+
+from conftest import tiny_model
+
+REQ = EditRequest(prompt="the capital of france is", target_new="rome", subject="france")
+
+
+def cfg(**kw):
+    base = dict(method="loreft", layers=[1], lr=5e-2, max_steps=150, stop_prob=0.5)
+    base.update(kw)
+    return EditorConfig(**base)
+
+
+def test_edit_flips_target_on_tiny_model(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    x = tok(["the capital of france is"], return_tensors="pt")
+    before = model(**x).logits[0, -1].argmax().item()
+    rome = tok.convert_tokens_to_ids("rome")
+    assert before != rome
+    res = Editor(model, tok, cfg()).edit(REQ)
+    out = res.outcomes[0]
+    assert out.success and out.target_prob >= 0.5 and 0 < out.steps < 150
+    assert model(**x).logits[0, -1].argmax().item() == rome
+    assert res.edited.generate(["the capital of france is"], max_new_tokens=1) == ["rome"]
+    with res.edited.disabled():
+        assert model(**x).logits[0, -1].argmax().item() == before
+
+
+def test_early_stopping_uses_few_steps_for_easy_edit(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    res = Editor(model, tok, cfg(stop_prob=0.05)).edit(REQ)
+    assert res.outcomes[0].success and res.outcomes[0].steps < 40
+
+
+def test_deterministic_for_a_seed(tok):
+    def run(seed):
+        model = tiny_model("llama", initializer_range=0.5)
+        res = Editor(model, tok, cfg(seed=seed, max_steps=10)).edit(REQ)
+        return {k: v.clone() for k, v in res.edited.interventions.state_dict().items()}
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_batch_edit(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    reqs = [REQ, EditRequest(prompt="danielle darrieux speaks", target_new="german", subject="danielle darrieux")]
+    res = Editor(model, tok, cfg(max_steps=300)).edit(reqs)
+    assert [o.index for o in res.outcomes] == [0, 1]
+    assert all(o.success for o in res.outcomes)
+
+
+def test_invalid_requests_rejected_before_anything_changes(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, cfg())
+    bad = [REQ, EditRequest(prompt="he was born in", target_new="   ")]
+    with pytest.raises(ValueError, match="target_new"):
+        editor.edit(bad)
+    with pytest.raises(ValueError, match="subject"):
+        editor.edit([EditRequest(prompt="he was born in", target_new="paris", subject="france")])
+    assert not editor.edited.attachments()
+
+
+def test_result_saves_adapter(tmp_path, tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    res = Editor(model, tok, cfg(max_steps=5)).edit(REQ)
+    res.save_pretrained(tmp_path)
+    assert (tmp_path / "adapter_config.json").exists()
+    assert res.summary()["edits"] == 1
+
+
+def test_bad_config():
+    with pytest.raises(ValueError):
+        EditorConfig(positions="middle")
+    with pytest.raises(ValueError):
+        EditorConfig(stop_prob=0)

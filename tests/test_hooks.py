@@ -1,0 +1,164 @@
+import pytest
+import torch
+
+import repedit
+from repedit.positions import encode, token_info
+
+from conftest import param_hashes, tiny_model
+
+
+def _strong(edited, name="e"):
+    with torch.no_grad():
+        edited.interventions[name].learned_source.bias.fill_(4.0)
+
+
+def all_hooks(model):
+    return {
+        (n, kind, k): fn
+        for n, m in model.named_modules()
+        for kind in ("_forward_hooks", "_forward_pre_hooks")
+        for k, fn in getattr(m, kind).items()
+    }
+
+
+def ours(hooks):
+    return [k for k, fn in hooks.items() if "EditableModel" in getattr(fn, "__qualname__", "")]
+
+
+def test_hidden_states_include_edit_and_foreign_hooks_survive(tok):
+    model = tiny_model("llama")
+    x = torch.randint(3, 40, (1, 5))
+    model(input_ids=x)  # a forward before wrapping (transformers 5 installs its hooks lazily)
+    seen = []
+    foreign = model.lm_head.register_forward_hook(lambda m, a, o: seen.append(1))
+    before = all_hooks(model)
+    edited = repedit.wrap(model, tok)
+    edited.add("e", "loreft", layer=0, positions="all", config={"seed": 0})
+    _strong(edited)
+    out = model(input_ids=x, output_hidden_states=True)
+    with edited.disabled():
+        base = model(input_ids=x, output_hidden_states=True)
+    assert len(out.hidden_states) == 3
+    assert (out.hidden_states[1] - base.hidden_states[1]).abs().max() > 1e-3
+    assert seen, "foreign hook must still fire"
+    assert ours(all_hooks(model))
+    edited.unwrap()
+    after = all_hooks(model)
+    assert not ours(after)
+    assert set(before) <= set(after)  # nothing we did not register was removed
+    model(input_ids=x)
+    assert len(seen) == 3
+    foreign.remove()
+
+
+def test_disabled_runs_base_and_nests(llama, tok):
+    x = torch.randint(3, 40, (2, 5))
+    base = llama(input_ids=x).logits
+    edited = repedit.wrap(llama, tok)
+    edited.add("e", "loreft", layer=1, positions="all", config={"seed": 0})
+    _strong(edited)
+    with edited.disabled():
+        with edited.disabled():
+            assert torch.equal(llama(input_ids=x).logits, base)
+        assert torch.equal(llama(input_ids=x).logits, base)
+    assert not torch.equal(llama(input_ids=x).logits, base)
+
+
+def test_exception_inside_forward_leaves_no_stale_state(llama, tok):
+    edited = repedit.wrap(llama, tok)
+    phi = edited.add("e", "loreft", layer=1, positions="all", config={"seed": 0})
+    _strong(edited)
+    x = torch.randint(3, 40, (1, 5))
+    good = llama(input_ids=x).logits
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    handle = phi.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        llama(input_ids=x)
+    handle.remove()
+    assert edited._ctx is None
+    assert torch.equal(llama(input_ids=x).logits, good)
+
+
+def _greedy_reference(model, batch_ids, attn, n_new, prompt_width, subject_mask=None):
+    ids, mask = batch_ids, attn
+    finished = torch.zeros(ids.shape[0], 1, dtype=torch.bool)
+    for _ in range(n_new):
+        pm = torch.zeros_like(mask, dtype=torch.bool)
+        pm[:, :prompt_width] = mask[:, :prompt_width].bool()
+        with torch.no_grad(), token_info(prompt_mask=pm, subject_mask=subject_mask):
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        nxt = torch.where(finished, torch.zeros_like(nxt), nxt)  # generate pads rows after EOS
+        finished |= nxt == 1
+        ids = torch.cat([ids, nxt], 1)
+        mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids
+
+
+@pytest.mark.parametrize("rule", ["last_prompt", "subject", "prompt", "all"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma3_text"])
+def test_generate_with_cache_equals_full_sequence_argmax(tok, rule, arch):
+    model = tiny_model(arch)
+    edited = repedit.wrap(model, tok)
+    edited.add("e", "loreft", layer=0, positions=rule, config={"seed": 5})
+    _strong(edited)
+    prompts = ["the capital of france is", "danielle darrieux speaks"]
+    subjects = ["france", "danielle darrieux"]
+    batch = encode(tok, prompts, subjects=subjects, padding_side="left")
+    with torch.no_grad(), batch.info():
+        out = model.generate(**batch.model_inputs(), max_new_tokens=5, do_sample=False, pad_token_id=0, use_cache=True)
+    ref = _greedy_reference(model, batch.input_ids, batch.attention_mask, 5, batch.input_ids.shape[1], batch.subject_mask)
+    assert torch.equal(out, ref)
+    # and the edit matters: it changes the next-token logits
+    with torch.no_grad(), batch.info():
+        edited_logits = model(**batch.model_inputs()).logits[:, -1]
+        with edited.disabled():
+            plain_logits = model(**batch.model_inputs()).logits[:, -1]
+    assert (edited_logits - plain_logits).abs().max() > 1e-3
+
+
+def test_text_generate_helper(llama, tok):
+    edited = repedit.wrap(llama, tok)
+    edited.add("e", "loreft", layer=0, positions="subject", config={"seed": 5})
+    texts = edited.generate(["the capital of france is"], subjects=["france"], max_new_tokens=3)
+    assert isinstance(texts, list) and len(texts) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compute", ["float32", "model"])
+def test_dtype_policy(tok, dtype, compute):
+    model = tiny_model("llama", dtype=dtype)
+    edited = repedit.wrap(model, tok, compute_dtype=compute)
+    phi = edited.add("e", "loreft", layer=0, positions="all", config={"seed": 0})
+    want = torch.float32 if compute == "float32" else dtype
+    assert all(p.dtype == want for p in phi.parameters())
+    x = torch.randint(3, 40, (2, 5))
+    out = model(input_ids=x, output_hidden_states=True)
+    assert out.hidden_states[1].dtype == dtype
+    assert torch.isfinite(out.logits.float()).all()
+
+
+def test_intervention_follows_layer_device(tok):
+    model = tiny_model("llama")
+    edited = repedit.wrap(model, tok)
+    phi = edited.add("e", "loreft", layer=1)
+    dev = next(model.model.layers[1].parameters()).device
+    assert all(p.device == dev for p in phi.parameters())
+
+
+def test_base_weights_bit_identical_through_wrap_train_save_load(tmp_path, tok):
+    from repedit import EditRequest, Editor, EditorConfig
+
+    model = tiny_model("llama")
+    before = param_hashes(model)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    editor = Editor(model, tok, EditorConfig(method="loreft", layers=[1], max_steps=20, lr=5e-2))
+    res = editor.edit(EditRequest(prompt="the capital of france is", target_new="rome", subject="france"))
+    res.save_pretrained(tmp_path / "a")
+    res.edited.unwrap()
+    repedit.load_adapter(model, str(tmp_path / "a"), tokenizer=tok)
+    assert param_hashes(model) == before
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
