@@ -135,9 +135,13 @@ def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
 class EditSession:
     """What a method sees while one edit (or batch) is trained."""
 
-    def __init__(self, editor: "Editor", requests: list[EditRequest], indices: list[int], batch: EncodedBatch):
+    def __init__(self, editor: "Editor", requests: list[EditRequest], indices: list[int], batch: EncodedBatch,
+                 all_requests: list[EditRequest] | None = None):
         self.editor = editor
         self.requests = requests
+        #: every request of the current ``edit()`` call (sequential runs see them all), so a
+        #: method can draw negatives from other facts; never their evaluation fields.
+        self.all_requests = all_requests if all_requests is not None else requests
         self.indices = indices
         self.batch = batch
         self.step = 0
@@ -299,18 +303,19 @@ class Editor:
             torch.manual_seed(cfg.seed)
             self.attachments()
             for chunk in chunks:
-                outcomes.extend(self._train_chunk([reqs[i] for i in chunk], chunk))
+                outcomes.extend(self._train_chunk([reqs[i] for i in chunk], chunk, reqs))
                 bar.update(len(chunk))
         bar.close()
         return EditResult(outcomes, self.edited, time.perf_counter() - start)
 
-    def _train_chunk(self, reqs: list[EditRequest], indices: list[int]) -> list[RequestOutcome]:
+    def _train_chunk(self, reqs: list[EditRequest], indices: list[int],
+                     all_requests: list[EditRequest] | None = None) -> list[RequestOutcome]:
         cfg = self.config
         batch = encode(
             self.tokenizer, [r.prompt for r in reqs], [" " + r.target_new.lstrip() for r in reqs],
             [r.subject for r in reqs],
         ).to(self.device)
-        session = EditSession(self, reqs, indices, batch)
+        session = EditSession(self, reqs, indices, batch, all_requests)
         atts = self.attachments()
         for att in atts:
             hook = getattr(att.module, "prepare_edit", None)
