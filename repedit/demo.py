@@ -21,7 +21,7 @@ REQUEST = EditRequest(
     subject="Eiffel Tower",
     ground_truth="Paris",
 )
-UNRELATED = "The Colosseum is located in the city of"
+UNRELATED = "The Brandenburg Gate is located in the city of"
 PARAPHRASE = "Where is the Eiffel Tower? It stands in the city of"
 
 

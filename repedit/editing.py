@@ -61,6 +61,9 @@ class EditorConfig:
     seed: int = field(default=0, metadata={"help": "seed: edits are deterministic for a given seed"})
     adapter: str = field(default="default", metadata={"help": "adapter name the trained interventions belong to"})
     progress: bool = field(default=False, metadata={"help": "show a tqdm progress bar (off in library calls)"})
+    augment: int = field(default=0, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off"})
+    augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a WikiText-2 sentence start)"})
+    augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (WikiText-2 test sentences), a path, or a list of strings"})
 
     def __post_init__(self) -> None:
         Positions.parse(self.positions)
@@ -70,6 +73,8 @@ class EditorConfig:
             raise ValueError("stop_prob must be in (0, 1]")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.augment < 0 or self.augment_words < 1:
+            raise ValueError("augment must be >= 0 and augment_words >= 1")
 
 
 @dataclass
@@ -136,9 +141,14 @@ class EditSession:
     """What a method sees while one edit (or batch) is trained."""
 
     def __init__(self, editor: "Editor", requests: list[EditRequest], indices: list[int], batch: EncodedBatch,
-                 all_requests: list[EditRequest] | None = None):
+                 all_requests: list[EditRequest] | None = None, prompts: list[str] | None = None,
+                 owners: list[int] | None = None):
         self.editor = editor
         self.requests = requests
+        #: the training prompts (the requests' prompts first, then augmented copies) and,
+        #: per training row, the index into ``requests`` it belongs to
+        self.prompts = prompts if prompts is not None else [r.prompt for r in requests]
+        self.owners = owners if owners is not None else list(range(len(requests)))
         #: every request of the current ``edit()`` call (sequential runs see them all), so a
         #: method can draw negatives from other facts; never their evaluation fields.
         self.all_requests = all_requests if all_requests is not None else requests
@@ -308,14 +318,54 @@ class Editor:
         bar.close()
         return EditResult(outcomes, self.edited, time.perf_counter() - start)
 
+    def _prefixes(self) -> list[str]:
+        if getattr(self, "_prefix_pool", None) is None:
+            cfg = self.config
+            if isinstance(cfg.augment_corpus, (list, tuple)):
+                texts = list(cfg.augment_corpus)
+            else:
+                from repedit.methods.nullspace import corpus_sentences
+
+                texts = corpus_sentences(cfg.augment_corpus, limit=3000)
+            pool = []
+            for t in texts:
+                words = t.split()
+                if len(words) >= 3:
+                    pool.append(" ".join(words[: cfg.augment_words]))
+            if not pool:
+                raise ValueError("augment > 0 needs a corpus with sentences of at least 3 words")
+            self._prefix_pool = pool
+        return self._prefix_pool
+
+    def training_prompts(self, reqs: list[EditRequest], indices: list[int]) -> tuple[list[str], list[int]]:
+        """The prompts trained for ``reqs``: each prompt, then ``augment`` copies with a random
+        corpus prefix (deterministic for the seed and the request's index). Returns
+        (prompts, owner index into ``reqs`` per prompt)."""
+        prompts = [r.prompt for r in reqs]
+        owners = list(range(len(reqs)))
+        k = self.config.augment
+        if k:
+            import random
+
+            pool = self._prefixes()
+            for j, (r, idx) in enumerate(zip(reqs, indices)):
+                rng = random.Random(self.config.seed * 1000003 + idx)
+                for _ in range(k):
+                    words = rng.choice(pool).split()
+                    n = rng.randint(min(3, len(words)), len(words))
+                    prompts.append(" ".join(words[:n]).rstrip(" ,.;:") + ". " + r.prompt)
+                    owners.append(j)
+        return prompts, owners
+
     def _train_chunk(self, reqs: list[EditRequest], indices: list[int],
                      all_requests: list[EditRequest] | None = None) -> list[RequestOutcome]:
         cfg = self.config
+        prompts, owners = self.training_prompts(reqs, indices)
         batch = encode(
-            self.tokenizer, [r.prompt for r in reqs], [" " + r.target_new.lstrip() for r in reqs],
-            [r.subject for r in reqs],
+            self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() for o in owners],
+            [reqs[o].subject for o in owners],
         ).to(self.device)
-        session = EditSession(self, reqs, indices, batch, all_requests)
+        session = EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
         atts = self.attachments()
         for att in atts:
             hook = getattr(att.module, "prepare_edit", None)
@@ -329,6 +379,7 @@ class Editor:
         for att in atts:
             att.module.train()
         n = len(reqs)
+        owner_t = torch.tensor(owners)
         best_steps = [cfg.max_steps] * n
         done = torch.zeros(n, dtype=torch.bool)
         nll = correct = prob = None
@@ -339,14 +390,17 @@ class Editor:
                 session.step = step
                 with batch.info():
                     out = self.edited.model(**batch.model_inputs())
-                nll, correct, prob = target_nll(out.logits, batch.labels)
-                reached = (correct & (prob >= cfg.stop_prob)).cpu()
+                row_nll, row_correct, row_prob = target_nll(out.logits, batch.labels)
+                nll, correct, prob = row_nll[:n], row_correct[:n], row_prob[:n]
+                row_ok = (row_correct & (row_prob >= cfg.stop_prob)).cpu()
+                # a request is reached once its prompt and every augmented copy are
+                reached = torch.zeros(n, dtype=torch.long).index_add_(0, owner_t, (~row_ok).long()) == 0
                 for i in torch.nonzero(reached & ~done).flatten().tolist():
                     best_steps[i] = step
                 done |= reached
                 if bool(done.all()) or step == cfg.max_steps or opt is None:
                     break
-                loss = nll.mean()
+                loss = row_nll.mean()
                 for att in atts:
                     extra = getattr(att.module, "edit_loss", None)
                     if extra is not None:
