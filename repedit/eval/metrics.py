@@ -1,0 +1,984 @@
+"""Edit-quality metrics on any Hugging Face causal LM, each labelled with its protocol.
+
+The functions take the model and tokenizer as arguments; they never enable or disable
+edits. To get pre/post numbers, run :func:`evaluate_requests` once with the edits disabled
+(``pre``) and once with them on (``post``), then combine with :func:`build_case_records`
+and :func:`summarize`::
+
+    pre = evaluate_requests(model, tok, requests)            # edits disabled by the caller
+    post = evaluate_requests(model, tok, requests, pre=pre)  # edits enabled
+    records = build_case_records(requests, pre, post)        # EasyEdit per-case layout
+    summary = summarize(records)
+
+Protocols (the labels appear in every result under ``metric_meta``):
+
+``teacher_forced/easyedit`` (:data:`TEACHER_FORCED`)
+    EasyEdit ``test_prediction_acc``: input ``prompt + " " + target``; token accuracy is the
+    mean over target tokens of ``argmax(logits) == target token`` (partial credit possible).
+    ``rewrite_acc``, ``rephrase_acc``, ``portability_acc``. Locality
+    (``neighborhood_acc``) is ``mean(pre_tokens == post_tokens)`` over the argmax tokens at the
+    target positions of ``loc_prompt + " " + loc_answer``; it measures unchanged output, not
+    correctness. ``neighborhood_gold_acc`` is the absolute token accuracy against the
+    locality answer (ROME/MEMIT's zsRE "Specificity"). Prompt and target are tokenised
+    separately and concatenated (:func:`repedit.positions.encode`), so the target boundary
+    is exact; EasyEdit tokenises the joined string, which can differ for SentencePiece
+    tokenizers that merge across the space.
+``probability/rome`` (:data:`PROBABILITY`)
+    ROME/MEMIT CounterFact: per prompt the length-normalised mean NLL of ``" " + target_new``
+    and ``" " + ground_truth``. ``efficacy_success`` = mean[NLL(true) > NLL(new)] over the edit
+    prompt, ``paraphrase_success`` the same over rephrases, ``neighborhood_success`` =
+    mean[NLL(new) > NLL(true)] over locality prompts, where "true" is the locality prompt's
+    own answer (equal to ``ground_truth`` on CounterFact). Magnitudes follow ROME's
+    ``summarize.py`` ``*_diff`` convention: ``exp(-NLL(new)) - exp(-NLL(true))`` (a difference
+    of per-token geometric-mean probabilities; sign flipped for the neighbourhood). Values
+    are fractions in [0, 1], not ×100.
+``generation/mirage`` (:data:`GENERATION`)
+    "The Mirage of Model Editing" (Yang et al. 2025): greedy decoding (left padding,
+    ``max_new_tokens`` = target tokens + ``extra_tokens``), cut at the first newline, EOS or
+    sentence-ending period, then exact match and prefix match of the stripped answer
+    against the target.
+``fluency/rome`` (:data:`FLUENCY`)
+    ROME's ``n_gram_entropy``: weighted (2/3 bigram, 4/3 trigram) entropies in bits, averaged.
+
+Teacher-forced forwards run inside ``with batch.info():`` so interventions acting on the
+last prompt token or the subject know where the prompt ends. All forwards run under
+``torch.no_grad()`` in batches sorted by length; one forward over ``prompt + target_new``
+gives both the token accuracy and NLL(new).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+
+from repedit.positions import encode
+from repedit.requests import EditRequest
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TEACHER_FORCED",
+    "PROBABILITY",
+    "GENERATION",
+    "FLUENCY",
+    "PROTOCOLS",
+    "TargetScores",
+    "score_targets",
+    "token_accuracy",
+    "predict_target_tokens",
+    "locality_agreement",
+    "probability_scores",
+    "generate_text",
+    "truncate_answer",
+    "generation_match",
+    "compute_n_gram_entropy",
+    "n_gram_entropy",
+    "fluency",
+    "evaluate_requests",
+    "case_record",
+    "build_case_records",
+    "harmonic_mean",
+    "summarize",
+    "results_metadata",
+    "file_sha256",
+]
+
+TEACHER_FORCED = "teacher_forced/easyedit"
+PROBABILITY = "probability/rome"
+GENERATION = "generation/mirage"
+FLUENCY = "fluency/rome"
+
+#: Short names accepted by :func:`evaluate_requests` ``protocols=`` and their labels.
+PROTOCOLS: dict[str, str] = {
+    "teacher_forced": TEACHER_FORCED,
+    "probability": PROBABILITY,
+    "generation": GENERATION,
+}
+
+
+# ============================================================================ helpers
+def _model_device(model: Any) -> torch.device:
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError, TypeError):
+        return torch.device("cpu")
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def _warn_if_training(model: Any) -> None:
+    if getattr(model, "training", False):
+        logger.warning("model is in training mode (dropout on): metrics will be noisy; call model.eval()")
+
+
+def _logits(out: Any) -> torch.Tensor:
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def _pad_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gc = getattr(model, "generation_config", None)
+    eos = getattr(gc, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    return ids
+
+
+def _length_order(prompts: Sequence[str], conts: Sequence[str] | None = None) -> list[int]:
+    """Indices sorted by character length (a cheap proxy for token length) to cut padding."""
+    if conts is None:
+        return sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    return sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(conts[i]))
+
+
+def _mean(xs: Iterable[float]) -> float:
+    xs = [float(x) for x in xs]
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _subject_in(prompt: str, subject: str | None) -> str | None:
+    return subject if subject and subject in prompt else None
+
+
+# ============================================================================ teacher forcing
+@dataclass
+class TargetScores:
+    """Per-prompt results of one teacher-forced pass over ``prompt + " " + target``.
+
+    ``token_acc``: mean of argmax == target over target tokens (EasyEdit).
+    ``mean_nll``: length-normalised NLL of the target tokens (ROME), natural log.
+    ``pred_ids`` / ``target_ids``: argmax and true token ids at the target positions.
+    """
+
+    token_acc: list[float] = field(default_factory=list)
+    mean_nll: list[float] = field(default_factory=list)
+    pred_ids: list[list[int]] = field(default_factory=list)
+    target_ids: list[list[int]] = field(default_factory=list)
+    protocol: str = TEACHER_FORCED
+
+
+def score_targets(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    subjects: Sequence[str | None] | None = None,
+    batch_size: int = 16,
+    add_space: bool = True,
+    max_length: int | None = None,
+) -> TargetScores:
+    """Teacher-forced forwards over ``prompt + " " + target``: token accuracy, mean NLL, argmax ids.
+
+    Batched (sorted by length, right padding) under ``torch.no_grad()`` and inside
+    ``batch.info()``. Only the logits at target positions go through ``log_softmax``, in float32.
+
+    Example::
+
+        s = score_targets(model, tok, ["The capital of France is"], ["Paris"])
+        s.token_acc[0], s.mean_nll[0]
+    """
+    if isinstance(prompts, str) or isinstance(targets, str):
+        raise TypeError("score_targets() takes lists of prompts and targets, not single strings")
+    n = len(prompts)
+    if len(targets) != n:
+        raise ValueError(f"{n} prompts but {len(targets)} targets")
+    if subjects is not None and len(subjects) != n:
+        raise ValueError(f"{n} prompts but {len(subjects)} subjects")
+    _warn_if_training(model)
+    conts = [(" " + t) if add_space else t for t in targets]
+    device = _model_device(model)
+    keep_ok = _accepts(model, "logits_to_keep")
+    acc: list[float] = [0.0] * n
+    nll: list[float] = [float("nan")] * n
+    preds: list[list[int]] = [[] for _ in range(n)]
+    tids: list[list[int]] = [[] for _ in range(n)]
+    order = _length_order(prompts, conts)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        batch = encode(
+            tokenizer,
+            [prompts[i] for i in idx],
+            [conts[i] for i in idx],
+            subjects=None if subjects is None else [subjects[i] for i in idx],
+            padding_side="right",
+            max_length=max_length,
+        )
+        width = batch.input_ids.shape[1]
+        # logits[:, t] predicts token t + 1; the first target token of row i sits at
+        # prompt_len_i, so logits from min(prompt_len) - 1 on are all that is needed.
+        first = max(int(batch.prompt_mask.sum(1).min()) - 1, 0)
+        mask = batch.target_mask[:, 1:]  # (B, T-1): targets predicted by logits[:, :-1]
+        target = batch.input_ids[:, 1:][mask]
+        counts = mask.sum(1).tolist()
+        batch = batch.to(device)
+        kwargs = batch.model_inputs()
+        if keep_ok and first > 0:
+            kwargs["logits_to_keep"] = width - first
+        with torch.no_grad(), batch.info():
+            logits = _logits(model(**kwargs))
+        offset = width - logits.shape[1]  # > 0 when logits_to_keep cut the front
+        sel = logits[:, : width - 1 - offset]
+        m = batch.target_mask[:, 1 + offset :]
+        lg = sel[m].float()  # (N_target_tokens, V)
+        tgt = target.to(lg.device)
+        logp = torch.log_softmax(lg, dim=-1).gather(1, tgt[:, None])[:, 0]
+        pred = lg.argmax(-1)
+        hits = (pred == tgt).float()
+        pred_l, tgt_l = pred.tolist(), tgt.tolist()
+        logp_l, hits_l = logp.tolist(), hits.tolist()
+        pos = 0
+        for i, c in zip(idx, counts):
+            if c == 0:
+                logger.warning("target %r of prompt %r has no tokens to score", targets[i], prompts[i])
+                continue
+            preds[i] = pred_l[pos : pos + c]
+            tids[i] = tgt_l[pos : pos + c]
+            acc[i] = sum(hits_l[pos : pos + c]) / c
+            nll[i] = -sum(logp_l[pos : pos + c]) / c
+            pos += c
+    return TargetScores(token_acc=acc, mean_nll=nll, pred_ids=preds, target_ids=tids)
+
+
+def token_accuracy(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    subjects: Sequence[str | None] | None = None,
+    batch_size: int = 16,
+) -> list[float]:
+    """EasyEdit teacher-forced token accuracy per prompt (``teacher_forced/easyedit``).
+
+    Example::
+
+        token_accuracy(model, tok, ["The capital of France is"], ["Paris"])  # [1.0]
+    """
+    return score_targets(model, tokenizer, prompts, targets, subjects=subjects, batch_size=batch_size).token_acc
+
+
+def predict_target_tokens(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 16,
+) -> list[list[int]]:
+    """Argmax token ids at the answer positions of ``prompt + " " + answer`` (for locality).
+
+    Run once before and once after editing, then compare with :func:`locality_agreement`.
+
+    Example::
+
+        pre = predict_target_tokens(model, tok, ["The capital of Spain is"], ["Madrid"])
+    """
+    return score_targets(model, tokenizer, prompts, answers, batch_size=batch_size).pred_ids
+
+
+def locality_agreement(pre: Sequence[Sequence[int]], post: Sequence[Sequence[int]]) -> list[float]:
+    """Per prompt, the fraction of positions whose argmax token is unchanged (EasyEdit locality).
+
+    Example::
+
+        locality_agreement([[1, 2, 3]], [[1, 5, 3]])  # [0.666...]
+    """
+    if len(pre) != len(post):
+        raise ValueError(f"{len(pre)} pre-edit outputs but {len(post)} post-edit outputs")
+    out = []
+    for k, (a, b) in enumerate(zip(pre, post)):
+        if len(a) != len(b):
+            raise ValueError(f"locality output {k}: {len(a)} pre-edit tokens but {len(b)} post-edit tokens")
+        out.append(sum(int(x == y) for x, y in zip(a, b)) / len(a) if len(a) else float("nan"))
+    return out
+
+
+def probability_scores(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    target_new: Sequence[str],
+    target_true: Sequence[str],
+    *,
+    subjects: Sequence[str | None] | None = None,
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """ROME probability comparison per prompt (``probability/rome``).
+
+    Returns lists ``nll_new``, ``nll_true`` (mean NLL per target token), ``new_beats_true``
+    (NLL(true) > NLL(new)) and ``diff`` = exp(-NLL(new)) - exp(-NLL(true)).
+
+    Example::
+
+        r = probability_scores(model, tok, ["The capital of France is"], ["Rome"], ["Paris"])
+        r["new_beats_true"]  # [False] before the edit
+    """
+    n = len(prompts)
+    if len(target_new) != n or len(target_true) != n:
+        raise ValueError(f"{n} prompts but {len(target_new)} new and {len(target_true)} true targets")
+    subj = None if subjects is None else list(subjects) * 2
+    s = score_targets(
+        model, tokenizer, list(prompts) * 2, list(target_new) + list(target_true), subjects=subj, batch_size=batch_size
+    )
+    new, true = s.mean_nll[:n], s.mean_nll[n:]
+    return {
+        "nll_new": new,
+        "nll_true": true,
+        "new_beats_true": [t > w for w, t in zip(new, true)],
+        "diff": [math.exp(-w) - math.exp(-t) for w, t in zip(new, true)],
+        "protocol": PROBABILITY,
+    }
+
+
+# ============================================================================ generation
+def generate_text(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int | Sequence[int],
+    *,
+    subjects: Sequence[str | None] | None = None,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    top_k: int | None = None,
+    seed: int | None = None,
+    stop_at_eos: bool = True,
+    include_prompt: bool = False,
+) -> list[str]:
+    """Generate from each prompt (greedy by default, left padding, with the attention mask).
+
+    ``max_new_tokens`` may be one int or one per prompt (rows are cut to their own limit,
+    so a row's text does not depend on its batch). Generation stops at EOS when
+    ``stop_at_eos``. With ``seed`` and ``do_sample`` the global torch RNG is seeded first.
+    Subject/prompt masks are passed through ``token_info`` during generation so that
+    subject-position interventions work too.
+
+    Example::
+
+        generate_text(model, tok, ["The capital of France is"], 5)  # [' Paris. It is']
+    """
+    if isinstance(prompts, str):
+        raise TypeError("generate_text() takes a list of prompts, not a single string")
+    n = len(prompts)
+    limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
+    if len(limits) != n:
+        raise ValueError(f"{n} prompts but {len(limits)} max_new_tokens")
+    _warn_if_training(model)
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = _model_device(model)
+    eos = _eos_ids(model, tokenizer) if stop_at_eos else set()
+    pad = _pad_id(tokenizer)
+    texts = [""] * n
+    order = _length_order(prompts)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        batch = encode(
+            tokenizer,
+            [prompts[i] for i in idx],
+            subjects=None if subjects is None else [subjects[i] for i in idx],
+            padding_side="left",
+        ).to(device)
+        gen_kwargs: dict[str, Any] = dict(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max(limits[i] for i in idx),
+            do_sample=do_sample,
+            pad_token_id=pad,
+        )
+        if do_sample and top_k is not None:
+            gen_kwargs["top_k"] = top_k
+        with torch.no_grad(), batch.info():
+            out = model.generate(**gen_kwargs)
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        width = batch.input_ids.shape[1]
+        new_rows = seqs[:, width:].tolist()
+        for row, i in enumerate(idx):
+            toks = new_rows[row][: limits[i]]
+            for j, t in enumerate(toks):
+                if t in eos:
+                    toks = toks[:j]
+                    break
+            text = tokenizer.decode(toks, skip_special_tokens=True)
+            texts[i] = prompts[i] + text if include_prompt else text
+    return texts
+
+
+_PERIOD = re.compile(r"\.(?=\s|$)")
+
+
+def truncate_answer(text: str, target: str | None = None) -> str:
+    """Cut a generation at the first newline or sentence-ending period, then strip.
+
+    A period ends the answer only when followed by whitespace or the end of the text (so
+    "1.5" survives), and not while the text so far is still a prefix of ``target`` (so
+    "St. Louis" survives when it is the target).
+
+    Example::
+
+        truncate_answer(" Paris. It is big.\\n")  # 'Paris'
+    """
+    text = text.split("\n", 1)[0]
+    lead = len(text) - len(text.lstrip())
+    body = text[lead:]
+    tgt = target.strip() if target else None
+    for m in _PERIOD.finditer(body):
+        if tgt and tgt.startswith(body[: m.start() + 1]) and len(tgt) > m.start() + 1:
+            continue
+        body = body[: m.start()]
+        break
+    return body.strip()
+
+
+def _prefix_match(answer: str, target: str) -> bool:
+    """``answer`` starts with ``target`` at a word boundary ("Paris, France" yes; "Parisian" no)."""
+    if not target or not answer.startswith(target):
+        return False
+    rest = answer[len(target) :]
+    return not rest or not (rest[0].isalnum() or rest[0] == "_")
+
+
+def generation_match(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    subjects: Sequence[str | None] | None = None,
+    extra_tokens: int = 5,
+    batch_size: int = 16,
+    ignore_case: bool = False,
+) -> dict[str, Any]:
+    """Greedy-generate answers and compare with the targets (``generation/mirage``).
+
+    ``max_new_tokens`` per prompt = tokens of ``" " + target`` + ``extra_tokens``. Returns
+    lists ``exact``, ``prefix`` (booleans) and ``text`` (the truncated answers).
+
+    Example::
+
+        generation_match(model, tok, ["The capital of France is"], ["Paris"])["exact"]  # [True]
+    """
+    if len(targets) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    if not prompts:
+        return {"exact": [], "prefix": [], "text": [], "protocol": GENERATION}
+    lens = [len(x) for x in tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]]
+    raw = generate_text(
+        model, tokenizer, prompts, [n + extra_tokens for n in lens], subjects=subjects, batch_size=batch_size
+    )
+    answers = [truncate_answer(r, t) for r, t in zip(raw, targets)]
+    exact, prefix = [], []
+    for a, t in zip(answers, targets):
+        a2, t2 = (a.lower(), t.strip().lower()) if ignore_case else (a, t.strip())
+        exact.append(a2 == t2)
+        prefix.append(_prefix_match(a2, t2))
+    return {"exact": exact, "prefix": prefix, "text": answers, "protocol": GENERATION}
+
+
+# ============================================================================ fluency
+_WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
+
+
+def _words(text: str) -> list[str]:
+    # Approximates nltk.word_tokenize (used by ROME) without the nltk dependency:
+    # words and single punctuation marks.
+    return _WORD.findall(text)
+
+
+def compute_n_gram_entropy(
+    text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3), agg: str = "arith"
+) -> float:
+    """ROME's ``compute_n_gram_entropy``: mean of weighted n-gram entropies (bits) of one text.
+
+    Example::
+
+        compute_n_gram_entropy("a b a b a b")  # low: repetitive
+    """
+    if agg not in ("arith", "geom"):
+        raise ValueError("agg must be 'arith' or 'geom'")
+    toks = _words(text)
+    vals = []
+    for n, w in zip(ns, weights):
+        grams = Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+        total = sum(grams.values())
+        h = -sum((c / total) * math.log2(c / total) for c in grams.values()) if total else 0.0
+        vals.append(h * w)
+    if agg == "geom":
+        return math.exp(sum(math.log(v) for v in vals) / len(vals)) if all(v > 0 for v in vals) else 0.0
+    return sum(vals) / len(vals)
+
+
+def n_gram_entropy(texts: Sequence[str], agg: str = "arith") -> float:
+    """ROME's ``n_gram_entropy``: the mean of :func:`compute_n_gram_entropy` over texts.
+
+    Example::
+
+        n_gram_entropy(["The cat sat on the mat.", "the the the the"])
+    """
+    vals = [compute_n_gram_entropy(t) for t in texts]
+    if not vals:
+        return float("nan")
+    if agg == "geom":
+        return math.exp(sum(math.log(v) for v in vals) / len(vals)) if all(v > 0 for v in vals) else 0.0
+    return sum(vals) / len(vals)
+
+
+def fluency(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 100,
+    *,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    top_k: int | None = None,
+    seed: int | None = None,
+    include_prompt: bool = True,
+) -> dict[str, Any]:
+    """Generate ``max_new_tokens`` from each prompt and score n-gram entropy (``fluency/rome``).
+
+    ROME scores the prompt plus its generation (``include_prompt=True``) sampled with
+    ``top_k=5``; the default here is greedy for determinism (pass ``do_sample=True, top_k=5,
+    seed=...`` to follow ROME).
+
+    Example::
+
+        fluency(model, tok, ["The Eiffel Tower is in"], 50)["ngram_entropy"]
+    """
+    texts = generate_text(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        top_k=top_k,
+        seed=seed,
+        stop_at_eos=True,
+        include_prompt=include_prompt,
+    )
+    per = [compute_n_gram_entropy(t) for t in texts]
+    return {"ngram_entropy": _mean(per), "per_prompt": per, "texts": texts, "protocol": FLUENCY}
+
+
+# ============================================================================ per-request evaluation
+def _metric_meta(protocols: Sequence[str]) -> dict[str, str]:
+    meta: dict[str, str] = {}
+    if "teacher_forced" in protocols:
+        for k in (
+            "rewrite_acc",
+            "rephrase_acc",
+            "locality.neighborhood_acc",
+            "locality.neighborhood_gold_acc",
+            "portability.portability_acc",
+        ):
+            meta[k] = TEACHER_FORCED
+    if "probability" in protocols:
+        for k in ("efficacy", "paraphrase", "neighborhood"):
+            meta[f"rome.{k}_success"] = PROBABILITY
+            meta[f"rome.{k}_diff"] = PROBABILITY
+    if "generation" in protocols:
+        for part in ("rewrite", "rephrase", "portability", "neighborhood"):
+            meta[f"generation.{part}_exact"] = GENERATION
+            meta[f"generation.{part}_prefix"] = GENERATION
+        meta["generation.neighborhood_text_agreement"] = GENERATION
+    return meta
+
+
+def evaluate_requests(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[EditRequest],
+    *,
+    protocols: Sequence[str] = ("teacher_forced", "probability"),
+    pre: Sequence[Mapping[str, Any]] | None = None,
+    batch_size: int = 16,
+    extra_tokens: int = 5,
+    max_length: int | None = None,
+) -> list[dict[str, Any]]:
+    """Score every request with the chosen protocols; one EasyEdit-style dict per request.
+
+    The model is used as it is: run once with edits disabled for ``pre`` and once enabled for
+    ``post``. With ``pre`` (the earlier result), ``locality.neighborhood_acc`` is filled in at
+    once; otherwise :func:`build_case_records` does it.
+
+    Per-request keys: ``rewrite_acc``, ``rephrase_acc`` (lists, one per prompt),
+    ``locality`` {``neighborhood_output``, ``neighborhood_gold_acc``},
+    ``portability`` {``portability_acc``}, ``rome`` {``rewrite_prompts_probs``,
+    ``paraphrase_prompts_probs``, ``neighborhood_prompts_probs`` (NLL pairs),
+    ``efficacy_success``, ``paraphrase_success``, ``neighborhood_success``, ``*_diff``},
+    ``generation`` {``<part>_exact``, ``<part>_prefix``, ``<part>_text``}, ``metric_meta``.
+
+    All teacher-forced rows (edit, rephrase, locality, portability prompts, with both targets)
+    go through one batched :func:`score_targets` call.
+
+    Example::
+
+        post = evaluate_requests(model, tok, requests, protocols=("teacher_forced",), pre=pre)
+        post[0]["rewrite_acc"]  # [1.0]
+    """
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"unknown protocol {unknown[0]!r}; choose from {sorted(PROTOCOLS)}")
+    if pre is not None and len(pre) != len(requests):
+        raise ValueError(f"{len(requests)} requests but {len(pre)} pre-edit results")
+    tf, prob, gen = ("teacher_forced" in protocols), ("probability" in protocols), ("generation" in protocols)
+
+    # ---- one flat list of teacher-forced rows: (request, kind, j, prompt, target, subject)
+    rows: list[tuple[int, str, int, str, str, str | None]] = []
+    for r, req in enumerate(requests):
+        subj = req.subject
+        if tf or prob:
+            rows.append((r, "rewrite", 0, req.prompt, req.target_new, _subject_in(req.prompt, subj)))
+            for j, p in enumerate(req.rephrase_prompts):
+                rows.append((r, "rephrase", j, p, req.target_new, _subject_in(p, subj)))
+            for j, lp in enumerate(req.locality_prompts):
+                rows.append((r, "loc", j, lp.prompt, lp.ground_truth, None))
+        if tf:
+            for j, pp in enumerate(req.portability):
+                rows.append((r, "port", j, pp.prompt, pp.ground_truth, _subject_in(pp.prompt, subj)))
+        if prob:
+            if req.ground_truth is not None:
+                rows.append((r, "rewrite_true", 0, req.prompt, req.ground_truth, _subject_in(req.prompt, subj)))
+                for j, p in enumerate(req.rephrase_prompts):
+                    rows.append((r, "rephrase_true", j, p, req.ground_truth, _subject_in(p, subj)))
+            for j, lp in enumerate(req.locality_prompts):
+                rows.append((r, "loc_new", j, lp.prompt, req.target_new, None))
+
+    scores = score_targets(
+        model,
+        tokenizer,
+        [x[3] for x in rows],
+        [x[4] for x in rows],
+        subjects=[x[5] for x in rows],
+        batch_size=batch_size,
+        max_length=max_length,
+    ) if rows else TargetScores()
+    by: dict[tuple[int, str, int], int] = {(x[0], x[1], x[2]): k for k, x in enumerate(rows)}
+
+    def get(r: int, kind: str, j: int) -> int:
+        return by[(r, kind, j)]
+
+    meta = _metric_meta(protocols)
+    results: list[dict[str, Any]] = []
+    for r, req in enumerate(requests):
+        res: dict[str, Any] = {}
+        nr, nl, npt = len(req.rephrase_prompts), len(req.locality_prompts), len(req.portability)
+        if tf:
+            res["rewrite_acc"] = [scores.token_acc[get(r, "rewrite", 0)]]
+            res["rephrase_acc"] = [scores.token_acc[get(r, "rephrase", j)] for j in range(nr)]
+            res["locality"] = {
+                "neighborhood_output": [scores.pred_ids[get(r, "loc", j)] for j in range(nl)],
+                "neighborhood_gold_acc": [scores.token_acc[get(r, "loc", j)] for j in range(nl)],
+            }
+            res["portability"] = {"portability_acc": [scores.token_acc[get(r, "port", j)] for j in range(npt)]}
+            if pre is not None:
+                pre_out = pre[r].get("locality", {}).get("neighborhood_output")
+                if pre_out is None:
+                    raise ValueError(f"pre-edit result {r} has no locality.neighborhood_output (run it with teacher_forced)")
+                res["locality"]["neighborhood_acc"] = locality_agreement(pre_out, res["locality"]["neighborhood_output"])
+        if prob:
+            rome: dict[str, Any] = {}
+            if req.ground_truth is not None:
+                rw = [(scores.mean_nll[get(r, "rewrite", 0)], scores.mean_nll[get(r, "rewrite_true", 0)])]
+                pa = [
+                    (scores.mean_nll[get(r, "rephrase", j)], scores.mean_nll[get(r, "rephrase_true", j)])
+                    for j in range(nr)
+                ]
+                rome["rewrite_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in rw]
+                rome["paraphrase_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in pa]
+                rome["efficacy_success"] = _mean(b > a for a, b in rw)
+                rome["efficacy_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in rw)
+                if pa:
+                    rome["paraphrase_success"] = _mean(b > a for a, b in pa)
+                    rome["paraphrase_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in pa)
+            nb = [(scores.mean_nll[get(r, "loc_new", j)], scores.mean_nll[get(r, "loc", j)]) for j in range(nl)]
+            rome["neighborhood_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in nb]
+            if nb:
+                rome["neighborhood_success"] = _mean(a > b for a, b in nb)
+                rome["neighborhood_diff"] = _mean(math.exp(-b) - math.exp(-a) for a, b in nb)
+            res["rome"] = rome
+        res["metric_meta"] = meta
+        results.append(res)
+
+    if gen:
+        _add_generation(model, tokenizer, requests, results, pre, batch_size, extra_tokens)
+    return results
+
+
+def _add_generation(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[EditRequest],
+    results: list[dict[str, Any]],
+    pre: Sequence[Mapping[str, Any]] | None,
+    batch_size: int,
+    extra_tokens: int,
+) -> None:
+    items: list[tuple[int, str, str, str, str | None]] = []
+    for r, req in enumerate(requests):
+        items.append((r, "rewrite", req.prompt, req.target_new, _subject_in(req.prompt, req.subject)))
+        items += [(r, "rephrase", p, req.target_new, _subject_in(p, req.subject)) for p in req.rephrase_prompts]
+        items += [(r, "portability", p.prompt, p.ground_truth, _subject_in(p.prompt, req.subject)) for p in req.portability]
+        items += [(r, "neighborhood", p.prompt, p.ground_truth, None) for p in req.locality_prompts]
+    g = generation_match(
+        model,
+        tokenizer,
+        [x[2] for x in items],
+        [x[3] for x in items],
+        subjects=[x[4] for x in items],
+        extra_tokens=extra_tokens,
+        batch_size=batch_size,
+    )
+    for res in results:
+        res["generation"] = {
+            f"{part}_{k}": [] for part in ("rewrite", "rephrase", "portability", "neighborhood") for k in ("exact", "prefix", "text")
+        }
+    for k, (r, part, *_rest) in enumerate(items):
+        d = results[r]["generation"]
+        d[f"{part}_exact"].append(g["exact"][k])
+        d[f"{part}_prefix"].append(g["prefix"][k])
+        d[f"{part}_text"].append(g["text"][k])
+    if pre is not None:
+        for r, res in enumerate(results):
+            pre_text = pre[r].get("generation", {}).get("neighborhood_text")
+            if pre_text is not None:
+                res["generation"]["neighborhood_text_agreement"] = [
+                    float(a == b) for a, b in zip(pre_text, res["generation"]["neighborhood_text"])
+                ]
+
+
+# ============================================================================ records and summaries
+def case_record(
+    request: EditRequest,
+    pre: Mapping[str, Any],
+    post: Mapping[str, Any],
+    *,
+    keep_outputs: bool = False,
+) -> dict[str, Any]:
+    """EasyEdit's per-case record ``{"pre", "post", "case_id", "requested_rewrite"}``.
+
+    Fills ``post.locality.neighborhood_acc`` (pre/post argmax agreement) and, with the
+    generation protocol, ``post.generation.neighborhood_text_agreement``. Token outputs
+    (``*_output``) are dropped unless ``keep_outputs``.
+
+    Example::
+
+        rec = case_record(req, pre[0], post[0])
+        rec["post"]["locality"]["neighborhood_acc"]
+    """
+    import copy
+
+    pre_d = copy.deepcopy(dict(pre))
+    post_d = copy.deepcopy(dict(post))
+    pre_loc = pre_d.get("locality", {})
+    post_loc = post_d.get("locality", {})
+    if "neighborhood_output" in pre_loc and "neighborhood_output" in post_loc:
+        post_loc["neighborhood_acc"] = locality_agreement(pre_loc["neighborhood_output"], post_loc["neighborhood_output"])
+    pg, qg = pre_d.get("generation", {}), post_d.get("generation", {})
+    if "neighborhood_text" in pg and "neighborhood_text" in qg:
+        qg["neighborhood_text_agreement"] = [float(a == b) for a, b in zip(pg["neighborhood_text"], qg["neighborhood_text"])]
+    if not keep_outputs:
+        for d in (pre_loc, post_loc):
+            for k in [k for k in d if k.endswith("_output")]:
+                del d[k]
+    return {
+        "pre": pre_d,
+        "post": post_d,
+        "case_id": request.case_id,
+        "requested_rewrite": request.to_dict(),
+    }
+
+
+def build_case_records(
+    requests: Sequence[EditRequest],
+    pre: Sequence[Mapping[str, Any]],
+    post: Sequence[Mapping[str, Any]],
+    *,
+    keep_outputs: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`case_record` for every request.
+
+    Example::
+
+        records = build_case_records(requests, pre, post)
+    """
+    if not (len(requests) == len(pre) == len(post)):
+        raise ValueError(f"{len(requests)} requests, {len(pre)} pre results, {len(post)} post results")
+    return [case_record(q, a, b, keep_outputs=keep_outputs) for q, a, b in zip(requests, pre, post)]
+
+
+def harmonic_mean(*values: float) -> float:
+    """Harmonic mean; 0 when any value is 0, NaN when any is NaN or none given.
+
+    Example::
+
+        harmonic_mean(1.0, 0.5, 1.0)  # 0.75
+    """
+    vals = [float(v) for v in values]
+    if not vals or any(math.isnan(v) for v in vals):
+        return float("nan")
+    if any(v <= 0 for v in vals):
+        return 0.0
+    return len(vals) / sum(1.0 / v for v in vals)
+
+
+def _flat_means(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Per-record mean of each list metric, then the mean over records that have it."""
+    acc: dict[str, list[float]] = {}
+
+    def add(key: str, value: Any) -> None:
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, (int, float)):
+            if not math.isnan(float(value)):
+                acc.setdefault(key, []).append(float(value))
+        elif isinstance(value, list) and value and all(isinstance(v, (int, float, bool)) for v in value):
+            m = _mean(value)
+            if not math.isnan(m):
+                acc.setdefault(key, []).append(m)
+
+    for res in results:
+        for key in ("rewrite_acc", "rephrase_acc"):
+            if key in res:
+                add(key, res[key])
+        for group in ("locality", "portability", "generation"):
+            for k, v in res.get(group, {}).items():
+                if not k.endswith(("_output", "_text")):
+                    add(f"{group}.{k}", v)
+        for k, v in res.get("rome", {}).items():
+            if k.endswith(("_success", "_diff")):
+                add(f"rome.{k}", v)
+    return {k: _mean(v) for k, v in sorted(acc.items())}
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Means over cases for ``pre`` and ``post``, plus harmonic-mean scores and protocol labels.
+
+    ``hm["teacher_forced/easyedit"]`` = HM(post rewrite_acc, rephrase_acc, neighborhood_acc)
+    (reliability, generality, locality); ``hm["probability/rome"]`` = ROME's ``score``,
+    HM(efficacy, paraphrase, neighbourhood success). Also accepts plain result dicts
+    (from :func:`evaluate_requests`), which are summarised as ``post``.
+
+    Example::
+
+        summarize(build_case_records(requests, pre, post))["hm"]
+    """
+    if records and "post" not in records[0]:
+        records = [{"post": r} for r in records]
+    out: dict[str, Any] = {"n_cases": len(records)}
+    meta: dict[str, str] = {}
+    for r in records:
+        meta.update(r.get("post", {}).get("metric_meta", {}))
+    for side in ("pre", "post"):
+        rs = [r[side] for r in records if side in r]
+        if rs:
+            out[side] = _flat_means(rs)
+    post = out.get("post", {})
+    nan = float("nan")
+    out["hm"] = {}
+    if "rewrite_acc" in post:
+        out["hm"][TEACHER_FORCED] = harmonic_mean(
+            post.get("rewrite_acc", nan), post.get("rephrase_acc", nan), post.get("locality.neighborhood_acc", nan)
+        )
+    if "rome.efficacy_success" in post:
+        out["hm"][PROBABILITY] = harmonic_mean(
+            post.get("rome.efficacy_success", nan),
+            post.get("rome.paraphrase_success", nan),
+            post.get("rome.neighborhood_success", nan),
+        )
+    out["metric_meta"] = meta
+    return out
+
+
+# ============================================================================ metadata
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks.
+
+    Example::
+
+        file_sha256("../shared/data/counterfact/counterfact.json")
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def results_metadata(
+    protocols: Sequence[str] | str,
+    *,
+    model: Mapping[str, Any] | str | None = None,
+    data: Any = None,
+    seed: int | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Metadata to store next to results: protocols, model, data file + sha256, seed, version.
+
+    ``model`` is a dict (e.g. ``{"name": ..., "fingerprint": ...}``) or a name. ``data`` is a
+    loader Dataset (its recorded info is used, including the zsRE target convention) or a
+    file path (hashed here).
+
+    Example::
+
+        results_metadata(["teacher_forced"], model={"name": "smollm2-135m", "fingerprint": "ab12"},
+                         data=ds, seed=0)
+    """
+    from repedit.version import __version__
+
+    if isinstance(protocols, str):
+        protocols = [protocols]
+    labels = [PROTOCOLS.get(p, p) for p in protocols]
+    meta: dict[str, Any] = {"protocols": labels, "repedit_version": __version__, "seed": seed}
+    if isinstance(model, str):
+        meta["model"] = {"name": model}
+    elif model is not None:
+        meta["model"] = dict(model)
+    if data is not None:
+        if isinstance(data, (str, os.PathLike)):
+            p = Path(data)
+            meta["data"] = {"path": str(p.resolve()), "sha256": file_sha256(p)}
+        else:
+            from repedit.eval.data import data_info
+
+            meta["data"] = data_info(data)
+    meta["torch_version"] = torch.__version__
+    try:
+        import transformers
+
+        meta["transformers_version"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    if extra:
+        meta.update(extra)
+    return meta
