@@ -116,7 +116,7 @@ def last_true_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last True per row of a (B, T) mask (0 for an all-False row); no host sync."""
     t = mask.shape[-1]
     ar = torch.arange(1, t + 1, device=mask.device)
-    return ((mask.long() * ar).argmax(dim=-1)).clamp(min=0)
+    return (mask.long() * ar).argmax(dim=-1)
 
 
 def rule_mask(
@@ -245,9 +245,11 @@ def encode(
             cont_ids = list(tokenizer(continuations[i], add_special_tokens=False)["input_ids"])
         rows.append((ids, subj, cont_ids))
 
-    width = max(len(p) + len(c) for p, _, c in rows)
+    lengths = [len(p) + len(c) for p, _, c in rows]
+    width = max(lengths)
     if max_length is not None and width > max_length:
-        raise ValueError(f"a prompt with its continuation is {width} tokens, over max_length={max_length}")
+        row = lengths.index(width)
+        raise ValueError(f"row {row} (prompt {prompts[row][:60]!r}) is {width} tokens with its continuation, over max_length={max_length}")
     input_ids = torch.full((n, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
     pmask = torch.zeros((n, width), dtype=torch.bool)
