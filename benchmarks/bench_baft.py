@@ -1,0 +1,213 @@
+"""Benchmark LoReFT, BaFT and BaFT + null-space projection on dev CounterFact.
+
+Settings (the targets of issue 4):
+
+* ``single``: N edits, each applied alone to the unedited model (reset between edits) and
+  scored right after;
+* ``sequential``: N edits applied one after another to one model, all scored after the last.
+
+Scores: ROME's probability-based efficacy / paraphrase / neighbourhood success
+(``probability/rome``), EasyEdit's teacher-forced rewrite / rephrase accuracy and locality
+(argmax agreement with the unedited model on the neighbourhood prompts,
+``teacher_forced/easyedit``), and greedy-generation exact match (``generation/mirage``).
+"locality" in the table is EasyEdit's agreement; the absolute neighbourhood success is shown
+beside the unedited model's. Also: seconds per edit and the forward-latency ratio of the
+edited model to the unedited one (same process, same prompts, median of repeats).
+
+Usage::
+
+    python benchmarks/bench_baft.py --quick            # a few minutes on 2 cores
+    python benchmarks/bench_baft.py                    # full: 200 single, 1000 sequential
+    python benchmarks/bench_baft.py --sweep            # the small default-selection sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import environment, latency_ratio, select_requests, set_threads, write_results  # noqa: E402
+
+PROTOCOLS = ("teacher_forced", "probability", "generation")
+
+
+def method_configs(args) -> dict:
+    common = dict(layers=[args.layer], positions=args.positions, lr=args.lr, max_steps=args.max_steps,
+                  stop_prob=args.stop_prob, augment=args.augment, seed=args.seed)
+    baft = dict(rank=args.rank, locality_weight=args.locality_weight, gate_positive_weight=args.gate_positive_weight,
+                temperature=args.temperature)
+    out = {
+        "loreft": dict(common, method="loreft", method_config={"rank": args.rank}),
+        "baft": dict(common, method="baft", method_config=dict(baft)),
+        "baft_ns": dict(common, method="baft", adapter="ns",
+                        method_config=dict(baft, nullspace="read", nullspace_threshold=args.ns_threshold,
+                                           nullspace_texts=args.ns_texts)),
+    }
+    return {k: out[k] for k in args.methods.split(",")}
+
+
+def flat(summary: dict, side: str = "post") -> dict:
+    s = summary.get(side, {})
+    g = lambda k: s.get(k)  # noqa: E731
+    return {
+        "efficacy": g("rome.efficacy_success"),
+        "paraphrase": g("rome.paraphrase_success"),
+        "locality": g("locality.neighborhood_acc"),
+        "neighborhood": g("rome.neighborhood_success"),
+        "rewrite_acc": g("rewrite_acc"),
+        "rephrase_acc": g("rephrase_acc"),
+        "gen_rewrite": g("generation.rewrite_exact"),
+        "gen_rephrase": g("generation.rephrase_exact"),
+        "gen_loc_agree": g("generation.neighborhood_text_agreement"),
+    }
+
+
+def measure_latency(model, tok, prompts, edited) -> dict:
+    from repedit.positions import encode
+
+    batch = encode(tok, prompts, padding_side="right")
+
+    def run():
+        with torch.no_grad(), batch.info():
+            model(**batch.model_inputs())
+
+    def base():
+        with edited.disabled():
+            run()
+
+    return latency_ratio(run, base, repeats=11)
+
+
+def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log):
+    from repedit import Editor, EditorConfig
+    from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
+
+    cfg = EditorConfig(**copy.deepcopy(cfg_kwargs))
+    editor = Editor(edited, tok, cfg)
+    outcomes, posts, seconds = [], [], 0.0
+    lat = None
+    if sequential:
+        t = time.perf_counter()
+        res = editor.edit(reqs, sequential=True)
+        seconds = time.perf_counter() - t
+        outcomes = res.outcomes
+        posts = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS, pre=pre)
+        lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
+        module = editor.attachments()[0].module
+        extra = {"num_bases": getattr(module, "num_bases", None)}
+        if hasattr(module, "projector"):
+            extra["nullspace_dim_final"] = float(torch.trace(module.projector))
+        editor.reset()
+    else:
+        extra = {}
+        for i, req in enumerate(reqs):
+            editor.reset()
+            t = time.perf_counter()
+            res = editor.edit(req)
+            seconds += time.perf_counter() - t
+            outcomes.extend(res.outcomes)
+            posts.extend(evaluate_requests(model, tok, [req], protocols=PROTOCOLS, pre=[pre[i]]))
+            if i == len(reqs) - 1:
+                lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
+                module = editor.attachments()[0].module
+                if hasattr(module, "nullspace_info"):
+                    extra["nullspace"] = {k: v for k, v in module.nullspace_info.items() if k != "path"}
+            if (i + 1) % 10 == 0:
+                log(f"  {name} single {i + 1}/{len(reqs)} ({seconds / (i + 1):.2f} s/edit)")
+        editor.reset()
+    summary = summarize(build_case_records(reqs, pre, posts))
+    row = {"method": name, "setting": f"{len(reqs)} {'sequential' if sequential else 'single'}", **flat(summary)}
+    row["success_rate"] = sum(o.success for o in outcomes) / len(outcomes)
+    row["mean_steps"] = sum(o.steps for o in outcomes) / len(outcomes)
+    row["s_per_edit"] = seconds / len(reqs)
+    row["latency_ratio"] = lat["ratio"] if lat else None
+    return row, {"summary": summary, "latency": lat, "config": cfg_kwargs, **extra}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="20 single + 50 sequential edits")
+    p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 20)")
+    p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 50)")
+    p.add_argument("--methods", default="loreft,baft,baft_ns")
+    p.add_argument("--layer", type=int, default=9)
+    p.add_argument("--positions", default="last_prompt")
+    p.add_argument("--rank", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-2)
+    p.add_argument("--max-steps", type=int, default=60)
+    p.add_argument("--stop-prob", type=float, default=0.9)
+    p.add_argument("--augment", type=int, default=2)
+    p.add_argument("--locality-weight", type=float, default=1.0)
+    p.add_argument("--gate-positive-weight", type=float, default=0.1)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--ns-threshold", type=float, default=1e-3)
+    p.add_argument("--ns-texts", type=int, default=1000, help="WikiText-2 sentences used to build P")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
+    p.add_argument("--model", default="smollm2-135m")
+    args = p.parse_args(argv)
+    n_single = args.single if args.single is not None else (20 if args.quick else 200)
+    n_seq = args.sequential if args.sequential is not None else (50 if args.quick else 1000)
+    name = args.name or ("baft_quick" if args.quick else "baft_full")
+
+    set_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    start = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - start:7.1f}s] {msg}", flush=True)  # noqa: E731
+
+    from repedit import models
+    from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
+    from repedit.hooks import EditableModel
+
+    model, tok = models.load(args.model)
+    model.eval()
+    edited = EditableModel(model, tok)
+    env = environment(model, args.model)
+    n_all = max(n_single, n_seq)
+    reqs, data = select_requests(n_all, seed=args.seed, offset=args.offset)
+    log(f"loaded model and {len(reqs)} requests")
+    pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
+    unedited = {"method": "unedited", "setting": "–", **flat(summarize(build_case_records(reqs, pre, pre)))}
+    unedited["locality"] = None
+    log("scored the unedited model")
+
+    rows, details = [unedited], {}
+    for mname, ck in method_configs(args).items():
+        for sequential, n in ((False, n_single), (True, n_seq)):
+            if n <= 0:
+                continue
+            log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
+            row, det = run_setting(mname, ck, reqs[:n], pre[:n], model, tok, edited, sequential, log)
+            rows.append(row)
+            details[f"{mname}/{row['setting']}"] = det
+            log(f"  -> {row}")
+            payload = {"rows": rows, "details": details, "args": vars(args), "data": data, "environment": env,
+                       "targets": {"single": {"efficacy": 0.99, "paraphrase": 0.85, "locality": 0.95},
+                                   "sequential_1000": {"efficacy": 0.95, "paraphrase": 0.75, "locality": 0.90}},
+                       "wall_seconds": time.perf_counter() - start}
+            write_results(name, payload, table=rows, columns=[
+                "method", "setting", "efficacy", "paraphrase", "locality", "neighborhood", "rewrite_acc",
+                "rephrase_acc", "gen_rewrite", "gen_rephrase", "gen_loc_agree", "success_rate", "mean_steps",
+                "s_per_edit", "latency_ratio"],
+                notes=("efficacy/paraphrase/neighborhood: ROME probability success (`probability/rome`); "
+                       "locality: EasyEdit argmax agreement with the unedited model on neighbourhood prompts; "
+                       "rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy; gen_*: greedy-generation "
+                       "exact match / neighbourhood text agreement (`generation/mirage`). Model "
+                       f"{args.model}, dev CounterFact, seed {args.seed}, offset {args.offset}. "
+                       f"Latency ratio: edited/unedited forward, 16 prompts, median of 11 interleaved repeats."))
+    log("done")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,495 @@
+"""BaFT: basis-level representation fine-tuning (Liu et al., ICLR 2025), as repedit reconstructs it.
+
+**This is a reconstruction, not the authors' code.** No official implementation is public
+and the paper's exact weight function, losses and hyper-parameters could not be read (see
+``notes/methods.md`` §2). What the sources confirm: each basis of a LoReFT subspace gets an
+input-dependent weight, BaFT reduces to LoReFT with constant weights, and training uses a
+locality regulariser and an incremental load-balancing loss. repedit implements::
+
+    Φ(h) = h + Σ_i w_i(h) · r_i · (⟨W_i, h⟩ + b_i − ⟨r_i, h⟩),   w_i(h) = σ((⟨u_i, h⟩ + c_i) / τ)
+
+with ``R = [r_i]`` orthonormal rows, ``W``, ``b``, gate weights ``U``, gate biases ``c`` and a
+temperature ``τ``. With ``gate="constant"`` every ``w_i = 1`` and Φ is exactly LoReFT.
+
+**Incremental bases (default).** Every request (each edit of a sequential run, each request
+of a batch) gets ``rank`` fresh bases. Only those are trained; earlier bases are frozen
+buffers, so an edit can never overwrite what an earlier edit stored. The gate of each basis
+is initialised from the data (it fires on the request's prompt and not on negatives) and
+trained with the locality regulariser to stay off unrelated inputs. Within one request the
+``rank`` rows of R are orthonormal (a QR parametrization while training); rows of different
+requests are not mutually orthogonal (more than ``hidden_size`` bases can exist). With
+``incremental=False`` the module is a fixed pool of ``rank`` bases, all trained by every edit,
+as in the paper's single/batch setting; the incremental load-balancing term then keeps new
+edits off the bases earlier edits used most.
+
+The forward is vectorised over all bases: one ``(3N × d)`` read matmul gives gate logits,
+``W h`` and ``R h``; one ``(N × d)`` write matmul applies the weighted change. At inference the
+concatenated matrices are cached, so there is no per-forward QR, no Python loop over edits
+and no host sync.
+
+**Null-space projection** (``nullspace="read"`` or ``"write"``; see
+:mod:`repedit.methods.nullspace` for how ``P`` is built from a corpus):
+
+``read`` (default when enabled)
+    Every basis reads ``P h`` instead of ``h`` (gate, ``W`` and ``R`` alike) and has no bias ``b``.
+    Guarantee: for any ``h`` with ``P h = 0`` (the span of the preserved corpus
+    representations, up to the threshold) ``Φ(h) = h`` *exactly*, for every gate value; for
+    held-out text ``‖Φ(h) − h‖ ≤ ‖P h‖ · Σ_i ‖W_i − r_i‖``, small when ``P h`` is small. In
+    sequential mode the keys of every finished edit are removed from the range of ``P`` (an
+    exact rank-one deflation), so later bases also leave earlier edits' keys untouched. Each
+    block of bases stores its read matrices already multiplied by the ``P`` of its time.
+``write``
+    The bases read ``h`` as usual, but the written change is projected: ``Φ(h) = h + P Δ(h)``.
+    Guarantee (weaker): the change is orthogonal to the principal preserved directions
+    (``(I − P)(Φ(h) − h) = 0`` for every input), not that preserved inputs are unchanged.
+
+Example::
+
+    from repedit import Editor, EditorConfig
+    editor = Editor(model, tok, EditorConfig(method="baft", layers=[9], positions="last_prompt"))
+    editor.edit(requests, sequential=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repedit.methods import register_method
+from repedit.methods.base import Intervention, MethodConfig, OrthonormalRows
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BaFTConfig", "BaFT", "baft_delta", "NULLSPACE_MODES", "GATES"]
+
+NULLSPACE_MODES = ("none", "read", "write")
+#: corpus-negative states of the last (model, layer) used, shared by modules of one run
+_NEG_CACHE: dict = {}
+GATES = ("sigmoid", "constant")
+
+
+@dataclass
+class BaFTConfig(MethodConfig):
+    rank: int = field(default=2, metadata={"help": "bases per request (incremental) or in the fixed pool"})
+    incremental: bool = field(default=True, metadata={"help": "allocate fresh bases per request and freeze earlier ones (False: one fixed pool of `rank` bases, all trained)"})
+    num_bases: int = field(default=0, metadata={"help": "frozen bases held (grows with incremental edits; set by export_config)"})
+    gate: str = field(default="sigmoid", metadata={"help": "'sigmoid': w_i = σ((⟨u_i,h⟩+c_i)/τ); 'constant': w_i = 1 (LoReFT)"})
+    temperature: float = field(default=1.0, metadata={"help": "gate temperature τ"})
+    gate_init_sharpness: float = field(default=4.0, metadata={"help": "data-driven gate init: logit at the request's prompt (and −logit mirrored at the negatives' boundary)"})
+    locality_weight: float = field(default=1.0, metadata={"help": "weight of the gate locality term: mean softplus(gate logit) of the new bases on negative inputs (pushes w_i → 0)"})
+    gate_positive_weight: float = field(default=0.1, metadata={"help": "weight of −log w_i on the request's own positions (keeps the gate on)"})
+    kl_weight: float = field(default=0.0, metadata={"help": "weight of KL(base ‖ edited) of next-token distributions on negative prompts (one extra forward per step)"})
+    balance_weight: float = field(default=0.01, metadata={"help": "incremental load balancing: penalise current gate usage of bases in proportion to their past usage"})
+    num_negatives: int = field(default=24, metadata={"help": "negative prompts per edit: the request's relation with other subjects, earlier requests"})
+    num_corpus_negatives: int = field(default=64, metadata={"help": "corpus sentences used as negatives (captured once per module)"})
+    nullspace: str = field(default="none", metadata={"help": "'none', 'read' (bases read P·h, no bias: Φ(h)=h on the preserved span) or 'write' (the change is projected)"})
+    nullspace_threshold: float = field(default=1e-3, metadata={"help": "relative threshold for the null space (see nullspace_threshold_mode)"})
+    nullspace_threshold_mode: str = field(default="energy", metadata={"help": "'energy': smallest eigenvalues holding ≤ threshold of the trace; 'max': eigenvalues < threshold·λ_max"})
+    nullspace_texts: int = field(default=2000, metadata={"help": "corpus sentences used to build P"})
+    nullspace_corpus: Any = field(default=None, metadata={"help": "None (WikiText-2 test sentences), a path, or a list of strings"})
+    nullspace_fold_edits: bool = field(default=True, metadata={"help": "remove each finished edit's keys from the null space (sequential editing)"})
+    nullspace_min_dim: int = field(default=8, metadata={"help": "stop folding keys once the null space would drop below this dimension"})
+    nullspace_built: bool = field(default=False, metadata={"help": "whether P is built (set by export_config; a loaded adapter never rebuilds it)"})
+    seed: int | None = field(default=None, metadata={"help": "seed for initial parameters (None: torch's global RNG)"})
+
+    #: default layers for the Editor: 30 % of the depth (layer 9 of SmolLM2's 30). Chosen a
+    #: priori (ROME-style early-middle layer), NOT yet by a sweep; see benchmarks/results/baft_quick.md
+    @staticmethod
+    def default_layers(num_layers: int) -> list[int]:
+        return [max(0, round(num_layers * 0.3))]
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError("rank must be >= 1")
+        if self.gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+        if self.nullspace not in NULLSPACE_MODES:
+            raise ValueError(f"nullspace must be one of {NULLSPACE_MODES}, got {self.nullspace!r}")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+        if self.num_bases < 0:
+            raise ValueError("num_bases must be >= 0")
+
+
+def baft_delta(x_read: torch.Tensor, read: torch.Tensor, write: torch.Tensor, bias: torch.Tensor,
+               gate_bias: torch.Tensor, temperature: float, constant_gate: bool = False) -> torch.Tensor:
+    """The BaFT change for inputs ``x_read`` (…, d): ``Σ_i w_i r_i (⟨W_i,x⟩ + b_i − ⟨r_i,x⟩)``.
+
+    ``read`` is ``[U; W; R]`` stacked (3N, d), ``write`` is ``R`` (N, d). Pure function, used by
+    the module and by the gradient check.
+    """
+    n = write.shape[0]
+    z = x_read @ read.transpose(0, 1)
+    g, s, r = z.split(n, dim=-1)
+    diff = s + bias - r
+    if not constant_gate:
+        diff = torch.sigmoid((g + gate_bias) / temperature) * diff
+    return diff @ write
+
+
+class _Block(nn.Module):
+    """The trainable bases of the current edit (or the fixed pool)."""
+
+    def __init__(self, hidden: int, m: int, generator: torch.Generator | None):
+        super().__init__()
+        self.rotate = OrthonormalRows(hidden, m, generator=generator)
+        R = self.rotate.matrix().detach().clone()
+        self.source = nn.Parameter(R.clone())  # W = R: the edit starts at zero
+        self.bias = nn.Parameter(torch.zeros(m))
+        self.gate = nn.Parameter(torch.zeros(m, hidden))
+        self.gate_bias = nn.Parameter(torch.zeros(m))
+
+
+class BaFT(Intervention):
+    """Basis-level gated low-rank subspace intervention (reconstruction; see the module doc)."""
+
+    def __init__(self, config: BaFTConfig, hidden_size: int):
+        super().__init__(config, hidden_size)
+        d, n = hidden_size, config.num_bases
+        self.register_buffer("read_frozen", torch.zeros(3 * n, d))
+        self.register_buffer("write_frozen", torch.zeros(n, d))
+        self.register_buffer("bias_frozen", torch.zeros(n))
+        self.register_buffer("gate_bias_frozen", torch.zeros(n))
+        self.register_buffer("usage", torch.zeros(n))
+        if config.nullspace != "none":
+            self.register_buffer("projector", torch.eye(d))
+        self._gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        self.block: _Block | None = None
+        if not config.incremental:
+            self.usage = torch.zeros(config.rank)
+            self.block = _Block(d, config.rank, self._gen)
+            if config.gate == "sigmoid":
+                with torch.no_grad():  # gates start half-open everywhere
+                    self.block.gate_bias.zero_()
+        self._cache: tuple | None = None
+        self._cache_key: tuple | None = None
+        self._train_state: dict = {}
+        self._corpus_neg: torch.Tensor | None = None
+        self._fold_warned = False
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def num_frozen(self) -> int:
+        return self.write_frozen.shape[0]
+
+    @property
+    def num_bases(self) -> int:
+        return self.num_frozen + (self.block.bias.shape[0] if self.block is not None else 0)
+
+    def export_config(self) -> BaFTConfig:
+        import dataclasses
+
+        corpus = self.config.nullspace_corpus
+        if isinstance(corpus, (list, tuple)):  # do not store a user corpus in the adapter
+            corpus = f"<{len(corpus)} texts>"
+        return dataclasses.replace(self.config, num_bases=self.num_frozen, nullspace_corpus=corpus,
+                                   nullspace_built=self.config.nullspace_built)
+
+    # ----------------------------------------------------------------- math
+    def _block_mats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        b = self.block
+        R = b.rotate.matrix()
+        read = torch.cat([b.gate, b.source, R], 0)
+        write = R
+        bias = b.bias
+        if self.config.nullspace == "read":
+            read = read @ self.projector
+            bias = torch.zeros_like(bias)
+        elif self.config.nullspace == "write":
+            write = write @ self.projector
+        return read, write, bias, b.gate_bias
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(read [U;W;R] (3N, d), write R (N, d), b (N,), c (N,)) over every basis."""
+        if self.block is None:
+            return self.read_frozen, self.write_frozen, self.bias_frozen, self.gate_bias_frozen
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.block.parameters())
+        key = None
+        if not grad:
+            key = tuple((p._version, p.data_ptr()) for p in self.block.parameters()) + tuple(
+                (t._version, t.data_ptr()) for t in self.buffers())
+            if self._cache is not None and self._cache_key == key:
+                return self._cache
+        read, write, bias, gbias = self._block_mats()
+        n, m = self.num_frozen, bias.shape[0]
+        rf = self.read_frozen
+        read = torch.cat([rf[:n], read[:m], rf[n : 2 * n], read[m : 2 * m], rf[2 * n :], read[2 * m :]], 0)
+        out = (read, torch.cat([self.write_frozen, write], 0), torch.cat([self.bias_frozen, bias], 0),
+               torch.cat([self.gate_bias_frozen, gbias], 0))
+        if key is not None:
+            self._cache = tuple(t.detach() for t in out)
+            self._cache_key = key
+        return out
+
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-basis weights w_i(h), shape (..., N)."""
+        read, write, bias, gbias = self.matrices()
+        n = write.shape[0]
+        x = h.to(read.dtype)
+        if self.config.gate == "constant":
+            return torch.ones(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+        return torch.sigmoid((x @ read[:n].T + gbias) / self.config.temperature)
+
+    def edit(self, h: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        read, write, bias, gbias = self.matrices()
+        x = h.to(read.dtype)
+        if write.shape[0] == 0:
+            return x
+        return x + baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant")
+
+    # ----------------------------------------------------------------- null space
+    def build_nullspace(self, editor: Any, attachment: Any, texts: list[str] | None = None) -> dict:
+        """Build ``P`` from ``texts`` (default: the configured corpus) at this module's site."""
+        from repedit.methods import nullspace as ns
+
+        cfg = self.config
+        if texts is None:
+            corpus = cfg.nullspace_corpus
+            if isinstance(corpus, (list, tuple)):
+                texts = list(corpus)
+            else:
+                texts = ns.corpus_sentences(corpus, limit=cfg.nullspace_texts)
+        moment, info = ns.cached_second_moment(editor, attachment, texts)
+        P, pinfo = ns.null_space_projector(moment, cfg.nullspace_threshold, cfg.nullspace_threshold_mode)
+        with torch.no_grad():
+            self.projector.copy_(P.to(self.projector))
+        cfg.nullspace_built = True
+        info.update(pinfo)
+        self.nullspace_info = info
+        logger.info("null space at layer %s: dim %d, energy %.2e", attachment.layer, pinfo["dim"], pinfo["energy_fraction"])
+        return info
+
+    # ----------------------------------------------------------------- editing hooks
+    def _attachment(self, session: Any):
+        for att in session.editor.attachments():
+            if att.module is self:
+                return att
+        raise RuntimeError("this BaFT module is not attached to the session's editor")
+
+    def _read_input(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.projector if self.config.nullspace == "read" else h
+
+    def _negative_prompts(self, session: Any, rng: random.Random) -> list[str]:
+        cfg = self.config
+        current = {id(r) for r in session.requests}
+        idx0 = min(session.indices) if session.indices else 0
+        others = [r for r in session.all_requests if id(r) not in current]
+        subjects = sorted({r.subject for r in others if r.subject} - {r.subject for r in session.requests})
+        pool_subjects = list(subjects) + list(self._corpus_subjects())
+        prompts: list[str] = []
+        per = max(1, cfg.num_negatives // max(1, len(session.requests)) // 2)
+        for req in session.requests:
+            if req.relation and "{}" in req.relation and pool_subjects:
+                for s in rng.sample(pool_subjects, min(per, len(pool_subjects))):
+                    if s != req.subject:
+                        prompts.append(req.relation.replace("{}", s, 1))
+        earlier = [r.prompt for r in session.all_requests[:idx0] if id(r) not in current]
+        if earlier:
+            prompts.extend(rng.sample(earlier, min(len(earlier), max(1, cfg.num_negatives - len(prompts)))))
+        later = [r.prompt for r in others if r.prompt not in prompts]
+        if len(prompts) < cfg.num_negatives and later:
+            prompts.extend(rng.sample(later, min(len(later), cfg.num_negatives - len(prompts))))
+        return prompts[: max(cfg.num_negatives, 1)]
+
+    def _corpus_subjects(self) -> list[str]:
+        subj = getattr(self, "_corpus_subject_cache", None)
+        if subj is None:
+            subj = []
+            try:
+                from repedit.methods.nullspace import corpus_sentences
+
+                seen = set()
+                for sent in corpus_sentences(limit=400):
+                    words = sent.split()
+                    for a, b in zip(words, words[1:]):
+                        if a[:1].isupper() and b[:1].isupper() and a.isalpha() and b.isalpha() and (a, b) not in seen:
+                            seen.add((a, b))
+                            subj.append(f"{a} {b}")
+            except (FileNotFoundError, OSError):
+                subj = []
+            self._corpus_subject_cache = subj[:200]
+        return self._corpus_subject_cache
+
+    def _corpus_negatives(self, session: Any, att: Any) -> torch.Tensor:
+        key = (id(session.edited.model), att.layer, att.component, self.config.num_corpus_negatives, str(session.device))
+        if self._corpus_neg is None and key in _NEG_CACHE:
+            self._corpus_neg = _NEG_CACHE[key]
+        if self._corpus_neg is None or self._corpus_neg.device != session.device:
+            from repedit.methods.nullspace import corpus_sentences
+
+            n = self.config.num_corpus_negatives
+            try:
+                texts = corpus_sentences(limit=n + 200)[200:] if n > 0 else []
+            except (FileNotFoundError, OSError):
+                texts = []
+            if texts:
+                texts = [" ".join(t.split()[:16]) for t in texts]
+                h, mask = session.site_states(att, texts)
+                # every token is a 'last prompt token' of its prefix; use all attended tokens
+                am = session.encode(texts).attention_mask.bool()
+                self._corpus_neg = h[am].float()
+                _NEG_CACHE.clear()
+                _NEG_CACHE[key] = self._corpus_neg
+            else:
+                self._corpus_neg = torch.zeros(0, self.hidden_size, device=session.device)
+        return self._corpus_neg
+
+    def prepare_edit(self, session: Any) -> None:
+        cfg = self.config
+        att = self._attachment(session)
+        if cfg.nullspace != "none" and not cfg.nullspace_built:
+            self.build_nullspace(session.editor, att)
+        rng = random.Random(1000003 * (session.indices[0] if session.indices else 0) + (cfg.seed or 0))
+        # positives: the training prompts at this module's positions (unedited states)
+        reqs = session.requests
+        prompts = list(getattr(session, "prompts", [r.prompt for r in reqs]))
+        owners = list(getattr(session, "owners", range(len(reqs))))
+        pos_h, pos_mask = session.site_states(att, prompts, [reqs[o].subject for o in owners])
+        owner_tok = torch.tensor(owners, device=pos_h.device)[:, None].expand_as(pos_mask)[pos_mask]
+        neg_prompts = self._negative_prompts(session, rng)
+        negs = []
+        if neg_prompts:
+            nh, nmask = session.site_states(att, neg_prompts)
+            if att.positions.value in ("subject",):
+                nmask = session.encode(neg_prompts).attention_mask.bool()
+            negs.append(nh[nmask].float())
+        negs.append(self._corpus_negatives(session, att))
+        neg = torch.cat(negs, 0) if negs else torch.zeros(0, self.hidden_size)
+        st = {"pos_h": pos_h.float(), "pos_mask": pos_mask, "neg": neg, "neg_prompts": neg_prompts}
+        if cfg.incremental:
+            m = cfg.rank * len(reqs)
+            self.block = _Block(self.hidden_size, m, self._gen).to(device=self.read_frozen.device, dtype=self.read_frozen.dtype)
+            # own[t, i]: positive token t belongs to the request that basis i serves
+            basis_owner = torch.arange(m, device=pos_h.device) // cfg.rank
+            st["own"] = owner_tok[:, None] == basis_owner[None, :]
+            self._init_gates(pos_h.float(), pos_mask, owner_tok, neg, reqs)
+        if cfg.kl_weight > 0 and neg_prompts:
+            batch = session.encode(neg_prompts[:8])
+            with torch.no_grad(), session.edited.disabled(), batch.info():
+                logits = session.edited.model(**batch.model_inputs()).logits
+            last = batch.attention_mask.sum(1) - 1
+            st["kl_batch"] = batch
+            st["kl_base"] = torch.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
+        self._train_state = st
+
+    def _init_gates(self, pos_h: torch.Tensor, pos_mask: torch.Tensor, owner_tok: torch.Tensor,
+                    neg: torch.Tensor, reqs: list) -> None:
+        cfg = self.config
+        if cfg.gate == "constant":
+            return
+        k = cfg.gate_init_sharpness
+        b = self.block
+        with torch.no_grad():
+            xneg = self._read_input(neg) if neg.numel() else neg
+            mu = xneg.mean(0) if xneg.shape[0] else torch.zeros(self.hidden_size, device=pos_h.device)
+            pos = pos_h[pos_mask]
+            for j in range(len(reqs)):
+                xs = self._read_input(pos[owner_tok == j])
+                if xs.shape[0] == 0:
+                    continue
+                xp = xs.mean(0)
+                v = xp - mu
+                v = v / v.norm().clamp_min(1e-8)
+                sp = float((xs @ v).min())
+                sn = float((xneg @ v).max()) if xneg.shape[0] else float(mu @ v)
+                if sn >= sp:  # not separable along v: put the boundary half-way to the mean
+                    sn = float(mu @ v)
+                thr = 0.5 * (sp + sn)
+                scale = k / max(sp - thr, 1e-6)
+                rows = slice(j * cfg.rank, (j + 1) * cfg.rank)
+                b.gate[rows] = (scale * cfg.temperature) * v
+                b.gate_bias[rows] = -scale * thr * cfg.temperature
+
+    def edit_parameters(self, session: Any) -> list[nn.Parameter]:
+        if self.block is None:
+            return []
+        return list(self.block.parameters())
+
+    def edit_loss(self, session: Any, outputs: Any) -> torch.Tensor | None:
+        cfg = self.config
+        st = self._train_state
+        if self.block is None or not st:
+            return None
+        read, write, bias, gbias = self._block_mats()
+        m = write.shape[0]
+        terms = []
+        if cfg.gate == "sigmoid":
+            neg = st["neg"]
+            if cfg.locality_weight > 0 and neg.shape[0]:
+                logits = (self._read_input(neg) @ read[:m].T + gbias) / cfg.temperature
+                terms.append(cfg.locality_weight * F.softplus(logits).mean())
+            pos = st["pos_h"][st["pos_mask"]]
+            if pos.shape[0] and (cfg.gate_positive_weight > 0 or cfg.balance_weight > 0):
+                plog = (self._read_input(pos) @ read[:m].T + gbias) / cfg.temperature
+                if cfg.incremental and "own" in st:
+                    own = st["own"].to(plog.dtype)
+                    if cfg.gate_positive_weight > 0:  # own bases on, on own prompts
+                        terms.append(cfg.gate_positive_weight * (F.softplus(-plog) * own).sum() / own.sum().clamp_min(1))
+                    other = 1 - own
+                    if cfg.locality_weight > 0 and bool(other.any()):  # off on the batch's other requests
+                        terms.append(cfg.locality_weight * (F.softplus(plog) * other).sum() / other.sum())
+                if cfg.balance_weight > 0 and not cfg.incremental:
+                    # Switch-style m·Σ p̂_i q_i with p̂ the current share of gate mass per basis
+                    # (scale-free: it moves mass between bases, it does not shut gates) and q
+                    # the cumulative share including earlier edits' usage.
+                    p = torch.sigmoid(plog).mean(0)
+                    p_hat = p / p.sum().clamp_min(1e-8)
+                    past = self.usage if self.usage.shape[0] == m else torch.zeros_like(p)
+                    q = (past + p_hat.detach()) / (past.sum() + 1.0)
+                    terms.append(cfg.balance_weight * m * (p_hat * q).sum())
+        if cfg.kl_weight > 0 and "kl_batch" in st:
+            batch = st["kl_batch"]
+            with batch.info():
+                logits = session.edited.model(**batch.model_inputs()).logits
+            last = batch.attention_mask.sum(1) - 1
+            logp = torch.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
+            terms.append(cfg.kl_weight * F.kl_div(logp, st["kl_base"], log_target=True, reduction="batchmean"))
+        return sum(terms) if terms else None
+
+    def finish_edit(self, session: Any, outcomes: list) -> None:
+        cfg = self.config
+        st = self._train_state
+        self._train_state = {}
+        if self.block is None:
+            return
+        if not cfg.incremental:
+            if cfg.gate == "sigmoid" and st and st["pos_h"].numel():
+                with torch.no_grad():
+                    w = self.weights(st["pos_h"][st["pos_mask"]]).mean(0)
+                    if self.usage.shape[0] != w.shape[0]:
+                        self.usage = torch.zeros_like(w)
+                    self.usage += w / w.sum().clamp_min(1e-8)
+            return
+        with torch.no_grad():
+            read, write, bias, gbias = (t.detach().clone() for t in self._block_mats())
+            m = write.shape[0]
+            n = self.num_frozen
+            rf = self.read_frozen
+            self.read_frozen = torch.cat([rf[:n], read[:m], rf[n : 2 * n], read[m : 2 * m], rf[2 * n :], read[2 * m :]], 0)
+            self.write_frozen = torch.cat([self.write_frozen, write], 0)
+            self.bias_frozen = torch.cat([self.bias_frozen, bias], 0)
+            self.gate_bias_frozen = torch.cat([self.gate_bias_frozen, gbias], 0)
+            self.usage = torch.cat([self.usage, torch.ones(m, device=self.usage.device)], 0)
+            if cfg.nullspace == "read" and cfg.nullspace_fold_edits and st:
+                from repedit.methods.nullspace import deflate
+
+                keys = st["pos_h"][st["pos_mask"]]
+                dim = int(torch.trace(self.projector).round())
+                if dim - keys.shape[0] >= cfg.nullspace_min_dim:
+                    P, _ = deflate(self.projector.cpu(), keys.cpu())
+                    self.projector.copy_(P.to(self.projector))
+                elif not self._fold_warned:
+                    self._fold_warned = True
+                    logger.warning("null space down to %d dims: later edits' keys are no longer folded in", dim)
+        self.block = None
+        self._cache = None
+        self.config.num_bases = self.num_frozen
+
+
+register_method("baft", BaFTConfig, BaFT)

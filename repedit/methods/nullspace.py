@@ -1,0 +1,271 @@
+"""Null-space projection for representation edits (the AlphaEdit idea, moved to hidden states).
+
+AlphaEdit (Fang et al., ICLR 2025) projects a weight update onto the null space of the
+keys the model should keep answering as before. repedit edits hidden states, so the
+"keys" are the hidden states an intervention *reads*: the residual stream at its layer.
+
+How ``P`` is built:
+
+1. Run a text corpus through the unedited model and collect the hidden states entering the
+   intervention at every attended token. (For the ``last_prompt`` rule every token counts:
+   in a causal LM the state at token t *is* the last-prompt-token state of the prefix
+   ending at t. The ``subject`` and ``prompt`` rules also use every token, as a corpus has no
+   subject annotation.) The default corpus is the WikiText-2 test sentences in
+   ``../shared/data/wikitext2/wiki.test.raw`` (lines starting with ``=`` dropped, split on
+   ``" . "``); any list of strings may be passed instead.
+2. Accumulate the *uncentred* second moment ``K0 K0ᵀ / N`` in float32, streaming: no
+   vector is kept (:class:`SecondMoment`).
+3. Eigen-decompose it and keep the eigenvectors ``Û`` with small eigenvalues; ``P = Û Ûᵀ``.
+   The threshold is relative (:func:`null_space_projector`): either a fraction of the
+   spectral energy (the smallest eigenvalues whose sum is at most ``threshold · trace``) or a
+   fraction of the largest eigenvalue. AlphaEdit's absolute ``2e-2`` depends on the model's
+   activation scale and is not used.
+
+The second moment is cached on disk (safetensors, atomic rename) under
+``<cache dir>/nullspace/``, keyed by the model fingerprint (:func:`repedit.adapters.fingerprint`),
+layer, component, position rule and the sha256 of the corpus, so ``P`` for a new threshold
+costs one 576×576 eigendecomposition, not a corpus pass. The cache dir is
+``repedit.models.cache_dir()`` (``$REPEDIT_CACHE`` or ``~/.cache/repedit``).
+
+The guarantees of the two modes are documented on :class:`repedit.methods.baft.BaFT`.
+
+Example::
+
+    texts = corpus_sentences(limit=2000)
+    mom = collect_second_moment(editor, attachment, texts)
+    P, info = null_space_projector(mom.matrix(), threshold=1e-4)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "THRESHOLD_MODES",
+    "SecondMoment",
+    "corpus_sentences",
+    "corpus_hash",
+    "collect_second_moment",
+    "null_space_projector",
+    "cached_second_moment",
+    "nullspace_cache_dir",
+    "deflate",
+]
+
+#: ``"energy"``: keep the smallest eigenvalues whose sum is ≤ threshold × trace;
+#: ``"max"``: keep eigenvalues < threshold × the largest eigenvalue.
+THRESHOLD_MODES = ("energy", "max")
+
+_WIKITEXT = ("wikitext2", "wiki.test.raw")
+
+
+# ------------------------------------------------------------------------- corpus
+def _default_corpus_path() -> Path:
+    try:
+        from repedit.eval.data import default_data_dir
+
+        return default_data_dir().joinpath(*_WIKITEXT)
+    except (ImportError, FileNotFoundError):
+        root = Path(__file__).resolve().parents[3]
+        return root / "shared" / "data" / _WIKITEXT[0] / _WIKITEXT[1]
+
+
+def corpus_sentences(path: str | os.PathLike | None = None, limit: int | None = None,
+                     min_words: int = 4, max_words: int = 40) -> list[str]:
+    """WikiText-2 sentences: lines starting with ``=`` dropped, split on ``" . "``.
+
+    Sentences shorter than ``min_words`` are dropped and longer ones cut to ``max_words``
+    words. The order is the file's, so ``limit`` is deterministic.
+
+    Example::
+
+        corpus_sentences(limit=3)
+    """
+    p = Path(path) if path is not None else _default_corpus_path()
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"corpus file {p} not found; pass a list of texts (nullspace_corpus=[...]) or a path"
+        )
+    out: list[str] = []
+    with open(p, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("="):
+                continue
+            for sent in line.split(" . "):
+                words = sent.split()
+                if len(words) < min_words:
+                    continue
+                out.append(" ".join(words[:max_words]))
+                if limit is not None and len(out) >= limit:
+                    return out
+    return out
+
+
+def corpus_hash(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------- statistics
+class SecondMoment:
+    """Streaming uncentred second moment ``Σ k kᵀ`` and count, in float32 (or float64).
+
+    Example::
+
+        m = SecondMoment(576)
+        m.add(torch.randn(100, 576))
+        m.matrix()   # (576, 576) = K Kᵀ / N
+    """
+
+    def __init__(self, dim: int, dtype: torch.dtype = torch.float32):
+        self.sum = torch.zeros(dim, dim, dtype=dtype)
+        self.count = 0
+
+    def add(self, keys: torch.Tensor) -> None:
+        k = keys.detach().reshape(-1, keys.shape[-1]).to(self.sum.dtype).cpu()
+        self.sum.addmm_(k.T, k)
+        self.count += k.shape[0]
+
+    def matrix(self) -> torch.Tensor:
+        return self.sum / max(1, self.count)
+
+
+def collect_second_moment(editor: Any, attachment: Any, texts: Sequence[str], batch_size: int = 16,
+                          max_tokens: int = 64) -> SecondMoment:
+    """Run ``texts`` through the unedited model and accumulate the second moment of the
+    hidden states entering ``attachment`` at every attended token (see the module doc)."""
+    from repedit.positions import encode
+
+    mom = SecondMoment(editor.edited.hidden_size)
+    tok = editor.tokenizer
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        batch = encode(tok, chunk, padding_side="right")
+        if batch.input_ids.shape[1] > max_tokens:  # keep memory and time bounded
+            batch = type(batch)(**{k: v[:, :max_tokens] for k, v in batch.__dict__.items()})
+        batch = batch.to(editor.device)
+        h, _ = editor.capture(attachment, batch, edited=False)
+        mom.add(h[batch.attention_mask.bool()].float())
+    return mom
+
+
+def null_space_projector(moment: torch.Tensor, threshold: float = 1e-4, mode: str = "energy",
+                         min_dim: int = 1) -> tuple[torch.Tensor, dict]:
+    """``P = Û Ûᵀ`` from the eigenvectors of ``moment`` with small eigenvalues (relative threshold).
+
+    Returns ``(P, info)`` where ``info`` has the null-space dimension and the energy it holds.
+    At least ``min_dim`` directions are kept.
+    """
+    if mode not in THRESHOLD_MODES:
+        raise ValueError(f"threshold mode must be one of {THRESHOLD_MODES}, got {mode!r}")
+    if not threshold > 0:
+        raise ValueError("the null-space threshold must be > 0")
+    m = moment.double()
+    m = 0.5 * (m + m.T)
+    evals, evecs = torch.linalg.eigh(m)  # ascending
+    evals = evals.clamp_min(0)
+    total = float(evals.sum()) or 1.0
+    if mode == "energy":
+        keep = int((torch.cumsum(evals, 0) <= threshold * total).sum())
+    else:
+        keep = int((evals < threshold * float(evals[-1])).sum())
+    keep = max(min_dim, min(keep, m.shape[0] - 1))
+    U = evecs[:, :keep]
+    P = (U @ U.T).float()
+    info = {"dim": keep, "energy_fraction": float(evals[:keep].sum()) / total, "threshold": threshold, "mode": mode}
+    return P, info
+
+
+def deflate(P: torch.Tensor, keys: torch.Tensor, tol: float = 1e-6) -> tuple[torch.Tensor, int]:
+    """Remove the directions of ``keys`` (k, d) from the range of projector ``P`` exactly
+    (Gram–Schmidt inside the null space), so afterwards ``P @ key == 0``. Returns the new
+    projector and how many directions were removed."""
+    P = P.double()
+    removed = 0
+    for k in keys.reshape(-1, keys.shape[-1]).double():
+        q = P @ k
+        n = q.norm()
+        if n <= tol * k.norm().clamp_min(1e-12):
+            continue
+        q = q / n
+        P = P - torch.outer(q, q)
+        removed += 1
+    P = 0.5 * (P + P.T)
+    return P.float(), removed
+
+
+# ------------------------------------------------------------------------- cache
+def nullspace_cache_dir() -> Path:
+    try:
+        from repedit.models import cache_dir
+
+        root = cache_dir()
+    except ImportError:  # pragma: no cover - models.py is optional
+        env = os.environ.get("REPEDIT_CACHE")
+        root = Path(env).expanduser() if env else Path.home() / ".cache" / "repedit"
+    return root / "nullspace"
+
+
+def _cache_key(model: Any, layer: int, component: str, rule: str, texts_hash: str, max_tokens: int) -> str:
+    from repedit.adapters import fingerprint
+
+    blob = json.dumps(
+        {"fp": fingerprint(model), "layer": layer, "component": component, "rule": rule,
+         "corpus": texts_hash, "max_tokens": max_tokens, "v": 1},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def cached_second_moment(editor: Any, attachment: Any, texts: Sequence[str], use_cache: bool = True,
+                         max_tokens: int = 64) -> tuple[torch.Tensor, dict]:
+    """The second moment for ``attachment`` over ``texts``, from the on-disk cache when present.
+
+    Returns ``(moment (d, d) float32, info)``; ``info`` has the cache key, path and count.
+    """
+    from safetensors.torch import load_file, save_file
+
+    h = corpus_hash(texts)
+    key = _cache_key(editor.edited.model, attachment.layer, attachment.component, attachment.positions.value, h, max_tokens)
+    path = nullspace_cache_dir() / f"{key}.safetensors"
+    info = {"cache_key": key, "path": str(path), "corpus_sha256": h, "texts": len(texts)}
+    if use_cache and path.is_file():
+        try:
+            t = load_file(str(path))
+            info["count"] = int(t["count"].item())
+            info["cached"] = True
+            return t["moment"], info
+        except Exception as err:  # a corrupt cache file is rebuilt
+            logger.warning("ignoring unreadable null-space cache %s: %s", path, err)
+    mom = collect_second_moment(editor, attachment, texts, max_tokens=max_tokens)
+    moment = mom.matrix().contiguous()
+    info["count"] = mom.count
+    info["cached"] = False
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({"moment": moment, "count": torch.tensor([mom.count], dtype=torch.long)}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    return moment, info

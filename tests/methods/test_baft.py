@@ -1,0 +1,212 @@
+"""BaFT: math, gradient checks, LoReFT equivalence, editing, sequential editing, save/load."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from repedit import EditRequest, Editor, EditorConfig
+from repedit.hooks import EditableModel
+from repedit.methods import available_methods, build, get_method
+from repedit.methods.baft import BaFT, BaFTConfig, baft_delta
+
+from conftest import tiny_model
+
+REQS = [
+    EditRequest(prompt="the capital of france is", target_new="rome", subject="france"),
+    EditRequest(prompt="danielle darrieux speaks", target_new="german", subject="danielle darrieux"),
+    EditRequest(prompt="the eiffel tower is located in", target_new="madrid", subject="eiffel tower"),
+]
+
+
+def cfg(**kw):
+    base = dict(method="baft", layers=[1], lr=5e-2, max_steps=150, stop_prob=0.5,
+                method_config={"num_corpus_negatives": 0})
+    base.update(kw)
+    return EditorConfig(**base)
+
+
+def argmax_next(model, tok, prompt):
+    x = tok([prompt], return_tensors="pt")
+    with torch.no_grad():
+        return model(**x).logits[0, -1].argmax().item()
+
+
+def test_registered_with_help_and_validation():
+    assert "baft" in available_methods()
+    assert get_method("baft").module_cls is BaFT
+    assert all(BaFTConfig.help().values())
+    with pytest.raises(ValueError):
+        BaFTConfig(gate="relu")
+    with pytest.raises(ValueError):
+        BaFTConfig(nullspace="both")
+    with pytest.raises(ValueError):
+        BaFTConfig(temperature=0)
+    import repedit.methods.baft as mod
+
+    assert "reconstruction" in mod.__doc__ and "reconstruction" in BaFT.__doc__
+
+
+def test_formula_matches_reference():
+    phi = build("baft", {"rank": 3, "incremental": False, "seed": 0, "temperature": 0.7}, hidden_size=16)
+    with torch.no_grad():
+        for p in phi.block.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    h = torch.randn(2, 5, 16)
+    b = phi.block
+    R, W, bias, U, c = b.rotate.matrix(), b.source, b.bias, b.gate, b.gate_bias
+    w = torch.sigmoid((h @ U.T + c) / 0.7)
+    ref = h + (w * (h @ W.T + bias - h @ R.T)) @ R
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    out = phi(h, mask)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(R @ R.T, torch.eye(3), atol=1e-5)
+    # input-dependent weights: the change is not linear in h
+    assert not torch.allclose(phi(2 * h, mask) - 2 * h, 2 * (out - h), atol=1e-3)
+    mask[0, 1] = False
+    assert torch.equal(phi(h, mask)[0, 1], h[0, 1])
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(0)
+    d, n = 6, 3
+    args = [torch.randn(2, d, generator=g), torch.randn(3 * n, d, generator=g), torch.randn(n, d, generator=g),
+            torch.randn(n, generator=g), torch.randn(n, generator=g)]
+    args = [a.double().requires_grad_() for a in args]
+    assert torch.autograd.gradcheck(lambda x, rd, wr, b, c: baft_delta(x, rd, wr, b, c, 0.8), args)
+    # through the module, including the orthonormal-rows parametrization
+    phi = build("baft", {"rank": 2, "incremental": False, "seed": 1}, hidden_size=5).double()
+    with torch.no_grad():
+        for p in phi.block.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    # R's QR parametrization (base.OrthonormalRows) computes in float32, so R is held fixed
+    # here; every other parameter and the input are checked in float64.
+    named = [(k, p) for k, p in phi.named_parameters() if "rotate" not in k]
+    names = [k for k, _ in named]
+    params = tuple(p.detach().clone().requires_grad_() for _, p in named)
+    h = torch.randn(1, 3, 5, dtype=torch.float64, generator=g).requires_grad_()
+    mask = torch.ones(1, 3, dtype=torch.bool)
+
+    def f(h, *ps):
+        return functional_call(phi, dict(zip(names, ps)), (h, mask), strict=False)
+
+    assert torch.autograd.gradcheck(f, (h, *params))
+
+
+def test_constant_gate_equals_loreft():
+    lo = build("loreft", {"rank": 3, "seed": 0}, hidden_size=16)
+    ba = build("baft", {"rank": 3, "incremental": False, "gate": "constant", "seed": 5}, hidden_size=16)
+    with torch.no_grad():
+        ba.block.rotate.original.copy_(lo.rotate.original)
+        ba.block.source.copy_(lo.learned_source.weight)
+        ba.block.bias.copy_(lo.learned_source.bias)
+    h = torch.randn(3, 4, 16)
+    mask = torch.rand(3, 4) > 0.3
+    with torch.no_grad():
+        a, b = lo(h, mask), ba(h, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert (a - h).abs().max() > 1e-2  # the edit is not trivial
+    # same parameters, input-dependent gates: different outputs
+    sig = build("baft", {"rank": 3, "incremental": False, "gate": "sigmoid"}, hidden_size=16)
+    sig.load_state_dict(ba.state_dict())
+    with torch.no_grad():
+        sig.block.gate.normal_()
+        assert not torch.allclose(sig(h, mask), a, atol=1e-3)
+
+
+def test_inference_is_cached_and_vectorised(monkeypatch):
+    phi = build("baft", {"rank": 2, "incremental": False, "seed": 0}, hidden_size=8)
+    h, mask = torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        first = phi(h, mask)
+    calls = []
+    real = torch.linalg.qr
+    monkeypatch.setattr(torch.linalg, "qr", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        assert torch.equal(phi(h, mask), first)
+    assert not calls
+
+
+def test_edit_flips_target_on_tiny_model(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    rome = tok.convert_tokens_to_ids("rome")
+    before = argmax_next(model, tok, REQS[0].prompt)
+    assert before != rome
+    res = Editor(model, tok, cfg()).edit(REQS[0])
+    out = res.outcomes[0]
+    assert out.success and out.target_prob >= 0.5 and out.steps < 150
+    assert argmax_next(model, tok, REQS[0].prompt) == rome
+    module = res.edited.attachments()[0].module
+    assert module.num_bases == 2 and module.export_config().num_bases == 2 and module.block is None
+    with res.edited.disabled():
+        assert argmax_next(model, tok, REQS[0].prompt) == before
+
+
+def test_sequential_edits_keep_earlier_ones(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    targets = [tok.convert_tokens_to_ids(r.target_new) for r in REQS]
+    assert all(argmax_next(model, tok, r.prompt) != t for r, t in zip(REQS, targets))
+    editor = Editor(model, tok, cfg(method_config={"num_corpus_negatives": 0, "rank": 1}))
+    editor.edit(REQS[:1])
+    module = editor.attachments()[0].module
+    frozen = {k: v.clone() for k, v in module.state_dict().items()}
+    res = editor.edit(REQS[1:], sequential=True)
+    assert all(o.success for o in res.outcomes)
+    assert module.num_bases == 3
+    # the first edit's bases are untouched, bit for bit
+    for k in ("write_frozen", "bias_frozen", "gate_bias_frozen"):
+        assert torch.equal(module.state_dict()[k][:1], frozen[k])
+    assert [argmax_next(model, tok, r.prompt) for r in REQS] == targets
+
+
+def test_gates_stay_off_on_negatives(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, cfg())
+    editor.edit(REQS, sequential=True)
+    att = editor.attachments()[0]
+    module = att.module
+    from repedit.positions import encode
+
+    def gates(prompts):
+        b = encode(tok, prompts)
+        h, m = editor.capture(att, b)
+        return module.weights(h[m])  # (prompts, bases)
+
+    w = gates([r.prompt for r in REQS])
+    own = torch.block_diag(*[torch.ones(1, 2)] * 3).bool()
+    assert (w[own] > 0.5).all()  # each request's bases fire on it...
+    assert (w[~own] < 0.5).all()  # ...and not on the other requests
+
+
+def test_load_balancing_term_pushes_off_used_bases(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, cfg(max_steps=5, method_config={"incremental": False, "rank": 4, "num_corpus_negatives": 0,
+                                                   "balance_weight": 1.0, "locality_weight": 0.0}))
+    editor.edit(REQS[0])
+    module = editor.attachments()[0].module
+    assert module.usage.shape == (4,) and abs(float(module.usage.sum()) - 1) < 1e-5
+    module.usage.copy_(torch.tensor([10.0, 0.0, 0.0, 0.0]))
+    from repedit.editing import EditSession
+
+    prompts = [REQS[1].prompt]
+    session = EditSession(editor, REQS[1:2], [1], editor.tokenizer and __import__("repedit").positions.encode(tok, prompts))
+    module.prepare_edit(session)
+    with torch.no_grad():  # open every gate half-way: only the usage history differs
+        module.block.gate.zero_()
+        module.block.gate_bias.zero_()
+    loss = module.edit_loss(session, None)
+    loss.backward()
+    g = module.block.gate_bias.grad
+    assert g[0] > 0 and (g[1:] < 0).all()  # descent lowers the heavily used basis' gate, raises the others
+
+
+def test_save_load_bit_identical(tmp_path, tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    res = Editor(model, tok, cfg()).edit(REQS[:2], sequential=True)
+    x = tok([REQS[0].prompt, "the city of paris"], return_tensors="pt", padding=True)
+    before = model(**x).logits
+    res.save_pretrained(tmp_path)
+    res.edited.unwrap()
+    fresh = EditableModel.from_pretrained(model, tmp_path)
+    after = model(**x).logits
+    assert torch.equal(before, after)
+    assert fresh.attachments()[0].module.num_bases == 4
