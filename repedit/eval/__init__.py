@@ -83,3 +83,28 @@ __all__ = [
     "token_accuracy",
     "truncate_answer",
 ]
+
+# Orchestration (pre/post harness, sequential protocols, knob sweeps); see harness.py, sweep.py
+# and distributed.py.
+from repedit.eval.harness import (  # noqa: E402
+    EvalReport,
+    evaluate,
+    evaluate_pre,
+    run_sequential,
+    run_sequential_protocols,
+)
+# (the sweep *function* stays in repedit.eval.sweep: exporting it here would shadow that module)
+from repedit.eval.sweep import SweepResult, knobs, pareto_plot, scope_auc, scope_scores  # noqa: E402
+
+__all__ += [
+    "EvalReport",
+    "evaluate",
+    "evaluate_pre",
+    "run_sequential",
+    "run_sequential_protocols",
+    "SweepResult",
+    "knobs",
+    "pareto_plot",
+    "scope_auc",
+    "scope_scores",
+]

@@ -94,7 +94,8 @@ class _Orthonormalize(nn.Module):
     matrices that already have orthonormal rows)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, r = torch.linalg.qr(x.float().transpose(0, 1))  # (d, r)
+        work = x if x.dtype == torch.float64 else x.float()  # QR in >= float32
+        q, r = torch.linalg.qr(work.transpose(0, 1))  # (d, r)
         sign = torch.sign(torch.diagonal(r))
         sign = torch.where(sign == 0, torch.ones_like(sign), sign)
         return (q * sign).transpose(0, 1).to(x.dtype)
