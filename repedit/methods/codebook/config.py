@@ -1,0 +1,79 @@
+"""Configuration of the codebook method (GRACE-style and BalancEdit-style radii)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from repedit.methods.base import MethodConfig
+
+KEY_POSITIONS = ("subject", "subject_mean", "last_prompt", "prompt")
+DISTANCES = ("cosine", "euclidean")
+NORMALIZATIONS = ("standardize", "center", "none")
+VALUE_KINDS = ("vector", "lowrank")
+VALUE_POSITIONS = ("attachment", "key")
+RADIUS_MODES = ("balanced", "grace")
+
+
+@dataclass
+class CodebookConfig(MethodConfig):
+    """A codebook of (key, value, radius) entries at one site.
+
+    Sizes that grow with edits (``n_entries``) and the entries' request texts (``entries``)
+    are part of the config, so a saved adapter can be rebuilt before its tensors are loaded.
+    """
+
+    key_positions: str = field(default="subject", metadata={"help": (
+        "what the key is: 'subject' = the subject's last token at edit time, matched at inference "
+        "against every prompt token (no subject annotation needed); 'subject_mean' = mean over the "
+        "subject tokens (needs the subject span at inference; rows without one never fire); "
+        "'last_prompt' = last prompt token; 'prompt' = mean over the prompt")})
+    distance: str = field(default="cosine", metadata={"help": "key distance: 'cosine' (1 - cos) or 'euclidean'"})
+    normalize: str = field(default="standardize", metadata={"help": (
+        "key normalisation before the distance: 'standardize' ((h - mean) / std per dimension with "
+        "corpus statistics; tames the few massive dimensions), 'center' (subtract the mean) or 'none'")})
+    radius_mode: str = field(default="balanced", metadata={"help": (
+        "'balanced': each entry's radius from its own positives/negatives, "
+        "eps = (1 - alpha) d(k, k-) + alpha d(k, k+); 'grace': fixed init_radius plus GRACE's "
+        "expand/split rules")})
+    alpha: float = field(default=0.2, metadata={"help": "BalancEdit's alpha: weight of the positive distance in the radius (0: at the nearest negative)"})
+    init_radius: float = field(default=0.5, metadata={"help": "GRACE mode: initial radius of a new entry (in distance units)"})
+    radius_scale: float = field(default=1.0, metadata={"help": "multiplies every radius at inference (no retraining needed)"})
+    value_positions: str = field(default="key", metadata={"help": (
+        "where the value acts: 'attachment' = the attachment's position rule (e.g. last_prompt); "
+        "'key' = the token(s) the key was read from (for key_positions='subject': the matched token, "
+        "ROME-style subject edit that the model's attention carries to any phrasing)")})
+    value: str = field(default="vector", metadata={"help": "'vector': additive vector; 'lowrank': additive vector plus a per-entry rank-r map of h"})
+    value_rank: int = field(default=4, metadata={"help": "rank of the per-entry low-rank value (value='lowrank')"})
+    value_scale: float = field(default=10.0, metadata={"help": "the value is value_scale * parameter, so the Editor's lr moves it at a useful speed"})
+    null_space: bool = field(default=False, metadata={"help": "project value vectors with repedit.methods.nullspace's projector (if available)"})
+    num_positives: int = field(default=8, metadata={"help": "template rewrites of the prompt used as positive samples"})
+    num_negatives: int = field(default=24, metadata={"help": "same-relation prompts with other subjects used as negatives"})
+    corpus_sentences: int = field(default=256, metadata={"help": "WikiText sentences for statistics and nearest-neighbour negatives (0: none)"})
+    corpus_path: str | None = field(default=None, metadata={"help": "WikiText-style raw text file (None: <data dir>/wikitext2/wiki.test.raw if present)"})
+    known_facts_path: str | None = field(default=None, metadata={"help": "ROME known_1000.json for other-subject negatives (None: <data dir>/known_facts/known_1000.json if present)"})
+    seed: int = field(default=0, metadata={"help": "seed of the deterministic sample selection"})
+    n_entries: int = field(default=0, metadata={"help": "number of entries (set by export_config; sizes the tensors on load)"})
+    has_stats: bool = field(default=False, metadata={"help": "whether normalisation statistics have been computed (set automatically)"})
+    entries: list = field(default_factory=list, metadata={"help": "per-entry metadata: request text, target, subject, case id, flags"})
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("key_positions", KEY_POSITIONS), ("distance", DISTANCES), ("normalize", NORMALIZATIONS),
+                              ("value", VALUE_KINDS), ("radius_mode", RADIUS_MODES),
+                              ("value_positions", VALUE_POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"codebook {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.radius_scale < 0 or self.init_radius < 0:
+            raise ValueError("radius_scale and init_radius must be >= 0")
+        if self.value_rank < 1:
+            raise ValueError("value_rank must be >= 1")
+        if self.n_entries < 0:
+            raise ValueError("n_entries must be >= 0")
+        if self.entries and len(self.entries) != self.n_entries:
+            raise ValueError(f"{len(self.entries)} entry records but n_entries={self.n_entries}")
+
+    @staticmethod
+    def default_layers(num_layers: int) -> list[int]:
+        """Middle-early layer (where subject representations are formed)."""
+        return [max(0, num_layers // 3)]

@@ -1,0 +1,515 @@
+"""The codebook intervention: (key, value, radius) entries at one site, looked up per example.
+
+Forward (prefill): every example's query is compared with all keys in one matrix product;
+the nearest key wins; if its distance is within ``radius * radius_scale`` the entry's value
+changes the representation at the attachment's positions. Decoding steps reuse the entry
+chosen at prefill (kept in ``ctx.state``). No Python loop over entries, no host sync.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from repedit.methods.base import Intervention
+from repedit.methods.codebook.config import CodebookConfig
+from repedit.methods.codebook import radius as R
+from repedit.methods.codebook import samples as S
+from repedit.positions import Positions
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Codebook"]
+
+_PER_ENTRY = ("keys", "key_norms", "radii", "values", "pos_dist", "neg_dist")
+_LOWRANK = ("value_u", "value_v")
+
+
+def _first_token(ctx: Any, device) -> torch.Tensor:
+    """(B, T_new) mask of each sequence's first attended token. Without a BOS token it is an
+    attention sink whose outlier activations look alike whatever the token, so the subject
+    scan skips it (keys are never read there either, see ``radius.pool``)."""
+    attn = ctx.attention_mask.to(device)
+    first = (attn.long().cumsum(-1) == 1) & attn.bool()
+    return first[:, ctx.past_len:]
+
+
+class Codebook(Intervention):
+    """GRACE / BalancEdit-style codebook as a representation intervention.
+
+    Example::
+
+        editor = Editor(model, tok, EditorConfig(method="codebook", layers=[10], lr=0.05))
+        editor.edit(requests, sequential=True)
+        cb = editor.attachments()[0].module
+        cb.radius_scale = 1.5          # widen every radius at inference, no retraining
+    """
+
+    config: CodebookConfig
+
+    def __init__(self, config: CodebookConfig, hidden_size: int):
+        super().__init__(config, hidden_size)
+        n, d, r = config.n_entries, hidden_size, config.value_rank
+        self.register_buffer("keys", torch.zeros(n, d))
+        self.register_buffer("key_norms", torch.zeros(n))
+        self.register_buffer("radii", torch.zeros(n))
+        self.register_buffer("values", torch.zeros(n, d))
+        self.register_buffer("pos_dist", torch.zeros(n))
+        self.register_buffer("neg_dist", torch.zeros(n))
+        if config.value == "lowrank":
+            self.register_buffer("value_u", torch.zeros(n, d, r))
+            self.register_buffer("value_v", torch.zeros(n, r, d))
+        self.register_buffer("stat_mean", torch.zeros(d))
+        self.register_buffer("stat_std", torch.ones(d))
+        self._session: dict | None = None
+        self._record: list | None = None
+        self._bank: dict | None = None
+
+    # ------------------------------------------------------------ properties
+    @property
+    def n_entries(self) -> int:
+        return self.keys.shape[0]
+
+    @property
+    def radius_scale(self) -> float:
+        return self.config.radius_scale
+
+    @radius_scale.setter
+    def radius_scale(self, value: float) -> None:
+        if value < 0:
+            raise ValueError("radius_scale must be >= 0")
+        self.config.radius_scale = float(value)
+
+    def export_config(self) -> CodebookConfig:
+        return dataclasses.replace(self.config, n_entries=self.n_entries, entries=[dict(e) for e in self.config.entries])
+
+    # ------------------------------------------------------------ geometry
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw representations (..., d) -> the space keys live in (unit vectors for cosine)."""
+        x = x.float()
+        if self.config.normalize != "none":
+            x = x - self.stat_mean
+        if self.config.normalize == "standardize":
+            x = x / self.stat_std
+        if self.config.distance == "cosine":
+            x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return x
+
+    def distances(self, q: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., d) normalised queries x (N, d) keys -> (..., N) distances (one matmul)."""
+        k = self.keys if keys is None else keys
+        dots = q @ k.transpose(0, 1)
+        if self.config.distance == "cosine":
+            return (1.0 - dots).clamp_min(0.0)
+        sq = q.pow(2).sum(-1, keepdim=True) + k.pow(2).sum(-1) - 2.0 * dots
+        return sq.clamp_min(0.0).sqrt()
+
+    def _nearest(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest key of each query (..., d): (distance (...), index (...)), reducing over the
+        keys before any element-wise work so only the matmul and one max/min touch (..., N)."""
+        k = self.keys
+        if self.config.distance == "cosine":
+            best, idx = (q @ k.transpose(0, 1)).max(dim=-1)
+            return (1.0 - best).clamp_min(0.0), idx
+        # |q - k|^2 = |q|^2 + (|k|^2 - 2 q.k): minimise the bracket, add |q|^2 after
+        part = torch.addmm(k.pow(2).sum(-1), q.reshape(-1, q.shape[-1]), k.transpose(0, 1), alpha=-2.0)
+        best, idx = part.min(dim=-1)
+        best = (best.reshape(q.shape[:-1]) + q.pow(2).sum(-1)).clamp_min(0.0).sqrt()
+        return best, idx.reshape(q.shape[:-1])
+
+    # ------------------------------------------------------------ lookup
+    def _query_masks(self, mask: torch.Tensor, ctx: Any, device) -> torch.Tensor:
+        rule = self.config.key_positions
+        if ctx is None:
+            return mask
+        if rule == "subject":
+            return ctx.mask(Positions.PROMPT, device) & ~_first_token(ctx, device)
+        if rule == "prompt":
+            return ctx.mask(Positions.PROMPT, device)
+        if rule == "last_prompt":
+            return ctx.mask(Positions.LAST_PROMPT, device)
+        try:
+            return ctx.mask(Positions.SUBJECT, device)
+        except ValueError:  # no subject span in this forward: no row can fire
+            return torch.zeros_like(mask)
+
+    def lookup(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None, with_where: bool = False):
+        """Per example: (nearest distance (B,), nearest entry (B,), whether a query exists (B,));
+        with ``with_where`` also the (B, T) mask of the token(s) the query was read from."""
+        qmask = self._query_masks(mask, ctx, h.device)
+        if self.config.key_positions == "subject":  # scan: every prompt token is a candidate
+            dt, it = self._nearest(self.normalize(h))  # (B, T): one matmul, one reduction over N
+            dt = dt.masked_fill(~qmask, float("inf"))
+            dmin, t = dt.min(dim=-1)
+            idx = it.gather(1, t[:, None]).squeeze(1)
+            where = torch.zeros_like(qmask).scatter_(1, t[:, None], True) & qmask
+        else:
+            w = qmask.unsqueeze(-1).float()
+            q = (h.float() * w).sum(1) / w.sum(1).clamp_min(1.0)
+            dmin, idx = self._nearest(self.normalize(q))
+            where = qmask
+        if with_where:
+            return dmin, idx, qmask.any(dim=-1), where
+        return dmin, idx, qmask.any(dim=-1)
+
+    def _forced_where(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any, idx: torch.Tensor) -> torch.Tensor:
+        """Training: the token(s) each row's own entry key is read from."""
+        qmask = self._query_masks(mask, ctx, h.device)
+        if self.config.key_positions != "subject":
+            return qmask
+        k = self.keys.index_select(0, idx)  # (B, d)
+        q = self.normalize(h.detach())
+        dots = (q * k[:, None, :]).sum(-1)
+        if self.config.distance == "cosine":
+            d = 1.0 - dots
+        else:
+            d = (q - k[:, None, :]).pow(2).sum(-1)
+        t = d.masked_fill(~qmask, float("inf")).argmin(dim=-1)
+        return torch.zeros_like(qmask).scatter_(1, t[:, None], True) & qmask
+
+    def _select(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any):
+        """(fire (B,), entry (B,), distance (B,), value mask (B, T)); the entry is held fixed
+        over a generation's decoding steps."""
+        key_values = self.config.value_positions == "key"
+        sess = self._session
+        if self.training and sess is not None and h.shape[0] == sess["rows"].shape[0]:
+            idx = sess["rows"].to(h.device)
+            ones = torch.ones(h.shape[0], dtype=torch.bool, device=h.device)
+            vmask = self._forced_where(h, mask, ctx, idx) if key_values else mask
+            return ones, idx, torch.zeros(h.shape[0], device=h.device), vmask
+        state = ctx.state if ctx is not None else None
+        key = ("codebook", id(self))
+        if state is not None and not ctx.is_prefill and key in state:
+            fire, idx, dmin = state[key]
+            # decoding: key-position values already sit in the cache; attachment rules act as told
+            return fire, idx, dmin, (torch.zeros_like(mask) if key_values else mask)
+        dmin, idx, has, where = self.lookup(h, mask, ctx, with_where=True)
+        fire = has & (dmin <= self.radii[idx] * self.config.radius_scale)
+        out = (fire, idx, dmin, where if key_values else mask)
+        if state is not None and ctx.is_prefill:
+            state[key] = out[:3]
+        if self._record is not None:
+            self._record.append({"fire": fire.detach(), "entry": idx.detach(), "distance": dmin.detach(),
+                                 "radius": (self.radii[idx] * self.config.radius_scale).detach(), "has_query": has.detach()})
+        return out
+
+    def _value_tensors(self):
+        sess = self._session
+        values = self.values
+        u = getattr(self, "value_u", None)
+        v = getattr(self, "value_v", None)
+        if self.training and sess is not None:
+            ent = sess["entries"].to(values.device)
+            delta = sess["delta"] * self.config.value_scale
+            if self.config.null_space:
+                delta = self._project(delta)
+            values = values.index_copy(0, ent, delta)
+            if u is not None:
+                u = u.index_copy(0, ent, sess["u"])
+                v = v.index_copy(0, ent, sess["v"])
+        return values, u, v
+
+    def change(self, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        values, u, v = self._value_tensors()
+        hf = h.float()
+        out = values[idx].unsqueeze(1).expand_as(hf)
+        if u is not None:
+            out = out + (hf @ v[idx].transpose(1, 2)) @ u[idx].transpose(1, 2)
+        return out
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        if self.n_entries == 0:
+            return h
+        fire, idx, _, vmask = self._select(h, mask, ctx)
+        sel = (vmask & fire[:, None]).unsqueeze(-1)
+        new = (h.float() + self.change(h, idx)).to(h.dtype)
+        return torch.where(sel, new, h)
+
+    def firing_score(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        """Margin ``radius * radius_scale - distance`` of the nearest entry (> 0: fires)."""
+        if self.n_entries == 0:
+            return torch.full((h.shape[0],), -float("inf"), device=h.device)
+        dmin, idx, has = self.lookup(h, mask, ctx)
+        score = self.radii[idx] * self.config.radius_scale - dmin
+        return torch.where(has, score, torch.full_like(score, -float("inf")))
+
+    # ------------------------------------------------------------ entries
+    def _resize_append(self, key_n: torch.Tensor, key_norm: float) -> int:
+        dev = self.keys.device
+        d, r = self.hidden_size, self.config.value_rank
+        self.keys = torch.cat([self.keys, key_n.to(dev, self.keys.dtype)[None]])
+        self.key_norms = torch.cat([self.key_norms, torch.tensor([key_norm], device=dev, dtype=self.key_norms.dtype)])
+        for name in ("radii", "pos_dist", "neg_dist"):
+            t = getattr(self, name)
+            setattr(self, name, torch.cat([t, t.new_zeros(1)]))
+        self.values = torch.cat([self.values, self.values.new_zeros(1, d)])
+        if self.config.value == "lowrank":
+            self.value_u = torch.cat([self.value_u, self.value_u.new_zeros(1, d, r)])
+            self.value_v = torch.cat([self.value_v, self.value_v.new_zeros(1, r, d)])
+        self.config.n_entries = self.n_entries
+        return self.n_entries - 1
+
+    def delete(self, index: int) -> dict:
+        """Remove entry ``index``; returns its metadata."""
+        n = self.n_entries
+        if not -n <= index < n:
+            raise IndexError(f"entry {index} out of range (codebook has {n})")
+        index %= n
+        keep = torch.tensor([i for i in range(n) if i != index], dtype=torch.long, device=self.keys.device)
+        for name in _PER_ENTRY + (_LOWRANK if self.config.value == "lowrank" else ()):
+            setattr(self, name, getattr(self, name).index_select(0, keep))
+        meta = self.config.entries.pop(index) if index < len(self.config.entries) else {}
+        self.config.n_entries = self.n_entries
+        return meta
+
+    def entries(self) -> list[dict]:
+        """One dict per entry: request text, target, subject, key norm, radius, sample distances."""
+        out = []
+        radii = self.radii.tolist()
+        norms = self.key_norms.tolist()
+        dp, dn = self.pos_dist.tolist(), self.neg_dist.tolist()
+        for i in range(self.n_entries):
+            meta = self.config.entries[i] if i < len(self.config.entries) else {}
+            out.append({"index": i, **{k: meta.get(k) for k in ("prompt", "target_new", "subject", "case_id")},
+                        "key_norm": norms[i], "radius": radii[i], "effective_radius": radii[i] * self.config.radius_scale,
+                        "d_pos": dp[i], "d_neg": dn[i], "flags": meta.get("flags", {})})
+        return out
+
+    # ------------------------------------------------------------ editing hooks
+    def _attachment(self, session):
+        for att in session.editor.attachments():
+            if att.module is self:
+                return att
+        raise RuntimeError("this codebook is not among the editor's attachments")
+
+    def _hidden(self, session, att, prompts, subjects):
+        return list(R.site_hidden(session.edited, att.layer, att.component, session.tokenizer, prompts, subjects))
+
+    def _ensure_bank(self, session, att) -> None:
+        """Corpus statistics (first use) and the nearest-neighbour negative bank (cached)."""
+        if self._bank is not None:
+            return
+        cfg = self.config
+        sents = list(S.corpus_sentences(cfg.corpus_path, cfg.corpus_sentences))
+        bank: dict = {"sentences": sents, "vecs": None, "sent_id": None}
+        if not sents:
+            sents_for_stats = [r.prompt for r in session.all_requests][:256]
+        else:
+            sents_for_stats = sents
+        rows, ids = [], []
+        for b, (h, pm, sm) in enumerate(self._hidden(session, att, sents_for_stats, None)):
+            pm = pm.clone()
+            pm[:, 0] = False  # the first token is an attention sink with outlier activations
+            rows.append(h[pm])
+            base = b * 32
+            ids.append((torch.arange(h.shape[0], device=h.device)[:, None] + base).expand_as(pm)[pm])
+        allh = torch.cat(rows)
+        if not cfg.has_stats:
+            with torch.no_grad():
+                self.stat_mean.copy_(allh.mean(0).to(self.stat_mean))
+                self.stat_std.copy_(allh.std(0).clamp_min(1e-4).to(self.stat_std))
+            cfg.has_stats = True
+        if cfg.null_space:
+            try:
+                from repedit.methods.nullspace import null_space_projector
+
+                moment = (allh.T @ allh) / max(1, allh.shape[0])
+                self._null_projector, info = null_space_projector(moment)
+                bank["null_space"] = info
+            except ImportError:
+                logger.warning("null_space=True but repedit.methods.nullspace is not available")
+        if sents:
+            if cfg.key_positions == "subject":
+                bank["vecs"] = self.normalize(allh)
+                bank["sent_id"] = torch.cat(ids)
+            else:
+                pooled = []
+                for h, pm, sm in self._hidden(session, att, sents, None):
+                    k, _ = R.pool(h, pm, sm, cfg.key_positions if cfg.key_positions != "subject_mean" else "prompt")
+                    pooled.append(k)
+                bank["vecs"] = self.normalize(torch.cat(pooled))
+                bank["sent_id"] = torch.arange(len(sents), device=bank["vecs"].device)
+        self._bank = bank
+
+    def _sample_distances(self, session, att, prompts, subjects, key_n: torch.Tensor) -> torch.Tensor:
+        """What the lookup would measure from ``key_n`` for each prompt (inf: no query)."""
+        if not prompts:
+            return torch.empty(0)
+        out = []
+        for h, pm, sm in self._hidden(session, att, prompts, subjects):
+            rule = self.config.key_positions
+            if rule == "subject":
+                d = self.distances(self.normalize(h), key_n[None])[..., 0]
+                out.append(d.masked_fill(~R.skip_first(pm), float("inf")).min(-1).values)
+            else:
+                q, has = R.pool(h, pm, sm, rule)
+                d = self.distances(self.normalize(q), key_n[None])[..., 0]
+                out.append(d.masked_fill(~has, float("inf")))
+        return torch.cat(out).cpu()
+
+    def _corpus_distance(self, key_n: torch.Tensor, subject: str | None) -> float:
+        bank = self._bank
+        if bank is None or bank["vecs"] is None:
+            return float("inf")
+        d = self.distances(bank["vecs"], key_n[None])[:, 0]
+        if subject:
+            bad = [i for i, s in enumerate(bank["sentences"]) if subject.lower() in s.lower()]
+            if bad:
+                d = d.masked_fill(torch.isin(bank["sent_id"], torch.tensor(bad, device=d.device)), float("inf"))
+        return float(d.min()) if d.numel() else float("inf")
+
+    def prepare_edit(self, session) -> None:
+        cfg = self.config
+        att = self._attachment(session)
+        self._ensure_bank(session, att)
+        reqs = session.requests
+        raw = torch.cat([R.pool(h, pm, sm, cfg.key_positions)[0]
+                         for h, pm, sm in self._hidden(session, att, [r.prompt for r in reqs], [r.subject for r in reqs])])
+        keys_n = self.normalize(raw)
+        raw_norm = self.normalize_raw_norm(raw)
+        rows, plans = [], []
+        for i, req in enumerate(reqs):
+            k = keys_n[i]
+            repeat = next((j for j, e in enumerate(cfg.entries)
+                           if e.get("prompt") == req.prompt and e.get("subject") == req.subject), None)
+            plan = {"request": i, "action": "new", "flags": {}}
+            d_near = j_near = None
+            if self.n_entries:
+                dd = self.distances(k[None])[0]
+                if repeat is not None:
+                    dd = dd.clone()
+                    dd[repeat] = float("inf")
+                if self.n_entries > (1 if repeat is not None else 0):
+                    d_near, j_near = float(dd.min()), int(dd.argmin())
+            if repeat is not None:
+                j = repeat
+                plan["action"] = "repeat"
+                cfg.entries[j].update(target_new=req.target_new, case_id=req.case_id)
+            elif cfg.radius_mode == "grace" and d_near is not None:
+                same = cfg.entries[j_near].get("target_new") == req.target_new
+                act = R.grace_action(d_near, float(self.radii[j_near]), cfg.init_radius, same)
+                plan["action"] = act
+                if act in ("expand", "update"):
+                    j = j_near
+                    if act == "expand":
+                        self.radii[j] = d_near
+                else:
+                    j = self._new_entry(k, raw_norm[i], req)
+                    if act == "split":
+                        self.radii[j_near] = d_near / 2 - 1e-5
+                        plan["radius"] = d_near / 2
+                        plan["flags"]["split_with"] = j_near
+            else:
+                j = self._new_entry(k, raw_norm[i], req)
+            plan["entry"] = j
+            if cfg.radius_mode == "grace":
+                plan.setdefault("radius", cfg.init_radius if plan["action"] in ("new",) else None)
+            else:
+                plan.update(self._balanced_radius(session, att, req, k, j))
+            rows.append(j)
+            plans.append(plan)
+        uniq = list(dict.fromkeys(rows))
+        ent = torch.tensor(uniq, dtype=torch.long, device=self.keys.device)
+        dev = self.values.device
+        delta = nn.Parameter((self.values[ent] / cfg.value_scale).clone())
+        sess = {"rows": torch.tensor(rows, dtype=torch.long, device=dev), "entries": ent, "delta": delta,
+                "plans": plans, "params": [delta]}
+        if cfg.value == "lowrank":
+            gen = torch.Generator().manual_seed(cfg.seed + self.n_entries)
+            u = nn.Parameter(self.value_u[ent].clone())
+            v0 = self.value_v[ent].clone()
+            fresh = v0.abs().sum(dim=(1, 2)) == 0
+            init = torch.randn(v0.shape, generator=gen).to(v0) / math.sqrt(self.hidden_size)
+            v = nn.Parameter(torch.where(fresh[:, None, None], init, v0))
+            sess.update(u=u, v=v)
+            sess["params"] += [u, v]
+        self._session = sess
+
+    def normalize_raw_norm(self, raw: torch.Tensor) -> list[float]:
+        x = raw.float()
+        if self.config.normalize != "none":
+            x = x - self.stat_mean
+        if self.config.normalize == "standardize":
+            x = x / self.stat_std
+        return x.norm(dim=-1).tolist()
+
+    def _new_entry(self, key_n, key_norm, req) -> int:
+        j = self._resize_append(key_n, key_norm)
+        self.config.entries.append({"prompt": req.prompt, "target_new": req.target_new, "subject": req.subject,
+                                    "case_id": req.case_id, "relation": req.relation, "flags": {}})
+        return j
+
+    def _balanced_radius(self, session, att, req, key_n, j) -> dict:
+        cfg = self.config
+        pos = S.positives(req, cfg.num_positives)
+        negs = S.negatives(req, session.all_requests, cfg.num_negatives, cfg.seed, cfg.known_facts_path)
+        neg_prompts = [p for p, _ in negs]
+        d_pos = self._sample_distances(session, att, pos, [req.subject] * len(pos), key_n)
+        d_neg = self._sample_distances(session, att, neg_prompts, [s for _, s in negs], key_n)
+        d_corpus = self._corpus_distance(key_n, req.subject)
+        # other entries with another target are negatives too (conflicts)
+        others = torch.tensor([i for i, e in enumerate(cfg.entries) if i != j and e.get("target_new") != req.target_new],
+                              dtype=torch.long, device=self.keys.device)
+        d_entries = self.distances(key_n[None], self.keys.index_select(0, others))[0].cpu() if others.numel() else torch.empty(0)
+        all_neg = torch.cat([d_neg, torch.tensor([d_corpus]), d_entries])
+        dec = R.place_radius(d_pos, all_neg, cfg.alpha)
+        conflicts = []
+        if others.numel():
+            inside = (d_entries <= self.radii.index_select(0, others).cpu())
+            for o, d in zip(others[inside].tolist(), d_entries[inside].tolist()):
+                conflicts.append((o, d))
+        return {"radius": dec.radius, "d_pos": dec.d_pos, "d_neg": dec.d_neg, "separable": dec.separable,
+                "n_pos": len(pos), "n_neg": len(neg_prompts), "d_corpus": d_corpus, "conflicts": conflicts,
+                "samples": {"positives": pos, "negatives": neg_prompts}}
+
+    def edit_parameters(self, session) -> list[nn.Parameter]:
+        return list(self._session["params"]) if self._session is not None else []
+
+    def finish_edit(self, session, outcomes) -> None:
+        sess = self._session
+        if sess is None:
+            return
+        cfg = self.config
+        with torch.no_grad():
+            ent = sess["entries"]
+            delta = sess["delta"].detach() * cfg.value_scale
+            if cfg.null_space:
+                delta = self._project(delta)
+            self.values[ent] = delta.to(self.values)
+            if cfg.value == "lowrank":
+                self.value_u[ent] = sess["u"].detach().to(self.value_u)
+                self.value_v[ent] = sess["v"].detach().to(self.value_v)
+            for plan, outcome in zip(sess["plans"], outcomes):
+                j = plan["entry"]
+                flags = {"entry": j, "action": plan["action"]}
+                if plan.get("radius") is not None:
+                    self.radii[j] = float(plan["radius"])
+                if "d_pos" in plan:
+                    self.pos_dist[j], self.neg_dist[j] = plan["d_pos"], min(plan["d_neg"], 1e30)
+                    flags.update(d_pos=plan["d_pos"], d_neg=plan["d_neg"], d_corpus=plan["d_corpus"])
+                    for o, d in plan["conflicts"]:  # shrink the other entry so the new key stays out
+                        newr = (1 - cfg.alpha) * d + cfg.alpha * min(float(self.pos_dist[o]), d)
+                        self.radii[o] = min(float(self.radii[o]), newr)
+                        cfg.entries[o].setdefault("flags", {})["shrunk_by"] = j
+                    if plan["conflicts"]:
+                        flags["conflicts"] = [o for o, _ in plan["conflicts"]]
+                    if not plan["separable"]:
+                        flags["inseparable"] = True
+                        outcome.flags["codebook_inseparable"] = {"d_pos": plan["d_pos"], "d_neg": plan["d_neg"]}
+                flags.update(plan["flags"])
+                flags["radius"] = float(self.radii[j])
+                outcome.flags["codebook"] = flags
+                cfg.entries[j]["flags"] = {k: v for k, v in flags.items() if k not in ("entry",)}
+        self._session = None
+
+    def _project(self, delta: torch.Tensor) -> torch.Tensor:
+        proj = getattr(self, "_null_projector", None)
+        if proj is None:
+            logger.warning("null_space=True but no projector was set (codebook._null_projector); values are not projected")
+            return delta
+        return delta @ proj.to(delta).T

@@ -1,0 +1,177 @@
+"""Positive and negative samples for an entry's radius, from the request's own text and
+from other facts; never from the request's evaluation fields.
+
+Positives (should fire): template rewrites of the edit prompt: prefixes, punctuation and
+case changes, question forms. In causal models the subject token's representation only
+depends on the text before it, so the rewrites change that text.
+
+Negatives (must not fire): the request's relation template filled with other subjects
+(other requests of the same relation in the edit call, and subjects from ROME's
+``known_1000.json``), plus nearest-neighbour sentences from a corpus (WikiText-2), mined in
+:mod:`repedit.methods.codebook.radius`.
+
+Every sample is checked against :func:`evaluation_texts` (the request's ``rephrase_prompts``,
+``locality_prompts`` and ``portability``) and dropped on a match, so evaluation prompts can
+never become training signal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+from repedit.requests import EditRequest
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["evaluation_texts", "positives", "negatives", "corpus_sentences", "known_subjects", "data_file"]
+
+_PREFIXES = (
+    "Fact: {p}",
+    "Here is a fact. {p}",
+    "Did you know? {p}",
+    "I heard that {l}",
+    "In other words, {l}",
+    "Tell me: {p}",
+    "Question: is it true that {l}",
+    "Q: {p}",
+    "{l}",
+    "\"{p}",
+    "Note - {p}",
+    "According to the record, {l}",
+)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" ?.:!")
+
+
+def evaluation_texts(req: EditRequest) -> set[str]:
+    """Normalised texts of a request's evaluation prompts (never used as samples)."""
+    out = {_norm(p) for p in (req.rephrase_prompts or [])}
+    for item in list(req.locality_prompts or []) + list(req.portability or []):
+        prompt = item.prompt if hasattr(item, "prompt") else (item.get("prompt") if isinstance(item, dict) else None)
+        if prompt:
+            out.add(_norm(prompt))
+    return out
+
+
+def _lower_first(p: str, subject: str | None) -> str:
+    if subject and p.startswith(subject):
+        return p
+    return p[:1].lower() + p[1:]
+
+
+def positives(req: EditRequest, n: int) -> list[str]:
+    """Up to ``n`` template rewrites of the edit prompt (deterministic order)."""
+    p = req.prompt
+    forbidden = evaluation_texts(req) | {_norm(p)}
+    out: list[str] = []
+    for tpl in _PREFIXES:
+        text = tpl.format(p=p, l=_lower_first(p, req.subject))
+        if _norm(text) in forbidden or text in out:
+            continue
+        if req.subject and req.subject not in text:
+            continue
+        out.append(text)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _rank(seed: int, anchor: str, items: Sequence[str]) -> list[str]:
+    def h(x: str) -> str:
+        return hashlib.sha1(f"{seed}\x00{anchor}\x00{x}".encode()).hexdigest()
+
+    return sorted(dict.fromkeys(items), key=h)
+
+
+def data_file(explicit: str | None, *parts: str) -> Path | None:
+    if explicit:
+        p = Path(explicit).expanduser()
+        return p if p.is_file() else None
+    try:
+        from repedit.eval.data import default_data_dir
+
+        p = default_data_dir().joinpath(*parts)
+    except (ImportError, FileNotFoundError):
+        return None
+    return p if p.is_file() else None
+
+
+@lru_cache(maxsize=4)
+def known_subjects(path: str | None) -> tuple[str, ...]:
+    """Subjects of ROME's known facts (deduplicated, file order)."""
+    f = data_file(path, "known_facts", "known_1000.json")
+    if f is None:
+        return ()
+    try:
+        rows = json.loads(f.read_text())
+    except (OSError, ValueError):
+        logger.warning("could not read known facts from %s", f)
+        return ()
+    return tuple(dict.fromkeys(r["subject"] for r in rows if isinstance(r, dict) and r.get("subject")))
+
+
+def negatives(
+    req: EditRequest,
+    all_requests: Sequence[EditRequest],
+    n: int,
+    seed: int = 0,
+    known_facts_path: str | None = None,
+) -> list[str]:
+    """Up to ``n`` ``(prompt, subject)`` pairs of the same relation about other subjects.
+
+    Half (at most) come from other requests of the edit call with the same relation (their
+    edit prompts only), the rest from the relation template filled with known-fact subjects.
+    """
+    if n <= 0:
+        return []
+    subj = (req.subject or "").strip()
+    forbidden = evaluation_texts(req) | {_norm(req.prompt)}
+
+    def ok(text: str, other_subject: str) -> bool:
+        if not other_subject or (subj and (subj.lower() in other_subject.lower() or other_subject.lower() in subj.lower())):
+            return False
+        return _norm(text) not in forbidden
+
+    same = {r.prompt: r.subject for r in all_requests
+            if r is not req and r.relation == req.relation and r.subject and ok(r.prompt, r.subject)}
+    known = known_subjects(known_facts_path)
+    picked = [(t, same[t]) for t in _rank(seed, req.prompt, list(same))[: max(n // 2, n - len(known))]]
+    template = req.relation if req.relation and "{}" in req.relation else None
+    if template is not None:
+        filled = {template.replace("{}", s): s for s in known if ok(template.replace("{}", s), s)}
+        have = {t for t, _ in picked}
+        picked += [(t, filled[t]) for t in _rank(seed, req.prompt, list(filled)) if t not in have][: n - len(picked)]
+    return picked[:n]
+
+
+@lru_cache(maxsize=4)
+def corpus_sentences(path: str | None, count: int, max_words: int = 32) -> tuple[str, ...]:
+    """``count`` sentences spread evenly over a WikiText raw file (WikiText's spacing undone)."""
+    if count <= 0:
+        return ()
+    f = data_file(path, "wikitext2", "wiki.test.raw")
+    if f is None:
+        return ()
+    sents: list[str] = []
+    for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("="):
+            continue
+        for s in line.split(" . "):
+            s = s.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+            s = re.sub(r" ([,;:)'])", r"\1", s).replace("( ", "(")
+            words = s.split()
+            if len(words) >= 6:
+                sents.append(" ".join(words[:max_words]))
+    if not sents:
+        return ()
+    step = max(1, len(sents) // count)
+    return tuple(sents[::step][:count])

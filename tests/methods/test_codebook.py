@@ -1,0 +1,357 @@
+"""Codebook (GRACE / BalancEdit) tests on tiny random models."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from repedit.editing import Editor, EditorConfig
+from repedit.hooks import EditableModel
+from repedit.methods import available_methods, build
+from repedit.methods.codebook import Codebook, CodebookConfig, manage
+from repedit.methods.codebook import radius as R
+from repedit.methods.codebook import samples as S
+from repedit.positions import encode
+from repedit.requests import EditRequest
+
+from tests.conftest import tiny_model
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+NOFILES = dict(corpus_sentences=0, known_facts_path="/nonexistent/known.json")
+
+REQS = [
+    EditRequest(prompt="the capital of france is", target_new="rome", subject="france", ground_truth="paris",
+                rephrase_prompts=["france has the capital city"], case_id=0,
+                locality_prompts=[{"prompt": "the capital of italy is", "ground_truth": "rome"}]),
+    EditRequest(prompt="the mother tongue of danielle darrieux is", target_new="english", subject="danielle darrieux",
+                ground_truth="french", case_id=1),
+    EditRequest(prompt="the eiffel tower is located in", target_new="berlin", subject="eiffel tower",
+                ground_truth="paris", case_id=2),
+]
+
+
+def make_editor(tok, seed=0, **mc):
+    model = tiny_model("llama", seed=seed, initializer_range=0.5)
+    cfg = dict(NOFILES, value_positions="attachment")  # tiny 2-layer models edit fastest at the last token
+    cfg.update(mc)
+    return Editor(model, tok, EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=40, method_config=cfg))
+
+
+def logits(model, tok, prompts, subjects=None, conts=None):
+    b = encode(tok, prompts, conts, subjects)
+    with torch.no_grad(), b.info():
+        return model(**b.model_inputs()).logits, b
+
+
+def test_registered_and_config_checks():
+    assert "codebook" in available_methods()
+    assert all(CodebookConfig.help().values())
+    with pytest.raises(ValueError):
+        CodebookConfig(distance="manhattan")
+    with pytest.raises(ValueError):
+        CodebookConfig(n_entries=2, entries=[{}])
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("rule", ["subject", "last_prompt", "prompt"])
+def test_lookup_matches_brute_force(distance, rule):
+    g = torch.Generator().manual_seed(0)
+    n, d = 9, 16
+    cb = build("codebook", {"n_entries": n, "distance": distance, "key_positions": rule, "normalize": "standardize",
+                            "entries": [{} for _ in range(n)]}, d)
+    with torch.no_grad():
+        cb.stat_mean.copy_(torch.randn(d, generator=g))
+        cb.stat_std.copy_(torch.rand(d, generator=g) + 0.5)
+        cb.keys.copy_(cb.normalize(torch.randn(n, d, generator=g)))
+        cb.radii.copy_(torch.rand(n, generator=g))
+    h = torch.randn(4, 6, d, generator=g)
+    mask = torch.ones(4, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    dmin, idx, has = cb.lookup(h, mask)
+    for b in range(4):
+        m = mask[b]
+        if rule == "subject":
+            cands = cb.normalize(h[b][m])
+        else:
+            cands = cb.normalize(h[b][m].mean(0, keepdim=True))
+        if distance == "cosine":
+            ref = 1 - cands @ cb.keys.T
+        else:
+            ref = torch.cdist(cands.double(), cb.keys.double()).float()
+        assert torch.isclose(dmin[b], ref.min(), atol=1e-4)
+        assert int(idx[b]) == int(ref.min(0).values.argmin())
+    # firing follows radius * radius_scale, and 0 disables every entry
+    out = cb(h, mask)
+    fire = dmin <= cb.radii[idx]
+    assert torch.equal((out != h).flatten(1).any(1), fire & (cb.values[idx].abs().sum(-1) > 0))
+    cb.radius_scale = 0.0
+    assert torch.equal(cb(h, mask), h)
+
+
+def test_lookup_has_no_python_loop_or_host_sync(monkeypatch):
+    cb = build("codebook", {"n_entries": 5, "entries": [{}] * 5, "normalize": "none"}, 8)
+    with torch.no_grad():
+        cb.keys.copy_(torch.nn.functional.normalize(torch.randn(5, 8), dim=-1))
+        cb.radii.fill_(2.0)
+    calls = []
+    for name in ("item", "cpu", "tolist", "__bool__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _r=real, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
+    cb(torch.randn(3, 4, 8), torch.ones(3, 4, dtype=torch.bool))
+    assert calls == []
+
+
+def test_radius_placement():
+    dec = R.place_radius([0.1, 0.2], [0.8, 0.6, float("inf")], alpha=0.25)
+    assert dec.separable and dec.d_pos == pytest.approx(0.2) and dec.d_neg == pytest.approx(0.6)
+    assert dec.radius == pytest.approx(0.75 * 0.6 + 0.25 * 0.2)
+    assert dec.d_pos < dec.radius < dec.d_neg
+    bad = R.place_radius([0.9], [0.5], alpha=0.25)
+    assert not bad.separable and bad.radius <= 0.5
+    assert R.grace_action(None, None, 1.0, True) == "new"
+    assert R.grace_action(3.0, 1.0, 1.0, False) == "new"
+    assert R.grace_action(0.5, 1.0, 1.0, False) == "split"
+    assert R.grace_action(1.5, 1.0, 1.0, True) == "expand"
+    assert R.grace_action(0.5, 1.0, 1.0, True) == "update"
+
+
+def test_edits_fire_on_own_prompt_and_keep_their_radius(tok):
+    ed = make_editor(tok)
+    res = ed.edit(REQS[:1], sequential=True)
+    cb = ed.attachments()[0].module
+    assert res.outcomes[0].success and cb.n_entries == 1
+    r0 = float(cb.radii[0])
+    assert r0 > 0
+    res2 = ed.edit(REQS[1:], sequential=True)
+    assert cb.n_entries == 3 and all(o.success for o in res2.outcomes)
+    # an earlier entry's radius is not recomputed from later edits' samples (no conflict here)
+    if not res2.outcomes[0].flags["codebook"].get("conflicts") and not res2.outcomes[1].flags["codebook"].get("conflicts"):
+        assert float(cb.radii[0]) == r0
+    for i, req in enumerate(REQS):
+        ex = manage.explain(ed.edited, req.prompt)[0]
+        assert ex["fired"] and ex["entry"] == i and ex["distance"] <= ex["radius"]
+        assert ex["target_new"] == req.target_new
+    # the edit is in effect after training (eval mode, real lookup)
+    lg, b = logits(ed.edited.model, tok, [REQS[1].prompt], conts=[" english"])
+    pos = int(b.prompt_mask.sum()) - 1
+    assert int(lg[0, pos].argmax()) == tok.convert_tokens_to_ids("english")
+
+
+def test_repeat_updates_entry_and_conflict_shrinks(tok):
+    ed = make_editor(tok)
+    ed.edit(REQS[0])
+    cb = ed.attachments()[0].module
+    again = EditRequest(prompt=REQS[0].prompt, target_new="berlin", subject="france", ground_truth="paris")
+    res = ed.edit(again)
+    assert cb.n_entries == 1 and res.outcomes[0].flags["codebook"]["action"] == "repeat"
+    assert cb.config.entries[0]["target_new"] == "berlin"
+    lg, b = logits(ed.edited.model, tok, [REQS[0].prompt])
+    assert int(lg[0, -1].argmax()) == tok.convert_tokens_to_ids("berlin")
+    # a different subject whose key lies inside entry 0's radius with another target shrinks it
+    with torch.no_grad():
+        cb.radii[0] = 5.0  # wider than any cosine distance
+    other = EditRequest(prompt="the capital of italy is", target_new="london", subject="italy", ground_truth="rome")
+    res = ed.edit(other)
+    f = res.outcomes[0].flags["codebook"]
+    assert cb.n_entries == 2 and f.get("conflicts") == [0]
+    assert float(cb.radii[0]) < 5.0 and cb.config.entries[0]["flags"].get("shrunk_by") == 1
+
+
+def test_grace_mode_split_and_expand(tok):
+    ed = make_editor(tok, radius_mode="grace", init_radius=3.0)
+    ed.edit(REQS[0])
+    cb = ed.attachments()[0].module
+    assert float(cb.radii[0]) == pytest.approx(3.0)
+    res = ed.edit(EditRequest(prompt="the capital of italy is", target_new="london", subject="italy", ground_truth="rome"))
+    f = res.outcomes[0].flags["codebook"]
+    assert f["action"] == "split" and cb.n_entries == 2
+    d = float(cb.distances(cb.keys[1:2], cb.keys[:1])[0, 0])
+    assert float(cb.radii[0]) == pytest.approx(d / 2, abs=1e-4) and float(cb.radii[1]) == pytest.approx(d / 2, abs=1e-4)
+    # same target, near: no new key (GRACE coverage)
+    res = ed.edit(EditRequest(prompt="the capital of spain is", target_new="london", subject="spain", ground_truth="madrid"))
+    assert res.outcomes[0].flags["codebook"]["action"] in ("expand", "update") and cb.n_entries == 2
+
+
+def test_inseparable_is_flagged(tok, monkeypatch):
+    monkeypatch.setattr(S, "positives", lambda req, n: ["it was not what he speak"])
+    monkeypatch.setattr(S, "negatives", lambda req, reqs, n, seed=0, known_facts_path=None: [(req.prompt, req.subject)])
+    ed = make_editor(tok, key_positions="last_prompt")
+    res = ed.edit(REQS[0])
+    o = res.outcomes[0]
+    assert "codebook_inseparable" in o.flags
+    fl = o.flags["codebook_inseparable"]
+    assert fl["d_pos"] > fl["d_neg"]
+    assert o.success  # the edit is still applied
+
+
+def test_batch_equals_single(tok):
+    ed = make_editor(tok)
+    ed.edit(REQS, sequential=True)
+    m = ed.edited.model
+    prompts = [r.prompt for r in REQS] + ["he was born in london"]
+    batched, b = logits(m, tok, prompts)
+    for i, p in enumerate(prompts):
+        single, bs = logits(m, tok, [p])
+        n = int(bs.attention_mask.sum())
+        assert torch.allclose(batched[i, :n], single[0, :n], atol=1e-5)
+    # the edited rows differ from the unedited model, the unrelated one may not
+    with ed.edited.disabled():
+        base, _ = logits(m, tok, prompts)
+    assert not torch.allclose(base[0], batched[0])
+
+
+def test_generation_holds_key_fixed(tok, monkeypatch):
+    model = tiny_model("llama", initializer_range=0.5)
+    edited = EditableModel(model, tok)
+    d = edited.hidden_size
+    cb = build("codebook", {"n_entries": 1, "entries": [{}], "normalize": "none", "key_positions": "prompt"}, d)
+    edited.add("cb", cb, layer=0, positions="all")
+    b = encode(tok, [REQS[0].prompt])
+    with torch.no_grad(), b.info():
+        captured = {}
+        hk = model.model.layers[0].register_forward_hook(lambda mod, a, o: captured.setdefault("h", (o[0] if isinstance(o, tuple) else o).clone()))
+        with edited.disabled():
+            model(**b.model_inputs())
+        hk.remove()
+    with torch.no_grad():
+        cb.keys.copy_(cb.normalize(captured["h"][0].mean(0, keepdim=True)))
+        cb.radii.fill_(1e-3)
+        cb.values.copy_(torch.randn(1, d) * 5)
+    calls = []
+    real = Codebook.lookup
+    monkeypatch.setattr(Codebook, "lookup", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    out = edited.generate([REQS[0].prompt], max_new_tokens=4, decode=False)
+    assert len(calls) == 1  # prefill only: decoding steps reuse the prefill's entry
+    with edited.disabled():
+        base = edited.generate([REQS[0].prompt], max_new_tokens=4, decode=False)
+    assert not torch.equal(out, base)
+    # the entry chosen at prefill keeps acting on generated tokens (positions="all")
+    with torch.no_grad():
+        cb.radii.fill_(-1.0)  # never fires
+    off = edited.generate([REQS[0].prompt], max_new_tokens=4, decode=False)
+    assert torch.equal(off, base)
+
+
+def test_delete_merge_explain_and_save_load(tok, tmp_path):
+    ed = make_editor(tok)
+    ed.edit(REQS[:2], sequential=True)
+    edited = ed.edited
+    entries = manage.list_entries(edited)
+    assert [e["prompt"] for e in entries] == [r.prompt for r in REQS[:2]]
+    assert all(e["key_norm"] > 0 and e["radius"] > 0 for e in entries)
+    # save / load round trip: bit-identical logits
+    edited.save_pretrained(str(tmp_path / "a"))
+    before, _ = logits(edited.model, tok, [r.prompt for r in REQS], conts=[" rome"] * 3)
+    fresh = EditableModel.from_pretrained(tiny_model("llama", initializer_range=0.5), str(tmp_path / "a"), tokenizer=tok)
+    after, _ = logits(fresh.model, tok, [r.prompt for r in REQS], conts=[" rome"] * 3)
+    assert torch.equal(before, after)
+    assert manage.list_entries(fresh) == entries
+    # a second codebook on the same model, merged with the first
+    ed2 = Editor(fresh, tok, ed.config)
+    ed2.edit(REQS[2])
+    fresh.save_pretrained(str(tmp_path / "b"))
+    manage.merge_adapters(tiny_model("llama", initializer_range=0.5), str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "ab"), tokenizer=tok)
+    merged = EditableModel.from_pretrained(tiny_model("llama", initializer_range=0.5), str(tmp_path / "ab"), tokenizer=tok)
+    assert [e["prompt"] for e in manage.list_entries(merged)] == [r.prompt for r in REQS]  # repeats of a replaced by b
+    ex = manage.explain(merged, REQS[2].prompt)[0]
+    assert ex["fired"] and ex["prompt"] == REQS[2].prompt
+    # delete: the entry stops firing, the others keep working
+    manage.delete_entry(merged, 2)
+    assert len(manage.list_entries(merged)) == 2
+    ex = manage.explain(merged, REQS[2].prompt)[0]
+    assert not ex["fired"] or ex["prompt"] != REQS[2].prompt
+    assert manage.explain(merged, REQS[0].prompt)[0]["fired"]
+
+
+def test_empty_codebook_is_a_no_op(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    base, _ = logits(model, tok, [r.prompt for r in REQS], conts=[" rome"] * 3)
+    edited = EditableModel(model, tok)
+    edited.add("cb", "codebook", layer=0, config=NOFILES)
+    out, _ = logits(model, tok, [r.prompt for r in REQS], conts=[" rome"] * 3)
+    assert torch.equal(base, out)
+    assert manage.explain(edited, REQS[0].prompt)[0]["fired"] is False
+
+
+def test_samples_never_leak_evaluation_fields(tok, monkeypatch):
+    req = EditRequest(
+        prompt="the capital of france is", target_new="rome", subject="france", ground_truth="paris",
+        rephrase_prompts=["Fact: the capital of france is", "Here is a fact. the capital of france is"],
+        locality_prompts=[{"prompt": "the capital of italy is", "ground_truth": "rome"}],
+        portability=[{"prompt": "Did you know? the capital of france is", "ground_truth": "rome"}], case_id=7)
+    other = EditRequest(prompt="the capital of italy is", target_new="london", subject="italy", ground_truth="rome")
+    other2 = EditRequest(prompt="the capital of spain is", target_new="london", subject="spain", ground_truth="madrid")
+    pos = S.positives(req, 50)
+    neg = [p for p, _ in S.negatives(req, [req, other, other2], 50)]
+    banned = S.evaluation_texts(req)
+    assert pos and neg and banned
+    assert not ({S._norm(p) for p in pos} & banned) and not ({S._norm(p) for p in neg} & banned)
+    assert "the capital of spain is" in neg and "the capital of italy is" not in neg
+    # and through the Editor: no prompt the codebook runs while editing is an evaluation prompt
+    seen = []
+    real = R.site_hidden
+
+    def spy(edited, layer, component, tokenizer, prompts, subjects=None, batch_size=32):
+        seen.extend(prompts)
+        return real(edited, layer, component, tokenizer, prompts, subjects, batch_size)
+
+    monkeypatch.setattr(R, "site_hidden", spy)
+    ed = make_editor(tok)
+    ed.edit([req, other2], sequential=True)
+    assert seen and not ({S._norm(p) for p in seen} & banned)
+
+
+def test_key_position_values_act_on_the_matched_token():
+    g = torch.Generator().manual_seed(1)
+    d = 16
+    cb = build("codebook", {"n_entries": 2, "entries": [{}, {}], "normalize": "none", "value_positions": "key"}, d)
+    h = torch.randn(2, 5, d, generator=g)
+    with torch.no_grad():
+        cb.keys.copy_(cb.normalize(torch.stack([h[0, 2], h[1, 3]])))
+        cb.radii.fill_(1e-3)
+        cb.values.copy_(torch.randn(2, d, generator=g))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    out = cb(h, mask)
+    changed = (out != h).any(-1)
+    expect = torch.zeros(2, 5, dtype=torch.bool)
+    expect[0, 2] = expect[1, 3] = True
+    assert torch.equal(changed, expect)
+    assert torch.allclose(out[1, 3], h[1, 3] + cb.values[1])
+
+
+def test_key_position_training_edits(tok):
+    ed = make_editor(tok, value_positions="key")
+    ed.config.max_steps = 60
+    res = ed.edit(REQS[1])
+    cb = ed.attachments()[0].module
+    ex = manage.explain(ed.edited, REQS[1].prompt)[0]
+    assert ex["fired"] and cb.values.abs().sum() > 0
+    # the value sits on the subject's last token: the prompt prefix before it is unchanged
+    with torch.no_grad():
+        lg, b = logits(ed.edited.model, tok, [REQS[1].prompt], subjects=[REQS[1].subject])
+        with ed.edited.disabled():
+            base, _ = logits(ed.edited.model, tok, [REQS[1].prompt])
+    subj_last = int(b.subject_mask[0].nonzero().max())
+    assert torch.equal(lg[0, :subj_last], base[0, :subj_last])
+    assert not torch.allclose(lg[0, subj_last:], base[0, subj_last:])
+    eng = tok.convert_tokens_to_ids("english")
+    assert lg[0, -1].log_softmax(-1)[eng] > base[0, -1].log_softmax(-1)[eng] + 1.0  # trained toward the target
+
+
+def test_first_token_is_never_a_key(tok):
+    # a one-token subject at the start of the prompt is keyed on the next token, and the scan skips token 0
+    b = encode(tok, ["france is the capital of", "the capital of france is"], subjects=["france", "france"])
+    h = torch.randn(2, b.input_ids.shape[1], 8)
+    pm = b.prompt_mask & b.attention_mask.bool()
+    key, has = R.pool(h, pm, b.subject_mask, "subject")
+    assert has.all()
+    assert torch.equal(key[0], h[0, 1]) and torch.equal(key[1], h[1, 3])
+    assert not R.skip_first(pm)[:, 0].any() and R.skip_first(pm)[:, 1].all()
