@@ -37,18 +37,24 @@ import torch  # noqa: E402
 
 from benchmarks.common import environment, latency_ratio, select_requests, set_threads, write_results  # noqa: E402
 
-PROTOCOLS = ("teacher_forced", "probability", "generation")
+PROTOCOLS = ["teacher_forced", "probability", "generation"]
 
 
 def method_configs(args) -> dict:
-    common = dict(layers=[args.layer], positions=args.positions, lr=args.lr, max_steps=args.max_steps,
+    common = dict(layers=[args.layer] if args.layer is not None else None, positions=args.positions, lr=args.lr, max_steps=args.max_steps,
                   stop_prob=args.stop_prob, augment=args.augment, seed=args.seed)
     baft = dict(rank=args.rank, locality_weight=args.locality_weight, gate_positive_weight=args.gate_positive_weight,
-                temperature=args.temperature)
+                temperature=args.temperature, trigger=args.trigger, gate_margin=args.gate_margin,
+                gate_margin_weight=args.gate_margin_weight, gate_fit_steps=args.gate_fit_steps,
+                train_gates=args.train_gates, gate_templates=args.gate_templates)
     out = {
-        "loreft": dict(common, method="loreft", method_config={"rank": args.rank}),
+        # LoReFT and BaFT + null space keep the earlier benchmark setting (layer 9, last prompt
+        # token, 2 augmented copies) unless flags say otherwise
+        "loreft": dict(common, method="loreft", method_config={"rank": args.rank}, layers=[args.ns_layer],
+                       positions=args.positions or "last_prompt", augment=2 if args.augment is None else args.augment),
         "baft": dict(common, method="baft", method_config=dict(baft)),
-        "baft_ns": dict(common, method="baft", adapter="ns",
+        "baft_ns": dict(common, method="baft", adapter="ns", layers=[args.ns_layer],
+                        positions=args.positions or "last_prompt", augment=2 if args.augment is None else args.augment,
                         method_config=dict(baft, nullspace="read", nullspace_threshold=args.ns_threshold,
                                            nullspace_texts=args.ns_texts)),
     }
@@ -139,16 +145,24 @@ def main(argv=None) -> None:
     p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 20)")
     p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 50)")
     p.add_argument("--methods", default="loreft,baft,baft_ns")
-    p.add_argument("--layer", type=int, default=9)
-    p.add_argument("--positions", default="last_prompt")
+    p.add_argument("--layer", type=int, default=None, help="edited layer (default: the method's default_layers)")
+    p.add_argument("--ns-layer", type=int, default=9, help="layer of LoReFT and BaFT + null space (their settings are unchanged)")
+    p.add_argument("--positions", default=None, help="positions rule (default: the method's editor_defaults)")
     p.add_argument("--rank", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-2)
     p.add_argument("--max-steps", type=int, default=60)
     p.add_argument("--stop-prob", type=float, default=0.9)
-    p.add_argument("--augment", type=int, default=2)
+    p.add_argument("--augment", type=int, default=None, help="augmented copies (default: the method's editor_defaults, else 0)")
     p.add_argument("--locality-weight", type=float, default=1.0)
     p.add_argument("--gate-positive-weight", type=float, default=0.1)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--trigger", default="subject", help="BaFT gate trigger: subject or positions")
+    p.add_argument("--gate-margin", type=float, default=2.0)
+    p.add_argument("--gate-margin-weight", type=float, default=1.0)
+    p.add_argument("--gate-fit-steps", type=int, default=150)
+    p.add_argument("--gate-templates", type=int, default=4)
+    p.add_argument("--train-gates", action="store_true", help="keep training BaFT gates during the edit (early-stop veto on)")
+    p.add_argument("--protocols", default="teacher_forced,probability,generation", help="evaluation protocols (sweeps drop generation)")
     p.add_argument("--ns-threshold", type=float, default=1e-3)
     p.add_argument("--ns-texts", type=int, default=1000, help="WikiText-2 sentences used to build P")
     p.add_argument("--seed", type=int, default=0)
@@ -160,6 +174,7 @@ def main(argv=None) -> None:
     n_single = args.single if args.single is not None else (20 if args.quick else 200)
     n_seq = args.sequential if args.sequential is not None else (50 if args.quick else 1000)
     name = args.name or ("baft_quick" if args.quick else "baft_full")
+    PROTOCOLS[:] = args.protocols.split(",")
 
     set_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)

@@ -18,7 +18,15 @@ Methods take part in training through optional hooks on their intervention modul
 ``edit_loss(session, outputs) -> Tensor | None``
     extra loss terms (locality, load balancing) added to the target NLL;
 ``finish_edit(session, outcomes) -> None``
-    after training (a codebook sets its radius, null-space statistics are folded in).
+    after training (a codebook sets its radius, null-space statistics are folded in);
+``ready_to_stop(session) -> bool``
+    asked (host-side, between steps) once every target is reached: ``False`` vetoes the
+    early stop and training goes on, up to ``max_steps`` (BaFT waits until its gates
+    separate their positives from the negatives).
+
+A method's config class may also expose ``editor_defaults`` (a dict, e.g. ``{"positions":
+"prompt", "augment": 2}``, or a function of the ``method_config`` dict returning one): the
+Editor uses those values for :class:`EditorConfig` fields left at ``None``. ``Editor.config`` always holds the resolved values.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from repedit.requests import EditRequest, validate_requests
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Editor", "target_nll"]
+__all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Editor", "target_nll", "resolve_config"]
 
 
 @dataclass
@@ -52,7 +60,7 @@ class EditorConfig:
     method_config: dict = field(default_factory=dict, metadata={"help": "keyword arguments of the method's config dataclass"})
     layers: list | None = field(default=None, metadata={"help": "decoder layers to edit (None: the method's default, else 1/3 of the depth)"})
     component: str = field(default="block_output", metadata={"help": "block_output, mlp_output or attention_output"})
-    positions: str = field(default="last_prompt", metadata={"help": "last_prompt, subject, prompt or all"})
+    positions: str | None = field(default=None, metadata={"help": "last_prompt, subject, prompt or all (None: the method's default, else last_prompt)"})
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
     max_steps: int = field(default=100, metadata={"help": "most optimisation steps per edit (or batch)"})
@@ -61,19 +69,23 @@ class EditorConfig:
     seed: int = field(default=0, metadata={"help": "seed: edits are deterministic for a given seed"})
     adapter: str = field(default="default", metadata={"help": "adapter name the trained interventions belong to"})
     progress: bool = field(default=False, metadata={"help": "show a tqdm progress bar (off in library calls)"})
-    augment: int = field(default=0, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off"})
+    augment: int | None = field(default=None, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off; None: the method's default, else 0"})
     augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a WikiText-2 sentence start)"})
     augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (WikiText-2 test sentences), a path, or a list of strings"})
 
+    #: values used for fields left at None when no method default applies
+    FALLBACKS = {"positions": "last_prompt", "augment": 0}
+
     def __post_init__(self) -> None:
-        Positions.parse(self.positions)
+        if self.positions is not None:
+            Positions.parse(self.positions)
         if self.max_steps < 0:
             raise ValueError("max_steps must be >= 0")
         if not 0.0 < self.stop_prob <= 1.0:
             raise ValueError("stop_prob must be in (0, 1]")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if self.augment < 0 or self.augment_words < 1:
+        if (self.augment is not None and self.augment < 0) or self.augment_words < 1:
             raise ValueError("augment must be >= 0 and augment_words >= 1")
 
 
@@ -195,7 +207,7 @@ class Editor:
     """
 
     def __init__(self, model: nn.Module | EditableModel, tokenizer: Any = None, config: EditorConfig | None = None):
-        self.config = config or EditorConfig()
+        config = config or EditorConfig()
         if isinstance(model, EditableModel):
             self.edited = model
             if tokenizer is not None:
@@ -207,7 +219,8 @@ class Editor:
             raise ValueError("the Editor needs the model's tokenizer")
         from repedit.methods import get_method
 
-        self.spec = get_method(self.config.method)
+        self.spec = get_method(config.method)
+        self.config = resolve_config(config, self.spec.config_cls)
         self._attachments: list[Attachment] = []
 
     # ------------------------------------------------------------ plumbing
@@ -398,8 +411,12 @@ class Editor:
                 for i in torch.nonzero(reached & ~done).flatten().tolist():
                     best_steps[i] = step
                 done |= reached
-                if bool(done.all()) or step == cfg.max_steps or opt is None:
+                if step == cfg.max_steps or opt is None:
                     break
+                if bool(done.all()):
+                    vetoes = [getattr(att.module, "ready_to_stop", None) for att in atts]
+                    if all(v is None or v(session) for v in vetoes):
+                        break
                 loss = row_nll.mean()
                 for att in atts:
                     extra = getattr(att.module, "edit_loss", None)
@@ -438,6 +455,21 @@ def _only(atts: list[Attachment], keep: Attachment) -> Iterator[None]:
     finally:
         for a, f in zip(atts, flags):
             a.active = f
+
+
+def resolve_config(config: EditorConfig, method_config_cls: Any = None) -> EditorConfig:
+    """A copy of ``config`` whose ``None`` fields take the method's ``editor_defaults``
+    (then :attr:`EditorConfig.FALLBACKS`)."""
+    import dataclasses
+
+    defaults = getattr(method_config_cls, "editor_defaults", None) or {}
+    if callable(defaults):
+        defaults = defaults(dict(config.method_config))
+    changes = {}
+    for name, fallback in EditorConfig.FALLBACKS.items():
+        if getattr(config, name) is None:
+            changes[name] = defaults.get(name, fallback)
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def config_dict(config: EditorConfig) -> dict:

@@ -79,3 +79,36 @@ def test_bad_config():
         EditorConfig(positions="middle")
     with pytest.raises(ValueError):
         EditorConfig(stop_prob=0)
+
+
+def test_method_can_veto_early_stop(tok):
+    """``ready_to_stop`` is asked once targets are reached; False keeps training going."""
+    model = tiny_model("llama", initializer_range=0.5)
+    base = Editor(model, tok, cfg(stop_prob=0.05)).edit(REQ).outcomes[0]
+    base.edited = None
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, cfg(stop_prob=0.05))
+    calls = []
+
+    def ready(session):
+        calls.append(session.step)
+        return len(calls) >= 5
+
+    editor.attachments()[0].module.ready_to_stop = ready
+    res = editor.edit(REQ)
+    assert len(calls) == 5 and calls == list(range(calls[0], calls[0] + 5))
+    assert res.outcomes[0].success and res.outcomes[0].steps == base.steps  # steps count the first reach
+
+
+def test_method_editor_defaults_fill_none_fields(tok):
+    from repedit.editing import resolve_config
+    from repedit.methods.baft import BaFTConfig
+
+    model = tiny_model("llama")
+    ed = Editor(model, tok, EditorConfig(method="baft", layers=[0]))
+    assert ed.config.positions == "prompt" and ed.config.augment == 2
+    ed = Editor(model, tok, EditorConfig(method="baft", layers=[0], positions="last_prompt", augment=0))
+    assert ed.config.positions == "last_prompt" and ed.config.augment == 0
+    assert resolve_config(EditorConfig(method="baft", method_config={"nullspace": "read"}), BaFTConfig).positions == "last_prompt"
+    ed = Editor(model, tok, EditorConfig(method="loreft", layers=[0]))
+    assert ed.config.positions == "last_prompt" and ed.config.augment == 0

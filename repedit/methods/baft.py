@@ -46,8 +46,18 @@ and no host sync.
 Example::
 
     from repedit import Editor, EditorConfig
-    editor = Editor(model, tok, EditorConfig(method="baft", layers=[9], positions="last_prompt"))
+    editor = Editor(model, tok, EditorConfig(method="baft"))   # layer 5 of 30, every prompt token
     editor.edit(requests, sequential=True)
+
+**Subject trigger (default with positions "prompt"/"all").** The intervention sees every
+prompt token and each edit's gates are fitted (a logistic fit with a margin on the fixed
+unedited states, ``gate_fit_steps``) to fire on the subject's last token only: positives are
+that token in the edit prompt, its augmented copies and the subject put into other requests'
+relation templates; negatives are every other token of those prompts, other subjects in the
+request's relation, other requests' prompts and corpus tokens. No subject mark is needed at
+inference. The gates then stay fixed while W, b and R are trained (``train_gates=True``
+trains them too, and the Editor's early stop waits, via ``ready_to_stop``, until they
+separate the training positives from the negatives).
 """
 
 from __future__ import annotations
@@ -72,6 +82,7 @@ NULLSPACE_MODES = ("none", "read", "write")
 #: corpus-negative states of the last (model, layer) used, shared by modules of one run
 _NEG_CACHE: dict = {}
 GATES = ("sigmoid", "constant")
+TRIGGERS = ("subject", "positions")
 
 
 @dataclass
@@ -97,16 +108,39 @@ class BaFTConfig(MethodConfig):
     nullspace_min_dim: int = field(default=8, metadata={"help": "stop folding keys once the null space would drop below this dimension"})
     nullspace_built: bool = field(default=False, metadata={"help": "whether P is built (set by export_config; a loaded adapter never rebuilds it)"})
     seed: int | None = field(default=None, metadata={"help": "seed for initial parameters (None: torch's global RNG)"})
+    trigger: str = field(default="subject", metadata={"help": "what the gates of an edit learn to fire on when the intervention sees several tokens per prompt (positions 'prompt'/'all'): 'subject' = the last token of the request's subject only (every other token is a negative); 'positions' = every token the positions rule selects"})
+    gate_templates: int = field(default=4, metadata={"help": "subject trigger: extra gate positives, the subject put into this many relation templates of other requests (never the request's own evaluation fields)"})
+    gate_margin: float = field(default=2.0, metadata={"help": "gate-margin term: hinge pushing gate logits above +margin on positives and below −margin on negatives"})
+    gate_margin_weight: float = field(default=1.0, metadata={"help": "weight of the gate-margin term (0: off)"})
+    gate_fit_steps: int = field(default=150, metadata={"help": "steps of a logistic fit of the new gates on the fixed positive/negative states before the edit is trained (0: data init only)"})
+    gate_fit_lr: float = field(default=5e-3, metadata={"help": "Adam learning rate of the gate fit"})
+    train_gates: bool = field(default=False, metadata={"help": "keep training the gates (with the locality and margin terms) while the edit is trained; False: gates stay as fitted"})
+    stop_on_gates: bool = field(default=True, metadata={"help": "veto the Editor's early stop until the new gates separate positives from negatives (only while train_gates)"})
 
-    #: default layers for the Editor: 30 % of the depth (layer 9 of SmolLM2's 30). Chosen a
-    #: priori (ROME-style early-middle layer), NOT yet by a sweep; see benchmarks/results/baft_quick.md
+    #: EditorConfig values used when the Editor's field is left at None: every prompt token
+    #: (the gates pick the subject's last token) with 2 augmented copies. With a null space
+    #: the earlier defaults stay (last prompt token, no augmentation: the null-space guarantees and key folding
+    #: were designed and tested for it).
+    @staticmethod
+    def editor_defaults(method_config: dict | None = None) -> dict:
+        if (method_config or {}).get("nullspace", "none") != "none":
+            return {"positions": "last_prompt", "augment": 0}
+        return {"positions": "prompt", "augment": 2}
+
+    #: default layers for the Editor: 1/6 of the depth (layer 5 of SmolLM2's 30), an early
+    #: layer where the subject's last token carries the entity (ROME's insight); with the
+    #: subject trigger it scored efficacy/paraphrase/locality 1.0/1.0/1.0 on 10 single dev
+    #: CounterFact edits (benchmarks/results/baft_sweep.md). Layers 3, 7 and 9 were not yet
+    #: measured with the subject trigger; BaFT + null space was benchmarked at layer 9 only.
     @staticmethod
     def default_layers(num_layers: int) -> list[int]:
-        return [max(0, round(num_layers * 0.3))]
+        return [max(0, round(num_layers / 6))]
 
     def __post_init__(self) -> None:
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
+        if self.trigger not in TRIGGERS:
+            raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
         if self.nullspace not in NULLSPACE_MODES:
@@ -340,35 +374,82 @@ class BaFT(Intervention):
                 self._corpus_neg = torch.zeros(0, self.hidden_size, device=session.device)
         return self._corpus_neg
 
+    def _subject_tokens(self, session: Any, att: Any, prompts: list[str], subjects: list[str | None]):
+        """States at the subject's last token of each prompt (the last prompt token where the
+        subject is missing) and at every other prompt token: ((P, d), (Q, d))."""
+        from repedit.positions import last_true_index
+
+        subs = [s if s and s in p else None for p, s in zip(prompts, subjects)]
+        batch = session.encode(prompts, subjects=subs)
+        h, mask = session.editor.capture(att, batch)
+        prompt = batch.prompt_mask & batch.attention_mask.bool()
+        idx = torch.where(batch.subject_mask.any(1), last_true_index(batch.subject_mask), last_true_index(prompt))
+        rows = torch.arange(len(prompts), device=h.device)
+        pos = h[rows, idx].float()
+        other = prompt.clone()
+        other[rows, idx] = False
+        return pos, h[other].float()
+
+    def _template_prompts(self, session: Any, rng: random.Random) -> tuple[list[str], list[int]]:
+        """The requests' subjects in other requests' relation templates (gate positives only)."""
+        k = self.config.gate_templates
+        if k <= 0:
+            return [], []
+        templates = sorted({r.relation for r in session.all_requests if r.relation and "{}" in r.relation})
+        prompts, owners = [], []
+        for j, req in enumerate(session.requests):
+            if not req.subject:
+                continue
+            pool = [t for t in templates if t != req.relation]
+            for t in rng.sample(pool, min(k, len(pool))):
+                prompts.append(t.replace("{}", req.subject, 1))
+                owners.append(j)
+        return prompts, owners
+
     def prepare_edit(self, session: Any) -> None:
         cfg = self.config
         att = self._attachment(session)
         if cfg.nullspace != "none" and not cfg.nullspace_built:
             self.build_nullspace(session.editor, att)
         rng = random.Random(1000003 * (session.indices[0] if session.indices else 0) + (cfg.seed or 0))
-        # positives: the training prompts at this module's positions (unedited states)
         reqs = session.requests
         prompts = list(getattr(session, "prompts", [r.prompt for r in reqs]))
         owners = list(getattr(session, "owners", range(len(reqs))))
-        pos_h, pos_mask = session.site_states(att, prompts, [reqs[o].subject for o in owners])
-        owner_tok = torch.tensor(owners, device=pos_h.device)[:, None].expand_as(pos_mask)[pos_mask]
-        neg_prompts = self._negative_prompts(session, rng)
+        multi = att.positions.value in ("prompt", "all")
+        subject_mode = cfg.trigger == "subject" and multi
         negs = []
+        if subject_mode:
+            # positives: the subject's last token of every training prompt and of the subject in
+            # other relation templates; negatives: every other token of those prompts
+            tp, to = self._template_prompts(session, rng)
+            all_prompts, all_owners = prompts + tp, owners + to
+            pos, in_neg = self._subject_tokens(session, att, all_prompts, [reqs[o].subject for o in all_owners])
+            pos_owner = torch.tensor(all_owners, device=pos.device)
+            negs.append(in_neg)
+        else:
+            pos_h, pos_mask = session.site_states(att, prompts, [reqs[o].subject for o in owners])
+            pos = pos_h[pos_mask].float()
+            pos_owner = torch.tensor(owners, device=pos_h.device)[:, None].expand_as(pos_mask)[pos_mask]
+        subjects = {r.subject for r in reqs if r.subject}
+        neg_prompts = [p for p in self._negative_prompts(session, rng) if not any(s in p for s in subjects)]
         if neg_prompts:
             nh, nmask = session.site_states(att, neg_prompts)
-            if att.positions.value in ("subject",):
+            if att.positions.value in ("subject",) or subject_mode:
                 nmask = session.encode(neg_prompts).attention_mask.bool()
             negs.append(nh[nmask].float())
         negs.append(self._corpus_negatives(session, att))
         neg = torch.cat(negs, 0) if negs else torch.zeros(0, self.hidden_size)
-        st = {"pos_h": pos_h.float(), "pos_mask": pos_mask, "neg": neg, "neg_prompts": neg_prompts}
+        st = {"pos": pos, "pos_owner": pos_owner, "neg": neg, "neg_prompts": neg_prompts}
         if cfg.incremental:
             m = cfg.rank * len(reqs)
             self.block = _Block(self.hidden_size, m, self._gen).to(device=self.read_frozen.device, dtype=self.read_frozen.dtype)
             # own[t, i]: positive token t belongs to the request that basis i serves
-            basis_owner = torch.arange(m, device=pos_h.device) // cfg.rank
-            st["own"] = owner_tok[:, None] == basis_owner[None, :]
-            self._init_gates(pos_h.float(), pos_mask, owner_tok, neg, reqs)
+            basis_owner = torch.arange(m, device=pos.device) // cfg.rank
+            st["own"] = pos_owner[:, None] == basis_owner[None, :]
+            self._train_state = st
+            self._init_gates(pos, pos_owner, neg, reqs)
+            if cfg.gate == "sigmoid" and cfg.gate_fit_steps > 0:
+                self._fit_gates()
         if cfg.kl_weight > 0 and neg_prompts:
             batch = session.encode(neg_prompts[:8])
             with torch.no_grad(), session.edited.disabled(), batch.info():
@@ -378,8 +459,7 @@ class BaFT(Intervention):
             st["kl_base"] = torch.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
         self._train_state = st
 
-    def _init_gates(self, pos_h: torch.Tensor, pos_mask: torch.Tensor, owner_tok: torch.Tensor,
-                    neg: torch.Tensor, reqs: list) -> None:
+    def _init_gates(self, pos: torch.Tensor, pos_owner: torch.Tensor, neg: torch.Tensor, reqs: list) -> None:
         cfg = self.config
         if cfg.gate == "constant":
             return
@@ -387,10 +467,9 @@ class BaFT(Intervention):
         b = self.block
         with torch.no_grad():
             xneg = self._read_input(neg) if neg.numel() else neg
-            mu = xneg.mean(0) if xneg.shape[0] else torch.zeros(self.hidden_size, device=pos_h.device)
-            pos = pos_h[pos_mask]
+            mu = xneg.mean(0) if xneg.shape[0] else torch.zeros(self.hidden_size, device=pos.device)
             for j in range(len(reqs)):
-                xs = self._read_input(pos[owner_tok == j])
+                xs = self._read_input(pos[pos_owner == j])
                 if xs.shape[0] == 0:
                     continue
                 xp = xs.mean(0)
@@ -406,35 +485,124 @@ class BaFT(Intervention):
                 b.gate[rows] = (scale * cfg.temperature) * v
                 b.gate_bias[rows] = -scale * thr * cfg.temperature
 
+    def _gate_logits(self, x: torch.Tensor, gate: torch.Tensor, gate_bias: torch.Tensor) -> torch.Tensor:
+        return (self._read_input(x) @ gate.T + gate_bias) / self.config.temperature
+
+    def _gate_loss(self, gate: torch.Tensor, gate_bias: torch.Tensor) -> torch.Tensor | None:
+        """Gate terms of the new bases on the fixed states: locality (softplus on negatives and
+        on other requests' positives), keep-on (softplus(−z) on own positives) and the margin
+        hinge (z ≥ +m on own positives, z ≤ −m on negatives)."""
+        cfg = self.config
+        st = self._train_state
+        terms = []
+        neg, pos = st["neg"], st["pos"]
+        m = cfg.gate_margin
+        if neg.shape[0]:
+            z = self._gate_logits(neg, gate, gate_bias)
+            if cfg.locality_weight > 0:
+                terms.append(cfg.locality_weight * F.softplus(z).mean())
+            if cfg.gate_margin_weight > 0:
+                terms.append(cfg.gate_margin_weight * F.relu(z + m).mean())
+        if pos.shape[0] and "own" in st:
+            z = self._gate_logits(pos, gate, gate_bias)
+            own = st["own"].to(z.dtype)
+            other = 1 - own
+            n_own = own.sum().clamp_min(1)
+            if cfg.gate_positive_weight > 0:
+                terms.append(cfg.gate_positive_weight * (F.softplus(-z) * own).sum() / n_own)
+            if cfg.gate_margin_weight > 0:
+                terms.append(cfg.gate_margin_weight * (F.relu(m - z) * own).sum() / n_own)
+            if bool(other.any()):
+                if cfg.locality_weight > 0:
+                    terms.append(cfg.locality_weight * (F.softplus(z) * other).sum() / other.sum())
+                if cfg.gate_margin_weight > 0:
+                    terms.append(cfg.gate_margin_weight * (F.relu(z + m) * other).sum() / other.sum())
+        return sum(terms) if terms else None
+
+    def _fit_gates(self) -> None:
+        """Fit the new gates as a classifier of the fixed states (positives vs negatives)."""
+        cfg = self.config
+        b = self.block
+        gate = b.gate.detach().clone().requires_grad_(True)
+        gbias = b.gate_bias.detach().clone().requires_grad_(True)
+        # the gate fit is balanced: positives are few, so their terms weigh as much as all negatives
+        saved = cfg.gate_positive_weight
+        cfg.gate_positive_weight = max(saved, 1.0)
+        try:
+            opt = torch.optim.Adam([gate, gbias], lr=cfg.gate_fit_lr)
+            with torch.enable_grad():
+                for _ in range(cfg.gate_fit_steps):
+                    loss = self._gate_loss(gate, gbias)
+                    if loss is None:
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        finally:
+            cfg.gate_positive_weight = saved
+        with torch.no_grad():
+            b.gate.copy_(gate.detach())
+            b.gate_bias.copy_(gbias.detach())
+
+    def gate_separation(self) -> dict:
+        """(min own-positive logit, max negative logit) of the bases being trained."""
+        st = self._train_state
+        if self.block is None or not st:
+            return {}
+        with torch.no_grad():
+            b = self.block
+            out = {}
+            if st["pos"].shape[0] and "own" in st:
+                z = self._gate_logits(st["pos"], b.gate, b.gate_bias)
+                own = st["own"]
+                out["pos_min"] = float(z[own].min()) if bool(own.any()) else float("inf")
+                if bool((~own).any()):
+                    out["other_max"] = float(z[~own].max())
+            if st["neg"].shape[0]:
+                out["neg_max"] = float(self._gate_logits(st["neg"], b.gate, b.gate_bias).max())
+        return out
+
+    def ready_to_stop(self, session: Any) -> bool:
+        """Editor hook: veto the early stop while the trained gates do not yet separate their
+        own positives (logit > 0) from every negative (logit < 0). Host-side, between steps."""
+        cfg = self.config
+        if not (cfg.stop_on_gates and cfg.train_gates and cfg.gate == "sigmoid" and cfg.incremental):
+            return True
+        sep = self.gate_separation()
+        return sep.get("pos_min", 1.0) > 0 and max(sep.get("neg_max", -1.0), sep.get("other_max", -1.0)) < 0
+
     def edit_parameters(self, session: Any) -> list[nn.Parameter]:
         if self.block is None:
             return []
-        return list(self.block.parameters())
+        b = self.block
+        if self.config.incremental and not self.config.train_gates:
+            b.gate.requires_grad_(False)
+            b.gate_bias.requires_grad_(False)
+            return [p for n, p in b.named_parameters() if n not in ("gate", "gate_bias")]
+        return list(b.parameters())
 
     def edit_loss(self, session: Any, outputs: Any) -> torch.Tensor | None:
         cfg = self.config
         st = self._train_state
         if self.block is None or not st:
             return None
-        read, write, bias, gbias = self._block_mats()
-        m = write.shape[0]
         terms = []
         if cfg.gate == "sigmoid":
-            neg = st["neg"]
-            if cfg.locality_weight > 0 and neg.shape[0]:
-                logits = (self._read_input(neg) @ read[:m].T + gbias) / cfg.temperature
-                terms.append(cfg.locality_weight * F.softplus(logits).mean())
-            pos = st["pos_h"][st["pos_mask"]]
-            if pos.shape[0] and (cfg.gate_positive_weight > 0 or cfg.balance_weight > 0):
-                plog = (self._read_input(pos) @ read[:m].T + gbias) / cfg.temperature
-                if cfg.incremental and "own" in st:
-                    own = st["own"].to(plog.dtype)
-                    if cfg.gate_positive_weight > 0:  # own bases on, on own prompts
-                        terms.append(cfg.gate_positive_weight * (F.softplus(-plog) * own).sum() / own.sum().clamp_min(1))
-                    other = 1 - own
-                    if cfg.locality_weight > 0 and bool(other.any()):  # off on the batch's other requests
-                        terms.append(cfg.locality_weight * (F.softplus(plog) * other).sum() / other.sum())
-                if cfg.balance_weight > 0 and not cfg.incremental:
+            read, write, bias, gbias = self._block_mats()
+            m = write.shape[0]
+            if cfg.incremental:
+                if cfg.train_gates:
+                    term = self._gate_loss(self.block.gate, self.block.gate_bias)
+                    if term is not None:
+                        terms.append(term)
+            else:
+                neg = st["neg"]
+                if cfg.locality_weight > 0 and neg.shape[0]:
+                    logits = (self._read_input(neg) @ read[:m].T + gbias) / cfg.temperature
+                    terms.append(cfg.locality_weight * F.softplus(logits).mean())
+                pos = st["pos"]
+                if pos.shape[0] and cfg.balance_weight > 0:
+                    plog = (self._read_input(pos) @ read[:m].T + gbias) / cfg.temperature
                     # Switch-style m·Σ p̂_i q_i with p̂ the current share of gate mass per basis
                     # (scale-free: it moves mass between bases, it does not shut gates) and q
                     # the cumulative share including earlier edits' usage.
@@ -459,9 +627,9 @@ class BaFT(Intervention):
         if self.block is None:
             return
         if not cfg.incremental:
-            if cfg.gate == "sigmoid" and st and st["pos_h"].numel():
+            if cfg.gate == "sigmoid" and st and st["pos"].numel():
                 with torch.no_grad():
-                    w = self.weights(st["pos_h"][st["pos_mask"]]).mean(0)
+                    w = self.weights(st["pos"]).mean(0)
                     if self.usage.shape[0] != w.shape[0]:
                         self.usage = torch.zeros_like(w)
                     self.usage += w / w.sum().clamp_min(1e-8)
@@ -479,7 +647,7 @@ class BaFT(Intervention):
             if cfg.nullspace == "read" and cfg.nullspace_fold_edits and st:
                 from repedit.methods.nullspace import deflate
 
-                keys = st["pos_h"][st["pos_mask"]]
+                keys = st["pos"]
                 dim = int(torch.trace(self.projector).round())
                 if dim - keys.shape[0] >= cfg.nullspace_min_dim:
                     P, _ = deflate(self.projector.cpu(), keys.cpu())

@@ -19,7 +19,7 @@ REQS = [
 
 
 def cfg(**kw):
-    base = dict(method="baft", layers=[1], lr=5e-2, max_steps=150, stop_prob=0.5,
+    base = dict(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5,
                 method_config={"num_corpus_negatives": 0})
     base.update(kw)
     return EditorConfig(**base)
@@ -210,3 +210,49 @@ def test_save_load_bit_identical(tmp_path, tok):
     after = model(**x).logits
     assert torch.equal(before, after)
     assert fresh.attachments()[0].module.num_bases == 4
+
+
+def test_subject_trigger_gates_fire_on_subject_token_only(tok):
+    """positions='prompt' + trigger='subject': after an edit the new gates are open on the
+    subject's last token (also in a new context) and shut on every other prompt token."""
+    from repedit.positions import encode
+
+    model = tiny_model("llama", initializer_range=0.5, num_hidden_layers=3)  # later layers carry the subject edit
+    req = REQS[2]  # subject "eiffel tower"
+    editor = Editor(model, tok, EditorConfig(method="baft", layers=[0], lr=1e-1, max_steps=250, stop_prob=0.5,
+                                             augment_corpus=["the cat sat on the mat today", "rome is a city in italy"],
+                                             method_config={"num_corpus_negatives": 0, "seed": 0}))
+    assert editor.config.positions == "prompt" and editor.config.augment == 2
+    res = editor.edit(REQS[:1] + [req], sequential=True)
+    assert all(o.success for o in res.outcomes)
+    att = editor.attachments()[0]
+    module = att.module
+    for prompt in (req.prompt, "the cat sat on the mat . " + req.prompt):
+        batch = encode(tok, [prompt], subjects=[req.subject])
+        h, mask = editor.capture(att, batch)
+        w = module.weights(h[0])[:, 2:4]  # the second edit's bases
+        last_subject = int(torch.nonzero(batch.subject_mask[0]).max())
+        assert bool((w[last_subject] > 0.5).all())
+        others = [t for t in range(h.shape[1]) if t != last_subject]
+        assert bool((w[others] < 0.5).all())
+
+
+def test_trained_gates_veto_early_stop_until_separated(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, EditorConfig(method="baft", layers=[0], lr=5e-2, max_steps=150, stop_prob=0.05,
+                                             augment=0, method_config={"num_corpus_negatives": 0, "seed": 0,
+                                                                       "train_gates": True, "gate_fit_steps": 0}))
+    module = editor.attachments()[0].module
+    answers = []
+    orig = module.ready_to_stop
+
+    def spy(session):
+        answers.append((orig(session), module.gate_separation()))
+        return answers[-1][0]
+
+    module.ready_to_stop = spy
+    editor.edit(REQS[0])
+    assert answers and answers[-1][0]  # stopped once the gates separated ...
+    sep = answers[-1][1]
+    assert sep["pos_min"] > 0 and sep["neg_max"] < 0
+    assert all(not a for a, _ in answers[:-1])  # ... and not before
