@@ -32,7 +32,7 @@ def _complete(edited: repedit.EditableModel, prompts: list[str], n: int = 8) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=models.DEFAULT_MODEL)
-    parser.add_argument("--method", default="loreft")
+    parser.add_argument("--method", default="baft", help="baft (default), codebook or loreft")
     parser.add_argument("--out", default=None, help="adapter directory (default: a temporary one)")
     args = parser.parse_args(argv)
 
