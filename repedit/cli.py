@@ -1,0 +1,872 @@
+"""The ``repedit`` command line: edit, eval, sweep, inspect, generate.
+
+Examples::
+
+    repedit edit --model smollm2-135m --data counterfact --limit 10 --method loreft --layers 9 --out cf10
+    repedit edit --prompt "The Eiffel Tower is in" --target Rome --subject "Eiffel Tower" --out eiffel
+    repedit eval --adapter cf10 --out cf10/metrics.json              # the adapter's own requests
+    repedit eval --adapter cf10 --data zsre --limit 50 --zsre-target answers --protocols teacher_forced
+    repedit sweep --adapter cf10 --knob scale --values 0,0.5,1,1.5 --out sweep.json   # + sweep.png
+    repedit inspect cf10
+    repedit generate --adapter eiffel --prompt "The Eiffel Tower is in"
+    torchrun --nproc_per_node 2 -m repedit.cli eval --adapter cf10 --out m.json   # sharded
+
+Every subcommand has ``--help``. Errors in arguments or files print one line on stderr and
+exit with status 1 (2 for argument syntax); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import textwrap
+import time
+from itertools import zip_longest
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+PROG = "repedit"
+DATA_NAMES = ("counterfact", "zsre")
+DATA_FORMATS = ("auto", "counterfact", "zsre", "requests")
+
+
+class CLIError(Exception):
+    """An error in the user's arguments or files: printed as one line, no traceback."""
+
+
+# ============================================================================ parser
+def _common(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("general")
+    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def _model_args(p: argparse.ArgumentParser, adapter: str | None = None) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help=(
+        "model alias (smollm2-135m, gemma3-270m), Hugging Face id or local path "
+        "(default: the adapter's base model if it is an alias or an existing path, else smollm2-135m)"))
+    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype (default float32)")
+    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    if adapter == "optional":
+        g.add_argument("--adapter", default=None, help="adapter directory (made by `repedit edit`); without it the base model is scored")
+    elif adapter == "required":
+        g.add_argument("--adapter", required=True, help="adapter directory (made by `repedit edit`)")
+    elif adapter == "multi":
+        g.add_argument("--adapter", action="append", required=True,
+                       help="adapter directory; repeat for one curve per adapter (method)")
+    if adapter is not None:
+        g.add_argument("--ignore-fingerprint", action="store_true",
+                       help="load an adapter even if it was made for another base model (warns)")
+
+
+def _data_args(p: argparse.ArgumentParser, default_note: str = "") -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help=(
+        "counterfact, zsre (from the data directory, $REPEDIT_DATA) or a path to a CounterFact/zsRE file "
+        "or your own JSON/JSONL requests" + default_note))
+    g.add_argument("--format", dest="data_format", choices=DATA_FORMATS, default="auto",
+                   help="layout of a --data PATH file (default: detected)")
+    g.add_argument("--limit", type=int, default=None, help="use N records")
+    g.add_argument("--offset", type=int, default=None, help="skip the first K records (default 0)")
+    g.add_argument("--data-seed", type=int, default=None,
+                   help="take the slice from a seeded permutation instead of file order")
+    g.add_argument("--zsre-target", choices=("alt", "answers"), default=None,
+                   help="zsRE edit target: alt (EasyEdit, default) or answers (ROME/MEMIT)")
+
+
+def _eval_args(p: argparse.ArgumentParser, default_protocols: str) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--protocols", default=default_protocols,
+                   help=f"comma list of teacher_forced, probability, generation (default {default_protocols})")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts per forward (default 16)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of the ``repedit`` command (subcommands edit, eval, sweep, inspect, generate)."""
+    from repedit.version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Edit what a language model knows through representation interventions (forward hooks, "
+                    "no weight changes), evaluate edits, sweep knobs, inspect adapters.",
+        epilog="Run `repedit <command> --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"repedit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    # ---- edit
+    p = sub.add_parser("edit", help="train edits for requests and save them as an adapter directory",
+                       description="Train representation edits for edit requests and save an adapter directory.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=textwrap.dedent("""\
+                           examples:
+                             repedit edit --data counterfact --limit 10 --method loreft --layers 9 --out cf10
+                             repedit edit --data my_edits.jsonl --method baft --sequential --out mine
+                             repedit edit --prompt "The Eiffel Tower is in" --target Rome --subject "Eiffel Tower" --out eiffel
+                           """))
+    _model_args(p)
+    _data_args(p)
+    p.add_argument("--requests", dest="requests_file", default=None, help="alias of --data PATH")
+    g = p.add_argument_group("a single request instead of --data")
+    g.add_argument("--prompt", default=None, help="prompt of one edit request")
+    g.add_argument("--target", default=None, help="new target of that request")
+    g.add_argument("--subject", default=None, help="subject (must occur in the prompt)")
+    g.add_argument("--ground-truth", default=None, help="the old answer (optional)")
+    g = p.add_argument_group("method")
+    g.add_argument("--method", default="loreft", help="registered method (see `repedit inspect --methods`; default loreft)")
+    g.add_argument("--method-config", default=None,
+                   help="method options as a JSON object, or @file.json (e.g. '{\"rank\": 8}')")
+    g.add_argument("--layers", default=None, help="comma list of decoder layers (default: the method's choice)")
+    g.add_argument("--component", default="block_output", help="block_output, mlp_output or attention_output")
+    g.add_argument("--positions", default="last_prompt", help="last_prompt, subject, prompt or all")
+    g = p.add_argument_group("training")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-3)")
+    g.add_argument("--max-steps", type=int, default=None, help="most steps per edit (default 100)")
+    g.add_argument("--stop-prob", type=float, default=None, help="early-stop target probability (default 0.9)")
+    g.add_argument("--sequential", action="store_true", help="edit the requests one after another (else as one batch)")
+    g.add_argument("--batch-size", type=int, default=1, help="requests per sequential step (default 1)")
+    g.add_argument("--augment", type=int, default=0, help="extra training copies per request with random prefixes")
+    g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", required=True, help="adapter directory to write")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
+    g.add_argument("--evaluate", choices=("none", "immediate", "final"), default="none", help=(
+        "with --sequential: also score the edits, right after each edit (immediate) or after the last (final); "
+        "metrics go to <out>/metrics_<protocol>.json"))
+    g.add_argument("--protocols", default="teacher_forced", help="protocols for --evaluate (default teacher_forced)")
+    _common(p)
+
+    # ---- eval
+    p = sub.add_parser("eval", help="score an adapter's edits (pre vs post) and write metrics JSON",
+                       description="Score edits before (edits disabled) and after (edits on) with labelled protocols; "
+                                   "prints a table and writes EasyEdit-style records. Shards over processes under "
+                                   "torchrun / accelerate launch.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=textwrap.dedent("""\
+                           examples:
+                             repedit eval --adapter cf10 --out cf10/metrics.json
+                             repedit eval --adapter cf10 --data counterfact --offset 10 --limit 100 --protocols teacher_forced
+                             torchrun --nproc_per_node 2 -m repedit.cli eval --adapter cf10 --out m.json
+                           """))
+    _model_args(p, adapter="optional")
+    _data_args(p, " (default: the requests the adapter was trained on)")
+    _eval_args(p, "teacher_forced,probability,generation")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, help="metrics JSON file to write (default: print only)")
+    g.add_argument("--no-records", dest="records", action="store_false", help="write the summary only")
+    g.add_argument("--keep-outputs", action="store_true", help="keep argmax token lists in the records")
+    g.add_argument("--chunk-size", type=int, default=64, help="requests per work unit (default 64)")
+    g.add_argument("--fluency-tokens", type=int, default=0, help="> 0: also n-gram entropy of that many generated tokens")
+    _common(p)
+
+    # ---- sweep
+    p = sub.add_parser("sweep", help="sweep a knob of trained edits; JSON + generality/locality PNG",
+                       description="Evaluate trained edits at several values of a knob (no retraining): generality, "
+                                   "locality and scope AUC per value, one curve per adapter, and a Pareto plot.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=textwrap.dedent("""\
+                           knobs: 'scale' (every method: h + s*(edit(h) - h)), codebook 'radius_scale',
+                           baft 'temperature', or any knob a method exposes through knobs()/set_knob().
+
+                           examples:
+                             repedit sweep --adapter lo --adapter cb --knob scale --knob radius_scale \\
+                                 --values 0,0.5,1,1.5,2 --out sweep.json --plot sweep.png
+                           """))
+    _model_args(p, adapter="multi")
+    _data_args(p, " (default: the first adapter's requests)")
+    _eval_args(p, "teacher_forced")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--knob", action="append", default=None,
+                   help="knob name; give one for all adapters or one per adapter (default scale)")
+    g.add_argument("--values", default="0,0.25,0.5,0.75,1,1.25,1.5,2", help="comma list of knob values")
+    g.add_argument("--label", action="append", default=None, help="curve label per adapter (default: its methods)")
+    g.add_argument("--no-scope", dest="scope", action="store_false", help="skip the scope AUC")
+    g.add_argument("--out", required=True, help="sweep JSON file to write")
+    g.add_argument("--plot", default=None, help="PNG to write (default: --out with .png)")
+    _common(p)
+
+    # ---- inspect
+    p = sub.add_parser("inspect", help="summarise an adapter directory (no model needed)",
+                       description="Summarise an adapter: interventions (method, layer, positions), sizes, entries, "
+                                   "base model, provenance. Reads files only; loads no model.")
+    p.add_argument("adapter", nargs="?", default=None, help="adapter directory")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--entries", type=int, default=10, help="list at most N entries per codebook (default 10)")
+    p.add_argument("--methods", action="store_true", help="list the registered methods and their options")
+    _common(p)
+
+    # ---- generate
+    p = sub.add_parser("generate", help="generate with and without an adapter, side by side",
+                       description="Greedy generation from prompts without the adapter (left) and with it (right).")
+    _model_args(p, adapter="required")
+    p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
+    p.add_argument("--subject", action="append", default=None,
+                   help="the subject of each prompt, in order (for subject-position edits)")
+    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of columns")
+    _common(p)
+    return parser
+
+
+# ============================================================================ helpers
+def _setup_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2)
+    root = logging.getLogger()
+    if not root.handlers:  # leave an embedding application's (or pytest's) logging alone
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("repedit").setLevel(level)
+    if getattr(args, "verbose", 0) < 2:
+        try:
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: noise here
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def _is_main() -> bool:
+    from repedit.eval.distributed import is_main_process
+
+    return is_main_process()
+
+
+def _say(msg: str = "") -> None:
+    if _is_main():
+        print(msg, flush=True)
+
+
+def _note(msg: str) -> None:
+    if _is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _parse_csv_numbers(text: str, kind: type, what: str) -> list:
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CLIError(f"{what} must be a comma list of {kind.__name__}s, got {text!r}") from None
+
+
+def _json_arg(text: str | None, what: str) -> dict:
+    if text is None:
+        return {}
+    src = text
+    if text.startswith("@"):
+        path = Path(text[1:])
+        if not path.is_file():
+            raise CLIError(f"{what}: file not found: {path}")
+        src = path.read_text(encoding="utf-8")
+    try:
+        value = json.loads(src)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"{what} is not valid JSON ({e.msg} at column {e.colno}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _device(args: argparse.Namespace) -> Any:
+    import torch
+
+    from repedit.eval.distributed import launched, local_device
+
+    if args.device:
+        return args.device
+    if launched():
+        return local_device()
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_model(args: argparse.Namespace, adapter_cfg: Any = None) -> tuple[Any, Any, str]:
+    import torch
+
+    from repedit import models
+
+    name = args.model
+    if name is None:
+        base = getattr(adapter_cfg, "base_model_name_or_path", None)
+        if base and (base in models.KNOWN_MODELS or Path(base).exists()):
+            name = base
+            _note(f"model: {name} (the adapter's base model)")
+        else:
+            name = models.DEFAULT_MODEL
+    looks_local = name.startswith((".", "/", "~")) or os.sep in name and Path(name).parent.exists()
+    if name not in models.KNOWN_MODELS and looks_local and not Path(name).expanduser().exists():
+        raise CLIError(f"--model {name}: no such directory (known aliases: {', '.join(sorted(models.KNOWN_MODELS))})")
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    model, tok = models.load(name, dtype=dtype, device=_device(args))
+    logger.info("loaded %s in %.1f s", name, time.perf_counter() - t0)
+    return model, tok, name
+
+
+def _read_adapter_cfg(directory: str) -> Any:
+    from repedit.adapters import read_adapter_config
+
+    return read_adapter_config(directory)
+
+
+def _load_adapter(model: Any, tok: Any, directory: str, ignore_fingerprint: bool) -> Any:
+    import warnings
+
+    from repedit.hooks import EditableModel
+
+    with warnings.catch_warnings():
+        if not ignore_fingerprint:
+            warnings.simplefilter("default")
+        return EditableModel.from_pretrained(model, directory, tokenizer=tok, ignore_fingerprint=ignore_fingerprint)
+
+
+def _sniff_format(path: Path) -> str:
+    with open(path, "r", encoding="utf-8", errors="replace") as f:
+        head = f.read(65536)
+    if '"rephrase_prompt"' in head and '"locality_prompt"' in head:
+        return "counterfact"
+    if '"src"' in head and '"alt"' in head and '"loc"' in head:
+        return "zsre"
+    return "requests"
+
+
+def _data_spec(args: argparse.Namespace, adapter_cfg: Any = None) -> dict[str, Any]:
+    """What to load: from the command line, else from the adapter's recorded training data."""
+    spec = {"data": args.data, "format": args.data_format, "limit": args.limit, "offset": args.offset,
+            "seed": args.data_seed, "zsre_target": args.zsre_target}
+    if spec["data"] is None and adapter_cfg is not None:
+        recorded = (getattr(adapter_cfg, "metadata", None) or {}).get("data")
+        if recorded and recorded.get("inline_requests"):
+            spec.update(data="<inline>", requests=recorded["inline_requests"])
+            _note("data: the adapter's own request(s)")
+        elif recorded and recorded.get("data"):
+            for k in ("data", "format", "limit", "offset", "seed", "zsre_target"):
+                if spec.get(k) in (None, "auto") and recorded.get(k) is not None:
+                    spec[k] = recorded[k]
+            _note("data: the adapter's training requests (" + ", ".join(
+                f"{k}={spec[k]}" for k in ("data", "limit", "offset", "seed", "zsre_target") if spec.get(k) is not None) + ")")
+            spec["expect_sha256"] = recorded.get("sha256")
+    if spec["data"] is None:
+        raise CLIError("--data is required (counterfact, zsre or a path to a requests file)")
+    return spec
+
+
+def _load_data(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(Dataset, what to record in the adapter) for a data spec."""
+    from repedit.eval import data as D
+    from repedit.eval.data import data_info
+
+    if spec.get("requests") is not None:
+        from repedit.requests import EditRequest
+
+        reqs = [EditRequest.from_dict(r, index=i) for i, r in enumerate(spec["requests"])]
+        return D.requests_to_dataset(reqs, info={"source": "inline"}), {"inline_requests": [r.to_dict() for r in reqs]}
+    name, fmt = spec["data"], spec.get("format") or "auto"
+    kw = dict(limit=spec.get("limit"), offset=spec.get("offset") or 0, seed=spec.get("seed"))
+    for key in ("limit", "offset"):
+        if kw[key] is not None and kw[key] < 0:
+            raise CLIError(f"--{key} must be >= 0, got {kw[key]}")
+    target = spec.get("zsre_target") or "alt"
+    if name in DATA_NAMES and fmt in ("auto", name):
+        path, fmt = None, name
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise CLIError(f"--data {name}: no such file (use counterfact, zsre or a path to a JSON/JSONL file)")
+        if fmt == "auto":
+            fmt = _sniff_format(path) if path.is_file() else "requests"
+    if spec.get("zsre_target") and fmt != "zsre":
+        raise CLIError("--zsre-target applies to zsRE data only")
+    if fmt == "counterfact":
+        ds = D.load_counterfact(path, **kw)
+    elif fmt == "zsre":
+        ds = D.load_zsre(path, target=target, **kw)
+    else:
+        ds = D.load_requests(path, **kw)
+    if len(ds) == 0:
+        raise CLIError(f"--data {name}: no records selected (limit/offset?)")
+    info = data_info(ds)
+    expect = spec.get("expect_sha256")
+    if expect and info.get("sha256") and expect != info["sha256"]:
+        logger.warning("the data file changed since the adapter was trained (sha256 %s..., now %s...)",
+                       expect[:12], info["sha256"][:12])
+    recorded = {"data": name if path is None else str(path.resolve()), "format": fmt, "limit": kw["limit"],
+                "offset": kw["offset"], "seed": kw["seed"], "zsre_target": target if fmt == "zsre" else None,
+                "sha256": info.get("sha256"), "rows": len(ds)}
+    return ds, recorded
+
+
+def _protocols(text: str) -> tuple[str, ...]:
+    from repedit.eval.harness import _check_protocols
+
+    return _check_protocols(text)
+
+
+# ============================================================================ commands
+def cmd_edit(args: argparse.Namespace) -> int:
+    from repedit.adapters import CONFIG_NAME
+    from repedit.editing import Editor, EditorConfig
+    from repedit.eval.distributed import launched
+
+    if launched():
+        raise CLIError("`repedit edit` runs in one process; start it without torchrun/accelerate launch")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    if (out / CONFIG_NAME).exists() and not args.overwrite:
+        raise CLIError(f"--out {out} already holds an adapter; pass --overwrite to replace it")
+    if args.requests_file and args.data:
+        raise CLIError("give --data or --requests, not both")
+    if args.requests_file:
+        args.data = args.requests_file
+    single = any(v is not None for v in (args.prompt, args.target))
+    if single:
+        if args.data:
+            raise CLIError("give either --data or --prompt/--target, not both")
+        if not (args.prompt and args.target):
+            raise CLIError("a single request needs both --prompt and --target")
+        req = {"prompt": args.prompt, "target_new": args.target, "subject": args.subject,
+               "ground_truth": args.ground_truth, "case_id": 0}
+        spec = {"requests": [req]}
+    else:
+        spec = _data_spec(args)
+    if args.evaluate != "none" and not args.sequential:
+        raise CLIError("--evaluate immediate|final needs --sequential")
+    from repedit.arch import COMPONENTS
+
+    if args.component not in COMPONENTS:
+        raise CLIError(f"--component must be one of {', '.join(COMPONENTS)}, got {args.component!r}")
+    layers = _parse_csv_numbers(args.layers, int, "--layers") if args.layers else None
+    method_cfg = _json_arg(args.method_config, "--method-config")
+    kw: dict[str, Any] = {}
+    for name in ("lr", "max_steps", "stop_prob"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    from repedit.methods import config_from_dict
+
+    config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
+    cfg = EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
+                       positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+                       progress=args.progress, **kw)
+    ds, recorded = _load_data(spec)
+    from repedit.eval.data import to_requests
+
+    reqs = to_requests(ds)
+    model, tok, model_name = _load_model(args)
+    editor = Editor(model, tok, cfg)
+    _note(f"editing {len(reqs)} request(s) with {cfg.method} at layers {editor.default_layers()} "
+          f"({'sequential' if args.sequential else 'one batch'})")
+    t0 = time.perf_counter()
+    reports = {}
+    if args.evaluate != "none":
+        from repedit.eval.harness import run_sequential_protocols
+
+        reports = run_sequential_protocols(editor, ds, (args.evaluate,), _protocols(args.protocols),
+                                           model_name=model_name, progress=args.progress)
+        outcome = {"edits": len(reqs), "success_rate": reports[args.evaluate].metadata.get("edit_success_rate")}
+    else:
+        result = editor.edit(reqs, sequential=args.sequential)
+        outcome = result.summary()
+    seconds = time.perf_counter() - t0
+    editor_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "augment_corpus")}
+    editor_cfg["layers"] = editor.default_layers()
+    metadata = {"data": recorded, "editor": editor_cfg, "sequential": args.sequential, "outcome": outcome,
+                "seconds": seconds, "model": model_name, "command": "repedit " + " ".join(sys.argv[1:])}
+    editor.edited.save_pretrained(str(out), adapter=cfg.adapter, metadata=metadata)
+    for sp, rep in reports.items():
+        path = rep.save(out / f"metrics_{sp}.json")
+        _say(rep.table())
+        _say(f"sequential protocol: {sp}; metrics: {path}")
+    sr = outcome.get("success_rate")
+    _say(f"saved {len(editor.attachments())} intervention(s) to {out} "
+         f"({len(reqs)} edits, success rate {sr if sr is None else f'{sr:.3f}'}, {seconds:.1f} s)")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from repedit.eval import distributed as D
+    from repedit.eval.harness import evaluate
+    from repedit.hooks import EditableModel
+
+    protocols = _protocols(args.protocols)
+    if args.batch_size < 1 or args.chunk_size < 1:
+        raise CLIError("--batch-size and --chunk-size must be >= 1")
+    cfg = _read_adapter_cfg(args.adapter) if args.adapter else None
+    spec = _data_spec(args, cfg)
+    ds, _ = _load_data(spec)
+    D.init_from_env()
+    try:
+        model, tok, model_name = _load_model(args, cfg)
+        if args.adapter:
+            edited = _load_adapter(model, tok, args.adapter, args.ignore_fingerprint)
+        else:
+            _note("no --adapter: scoring the base model (pre and post are the same)")
+            edited = EditableModel(model, tok)
+        seed = ((cfg.metadata or {}).get("editor") or {}).get("seed") if cfg else None
+        extra = {"adapter": {"path": str(Path(args.adapter).resolve()), "tensors_sha256": cfg.tensors_sha256}} if cfg else {}
+        report = evaluate(edited, tok, ds, protocols, batch_size=args.batch_size, seed=seed, model_name=model_name,
+                          chunk_size=args.chunk_size, fluency_tokens=args.fluency_tokens, keep_outputs=args.keep_outputs,
+                          progress=args.progress, extra_metadata=extra)
+        if D.is_main_process():
+            _say(report.table())
+            if args.out:
+                path = report.save(args.out, records=args.records)
+                _say(f"protocols: {', '.join(report.protocols)}; metrics written to {path}")
+        D.barrier()
+    finally:
+        D.cleanup()
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from repedit.eval import distributed as D
+    from repedit.eval.harness import evaluate_pre, write_json
+    from repedit.eval.sweep import pareto_plot, sweep
+
+    protocols = _protocols(args.protocols)
+    values = _parse_csv_numbers(args.values, float, "--values")
+    if not values:
+        raise CLIError("--values needs at least one number")
+    adapters = args.adapter
+    knobs = args.knob or ["scale"]
+    if len(knobs) not in (1, len(adapters)):
+        raise CLIError(f"give one --knob for all adapters or one per adapter ({len(adapters)}), got {len(knobs)}")
+    knobs = knobs * len(adapters) if len(knobs) == 1 else knobs
+    labels = args.label or []
+    if labels and len(labels) != len(adapters):
+        raise CLIError(f"give one --label per adapter ({len(adapters)}), got {len(labels)}")
+    cfgs = [_read_adapter_cfg(a) for a in adapters]
+    spec = _data_spec(args, cfgs[0])
+    ds, _ = _load_data(spec)
+    plot = Path(args.plot) if args.plot else Path(args.out).with_suffix(".png")
+    D.init_from_env()
+    try:
+        model, tok, model_name = _load_model(args, cfgs[0])
+        from repedit.hooks import EditableModel
+
+        edited = EditableModel(model, tok)
+        pre = evaluate_pre(edited, tok, ds, protocols, args.batch_size)
+        results = []
+        for i, (adir, knob) in enumerate(zip(adapters, knobs)):
+            atts = edited.load_adapter(adir, ignore_fingerprint=args.ignore_fingerprint)
+            try:
+                res = sweep(edited, tok, ds, knob, values, attachments=atts, protocols=protocols, pre=pre,
+                            batch_size=args.batch_size, scope=args.scope, label=labels[i] if labels else None,
+                            progress=args.progress)
+            finally:
+                for a in atts:
+                    edited.remove(a.name)
+            res.metadata["adapter"] = {"path": str(Path(adir).resolve()), "tensors_sha256": cfgs[i].tensors_sha256}
+            results.append(res)
+            _say(_sweep_table(res))
+        if D.is_main_process():
+            out = write_json(args.out, {"protocol": results[0].protocol, "knob_values": values,
+                                        "curves": [r.to_dict() for r in results]})
+            pareto_plot(results, plot)
+            _say(f"protocol: {results[0].protocol}; sweep written to {out}, plot to {plot}")
+        D.barrier()
+    finally:
+        D.cleanup()
+    return 0
+
+
+def _sweep_table(res: Any) -> str:
+    lines = [f"{res.label}: knob {res.knob}  (protocol {res.protocol})",
+             f"{'value':>8} {'reliab.':>8} {'general.':>8} {'locality':>8} {'HM':>8} {'scope AUC':>10}"]
+
+    def f(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    for r in res.rows:
+        auc = ", ".join(f"{v:.3f}" if v is not None else "-" for v in r["scope_auc"].values()) or "-"
+        lines.append(f"{r['value']:>8g} {f(r['reliability']):>8} {f(r['generality']):>8} {f(r['locality']):>8} "
+                     f"{f(r['hm']):>8} {auc:>10}")
+    return "\n".join(lines)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict[str, Any]:
+    """A JSON-friendly summary of an adapter directory (and its named sub-adapters); no model.
+
+    Example::
+
+        inspect_adapter("cf10")["interventions"][0]["parameters"]
+    """
+    from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, _file_sha256, read_adapter_config
+
+    base = Path(directory)
+    if not base.is_dir():
+        raise CLIError(f"adapter directory {base} does not exist")
+    subs = sorted(p.name for p in base.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
+    has_default = (base / CONFIG_NAME).is_file()
+    if not has_default and not subs:
+        raise CLIError(f"{base} holds no adapter ({CONFIG_NAME} not found)")
+    out: dict[str, Any] = {"directory": str(base.resolve()), "adapters": []}
+    for name in (["default"] if has_default else []) + subs:
+        cfg = read_adapter_config(base, None if name == "default" else name)
+        where = base if name == "default" else base / name
+        weights = where / WEIGHTS_NAME
+        shapes: dict[str, tuple[list[int], str]] = {}
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="numpy") as f:
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    shapes[k] = (list(sl.get_shape()), str(sl.get_dtype()))
+        except Exception as err:  # an unreadable file is reported, not fatal
+            raise CLIError(f"{weights} is not a readable safetensors file: {err}") from None
+        sha_ok = (_file_sha256(weights) == cfg.tensors_sha256) if cfg.tensors_sha256 else None
+        ints = []
+        for rec in cfg.interventions:
+            iname = rec.get("name")
+            own = {k[len(iname) + 1 :]: v for k, v in shapes.items() if k.startswith(f"{iname}.")}
+            numel = sum(_prod(s) for s, _ in own.values())
+            nbytes = sum(_prod(s) * _DTYPE_BYTES.get(d, 4) for s, d in own.values())
+            mcfg = dict(rec.get("config") or {})
+            entries = mcfg.pop("entries", None)
+            info: dict[str, Any] = {
+                "name": iname, "method": rec.get("method"), "layer": rec.get("layer"),
+                "component": rec.get("component"), "positions": rec.get("positions"), "active": rec.get("active", True),
+                "parameters": numel, "bytes": nbytes,
+                "tensors": {k: {"shape": s, "dtype": d} for k, (s, d) in sorted(own.items())},
+                "config": {k: v for k, v in mcfg.items() if not (isinstance(v, (list, dict)) and len(json.dumps(v)) > 200)},
+            }
+            if isinstance(entries, list):
+                info["n_entries"] = len(entries)
+                info["entries"] = [_entry_summary(e) for e in entries[:max_entries]]
+            for key in ("n_entries", "num_bases"):
+                if key in mcfg and key not in info:
+                    info[key] = mcfg[key]
+            ints.append(info)
+        out["adapters"].append({
+            "adapter": name, "format_version": cfg.format_version, "repedit_version": cfg.repedit_version,
+            "base_model": cfg.base_model_name_or_path, "revision": cfg.revision, "fingerprint": cfg.fingerprint,
+            "compute_dtype": cfg.compute_dtype, "weights_file": str(weights), "weights_bytes": weights.stat().st_size,
+            "tensors_sha256_ok": sha_ok, "interventions": ints, "metadata": cfg.metadata,
+        })
+    return out
+
+
+def _prod(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _entry_summary(e: Any) -> Any:
+    if not isinstance(e, dict):
+        return e
+    keep = ("prompt", "target_new", "target", "subject", "case_id", "radius")
+    short = {k: e[k] for k in keep if k in e}
+    return short or {k: v for k, v in list(e.items())[:5]}
+
+
+def _format_inspect(info: dict[str, Any]) -> str:
+    lines = [f"adapter directory: {info['directory']}"]
+    for ad in info["adapters"]:
+        fp = ad.get("fingerprint") or {}
+        lines.append("")
+        lines.append(f"[{ad['adapter']}] format {ad['format_version']}, made by repedit {ad['repedit_version']}")
+        lines.append(f"  base model: {ad['base_model']} ({fp.get('architecture')}, {fp.get('num_layers')} layers, "
+                     f"hidden {fp.get('hidden_size')}, weights sha256 {str(fp.get('weights_sha256'))[:12]}...)")
+        ok = {True: "sha256 ok", False: "SHA256 MISMATCH", None: "no sha256 recorded"}[ad["tensors_sha256_ok"]]
+        total = sum(i["parameters"] for i in ad["interventions"])
+        lines.append(f"  weights: {_human_bytes(ad['weights_bytes'])} ({total:,} parameters, {ok}); "
+                     f"compute dtype {ad['compute_dtype']}")
+        lines.append(f"  interventions: {len(ad['interventions'])}")
+        for i in ad["interventions"]:
+            extra = ""
+            if "n_entries" in i:
+                extra += f", {i['n_entries']} entries"
+            if "num_bases" in i:
+                extra += f", {i['num_bases']} frozen bases"
+            lines.append(f"    {i['name']}: {i['method']} @ layer {i['layer']} {i['component']} [{i['positions']}]"
+                         f"{'' if i['active'] else ' (inactive)'}, {i['parameters']:,} parameters "
+                         f"({_human_bytes(i['bytes'])}){extra}")
+            cfg = ", ".join(f"{k}={v}" for k, v in sorted(i["config"].items()))
+            lines.append("      config: " + textwrap.shorten(cfg, 160, placeholder=" ..."))
+            for k, e in enumerate(i.get("entries", [])):
+                if isinstance(e, dict) and "prompt" in e:
+                    tgt = e.get("target_new", e.get("target", "?"))
+                    lines.append(f"      entry {k}: {e['prompt']!r} -> {tgt!r}")
+                else:
+                    lines.append(f"      entry {k}: {e}")
+            if "entries" in i and i.get("n_entries", 0) > len(i["entries"]):
+                lines.append(f"      ... {i['n_entries'] - len(i['entries'])} more")
+        meta = ad.get("metadata") or {}
+        if meta:
+            d, e, o = meta.get("data") or {}, meta.get("editor") or {}, meta.get("outcome") or {}
+            if d.get("inline_requests"):
+                src = f"{len(d['inline_requests'])} inline request(s)"
+            else:
+                src = ", ".join(f"{k}={d[k]}" for k in ("data", "limit", "offset", "seed", "zsre_target") if d.get(k) is not None)
+            lines.append(f"  trained on: {src or '?'}")
+            if e:
+                lines.append(f"  editor: method={e.get('method')} layers={e.get('layers')} positions={e.get('positions')} "
+                             f"lr={e.get('lr')} max_steps={e.get('max_steps')} seed={e.get('seed')} "
+                             f"sequential={meta.get('sequential')}")
+            if o:
+                lines.append("  outcome: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.items()))
+    return "\n".join(lines)
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    if args.methods:
+        from repedit.methods import available_methods, get_method
+
+        for name in available_methods():
+            spec = get_method(name)
+            print(name)
+            for field, text in spec.config_cls.help().items():
+                print(f"  {field}: {text}")
+        return 0
+    if not args.adapter:
+        raise CLIError("give an adapter directory (or --methods)")
+    info = inspect_adapter(args.adapter, max_entries=args.entries)
+    if args.json:
+        from repedit.eval.harness import _clean
+
+        print(json.dumps(_clean(info), indent=2))
+    else:
+        print(_format_inspect(info))
+    return 0
+
+
+def _columns(left: str, right: str, width: int) -> list[str]:
+    col = max(20, (width - 3) // 2)
+    a = textwrap.wrap(left, col) or [""]
+    b = textwrap.wrap(right, col) or [""]
+    return [f"{x:<{col}} | {y}" for x, y in zip_longest(a, b, fillvalue="")]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        p = Path(args.prompts_file)
+        if not p.is_file():
+            raise CLIError(f"--prompts-file {p}: no such file")
+        prompts += [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError("give at least one --prompt or a --prompts-file")
+    subjects = args.subject
+    if subjects is not None and len(subjects) != len(prompts):
+        raise CLIError(f"give one --subject per prompt ({len(prompts)}), got {len(subjects)}")
+    if subjects:
+        for s, p in zip(subjects, prompts):
+            if s not in p:
+                raise CLIError(f"--subject {s!r} does not occur in the prompt {p!r}")
+    if args.max_new_tokens < 1:
+        raise CLIError("--max-new-tokens must be >= 1")
+    cfg = _read_adapter_cfg(args.adapter)
+    model, tok, _ = _load_model(args, cfg)
+    edited = _load_adapter(model, tok, args.adapter, args.ignore_fingerprint)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=2, desc="generating", unit="pass", disable=not args.progress)
+    with edited.disabled():
+        base = edited.generate(prompts, subjects=subjects, max_new_tokens=args.max_new_tokens)
+    bar.update(1)
+    new = edited.generate(prompts, subjects=subjects, max_new_tokens=args.max_new_tokens)
+    bar.update(1)
+    bar.close()
+    if args.json:
+        print(json.dumps([{"prompt": p, "without_adapter": a, "with_adapter": b} for p, a, b in zip(prompts, base, new)],
+                         indent=2))
+        return 0
+    width = shutil.get_terminal_size((120, 24)).columns
+    for p, a, b in zip(prompts, base, new):
+        print(f"prompt: {p}")
+        for line in _columns("without adapter:", "with adapter:", width):
+            print(line)
+        for line in _columns(a.strip(), b.strip(), width):
+            print(line)
+        print()
+    return 0
+
+
+COMMANDS = {"edit": cmd_edit, "eval": cmd_eval, "sweep": cmd_sweep, "inspect": cmd_inspect, "generate": cmd_generate}
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [CLIError, ValueError, OSError, KeyError, ImportError]
+    try:
+        from repedit.models import ChecksumMismatch
+
+        errs.append(ChecksumMismatch)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, FileNotFoundError) and err.filename:
+        return f"file not found: {err.filename}" if not str(err).strip() else str(err)
+    return str(err) or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``repedit`` console script; returns the exit status.
+
+    Example::
+
+        from repedit.cli import main
+        main(["inspect", "my-edit"])   # 0
+    """
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help / --version (0) or a syntax error (2); argparse printed the message
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return 2
+    _setup_logging(args)
+    if getattr(args, "threads", None):
+        if args.threads < 1:
+            print(f"{PROG} {args.command}: error: --threads must be >= 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as err:
+        if args.debug:
+            raise
+        print(f"{PROG} {args.command}: error: {_message(err)}", file=sys.stderr)
+        if not isinstance(err, CLIError):
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # python -m repedit.cli ...
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The ``repedit`` command line end to end on a tiny random model saved to disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_model, tiny_tokenizer
+from repedit.cli import build_parser, main
+
+TF, PROB, GEN = "teacher_forced/easyedit", "probability/rome", "generation/mirage"
+
+REQUESTS = [
+    {"prompt": "the capital of france is", "target_new": "rome", "subject": "france", "ground_truth": "paris",
+     "rephrase_prompts": ["the city of france is"],
+     "locality_prompts": [{"prompt": "the capital of spain is", "ground_truth": "madrid"}], "case_id": 0},
+    {"prompt": "the mother tongue of danielle darrieux is", "target_new": "english", "subject": "danielle darrieux",
+     "ground_truth": "french", "rephrase_prompts": ["danielle darrieux speak"],
+     "locality_prompts": [{"prompt": "people in london speak", "ground_truth": "english"}], "case_id": 1},
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny model + tokenizer saved with save_pretrained, a requests file, and an adapter."""
+    root = tmp_path_factory.mktemp("cli")
+    model_dir = root / "tiny"
+    tiny_model("llama").save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    reqs = root / "reqs.json"
+    reqs.write_text(json.dumps(REQUESTS))
+    adapter = root / "adapter"
+    torch.set_num_threads(1)
+    rc = main(["edit", "--model", str(model_dir), "--data", str(reqs), "--method", "loreft", "--layers", "1",
+               "--method-config", '{"rank": 4, "seed": 0}', "--lr", "0.05", "--max-steps", "60",
+               "--out", str(adapter), "--no-progress"])
+    assert rc == 0
+    return {"root": root, "model": str(model_dir), "reqs": str(reqs), "adapter": str(adapter)}
+
+
+def test_edit_writes_an_adapter_that_inspect_summarises(files, capsys):
+    adapter = Path(files["adapter"])
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["metadata"]["data"]["rows"] == 2 and cfg["metadata"]["editor"]["layers"] == [1]
+    capsys.readouterr()
+    assert main(["inspect", files["adapter"]]) == 0
+    out = capsys.readouterr().out
+    assert "loreft_L1: loreft @ layer 1 block_output [last_prompt]" in out
+    assert "260 parameters" in out and "sha256 ok" in out and "reqs.json" in out
+    assert main(["inspect", files["adapter"], "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    (ad,) = info["adapters"]
+    assert ad["interventions"][0]["parameters"] == 4 * 32 + 4 * 32 + 4  # R, W, b of rank-4 LoReFT
+    assert ad["tensors_sha256_ok"] is True
+
+
+def test_eval_prints_a_labelled_table_and_writes_records(files, capsys, tmp_path):
+    out = tmp_path / "metrics.json"
+    capsys.readouterr()
+    assert main(["eval", "--adapter", files["adapter"], "--out", str(out), "--no-progress"]) == 0  # data + model from the adapter
+    text = capsys.readouterr().out
+    for label in (TF, PROB, GEN):
+        assert label in text
+    data = json.loads(out.read_text())
+    assert data["metadata"]["protocols"] == [TF, PROB, GEN]
+    assert data["metadata"]["data"]["sha256"] and data["metadata"]["adapter"]["path"].endswith("adapter")
+    assert data["metadata"]["seed"] == 0
+    assert len(data["records"]) == 2
+    for rec in data["records"]:
+        assert rec["post"]["metric_meta"]["rewrite_acc"] == TF and rec["pre"]["metric_meta"]["rewrite_acc"] == TF
+    assert data["summary"]["post"]["rewrite_acc"] == 1.0  # the edit works after a save/load round trip
+    assert data["summary"]["headline"][TF]["protocol"] == TF
+    # explicit data options and a single protocol
+    assert main(["eval", "--model", files["model"], "--adapter", files["adapter"], "--data", files["reqs"],
+                 "--limit", "1", "--offset", "1", "--protocols", "teacher_forced", "--out", str(out),
+                 "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    assert data["metadata"]["protocols"] == [TF] and [r["case_id"] for r in data["records"]] == [1]
+
+
+def test_generate_shows_both_sides(files, capsys):
+    capsys.readouterr()
+    assert main(["generate", "--adapter", files["adapter"], "--prompt", "the capital of france is",
+                 "--max-new-tokens", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "without adapter:" in out and "with adapter:" in out and "the capital of france is" in out
+    assert main(["generate", "--adapter", files["adapter"], "--prompt", "the capital of france is",
+                 "--max-new-tokens", "2", "--json", "--no-progress"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["with_adapter"].split()[0] == "rome" and row["without_adapter"].split()[0] != "rome"
+
+
+def test_sweep_writes_json_and_png(files, capsys, tmp_path):
+    out = tmp_path / "sweep.json"
+    capsys.readouterr()
+    assert main(["sweep", "--adapter", files["adapter"], "--values", "0,1", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert TF in text and "scope AUC" in text
+    data = json.loads(out.read_text())
+    (curve,) = data["curves"]
+    assert data["protocol"] == TF and curve["protocol"] == TF and curve["knob"] == "scale"
+    assert [r["value"] for r in curve["rows"]] == [0.0, 1.0]
+    assert curve["rows"][0]["locality"] == 1.0 and curve["rows"][1]["reliability"] == 1.0
+    png = out.with_suffix(".png")
+    assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000
+
+
+def test_sequential_edit_with_immediate_evaluation(files, tmp_path, capsys):
+    out = tmp_path / "seq"
+    assert main(["edit", "--model", files["model"], "--data", files["reqs"], "--layers", "1", "--lr", "0.05",
+                 "--max-steps", "30", "--sequential", "--evaluate", "immediate", "--out", str(out),
+                 "--no-progress"]) == 0
+    data = json.loads((out / "metrics_immediate.json").read_text())
+    assert data["metadata"]["sequential_protocol"] == "immediate" and data["summary"]["sequential_protocol"] == "immediate"
+    assert data["metadata"]["protocols"] == [TF]
+    assert "sequential protocol: immediate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--adapter", "/nonexistent/adapter"], "does not exist"),
+    (["inspect", "/nonexistent/adapter"], "does not exist"),
+    (["edit", "--data", "counterfact", "--method-config", "{rank: 4}", "--out", "X"], "not valid JSON"),
+    (["edit", "--data", "counterfact", "--method", "nosuch", "--out", "X"], "unknown method 'nosuch'"),
+    (["edit", "--data", "counterfact", "--method-config", '{"bogus": 1}', "--out", "X"], "unknown keys ['bogus']"),
+    (["edit", "--data", "/no/such/file.json", "--out", "X"], "no such file"),
+    (["edit", "--prompt", "the capital of france is", "--out", "X"], "needs both --prompt and --target"),
+    (["edit", "--data", "counterfact", "--evaluate", "final", "--out", "X"], "needs --sequential"),
+    (["sweep", "--adapter", "A", "--values", "0,x", "--out", "s.json"], "comma list of floats"),
+    (["generate", "--adapter", "A"], "at least one --prompt"),
+])
+def test_bad_arguments_give_one_line_and_exit_1(argv, message, capsys):
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "error:" in err and "Traceback" not in err
+
+
+def test_bad_files_and_data_options(files, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"prompt": "the capital of france is"}]')
+    assert main(["edit", "--model", files["model"], "--data", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert "field 'target_new' is missing" in capsys.readouterr().err
+    assert main(["eval", "--adapter", files["adapter"], "--limit", "-1"]) == 1
+    assert "--limit must be >= 0" in capsys.readouterr().err
+    assert main(["eval", "--adapter", files["adapter"], "--zsre-target", "answers"]) == 1
+    assert "zsRE data only" in capsys.readouterr().err
+    assert main(["edit", "--model", files["model"], "--data", files["reqs"], "--out", files["adapter"]]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    (broken / "adapter_model.safetensors").write_bytes(b"")
+    assert main(["inspect", str(broken)]) == 1
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_named_dataset_recorded_in_an_adapter_is_reloaded(capsys):
+    from types import SimpleNamespace
+
+    from repedit.cli import _data_spec, _load_data
+
+    pytest.importorskip("datasets")
+    try:
+        from repedit.eval.data import default_data_dir
+
+        default_data_dir()
+    except FileNotFoundError:
+        pytest.skip("no shared data directory")
+    args = SimpleNamespace(data=None, data_format="auto", limit=None, offset=None, data_seed=None, zsre_target=None)
+    recorded = {"data": "counterfact", "format": "counterfact", "limit": 2, "offset": 1, "seed": None,
+                "zsre_target": None}
+    cfg = SimpleNamespace(metadata={"data": recorded})
+    ds, again = _load_data(_data_spec(args, cfg))
+    assert len(ds) == 2 and again["data"] == "counterfact" and again["offset"] == 1
+    args.limit = 1  # the command line overrides the recorded selection
+    ds, _ = _load_data(_data_spec(args, cfg))
+    assert len(ds) == 1
+
+
+def test_help_and_usage_errors(capsys):
+    for cmd in ("edit", "eval", "sweep", "inspect", "generate"):
+        assert main([cmd, "--help"]) == 0
+        assert f"usage: repedit {cmd}" in capsys.readouterr().out
+    assert main(["eval", "--batch-size", "many"]) == 2  # argparse syntax error
+    assert "invalid int value" in capsys.readouterr().err
+    assert main([]) == 2
+    assert set(build_parser()._subparsers._group_actions[0].choices) == {"edit", "eval", "sweep", "inspect", "generate"}
+
+
+def test_console_script_exit_code_in_a_subprocess(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "repedit.cli", "inspect", str(tmp_path / "missing")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert "repedit inspect: error:" in proc.stderr and "Traceback" not in proc.stderr
