@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench docs-check clean venv models
+.PHONY: demo test bench clean venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
