@@ -162,3 +162,26 @@ def test_base_weights_bit_identical_through_wrap_train_save_load(tmp_path, tok):
     repedit.load_adapter(model, str(tmp_path / "a"), tokenizer=tok)
     assert param_hashes(model) == before
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+
+
+@pytest.mark.parametrize("rule", ["last_prompt", "subject", "prompt", "all"])
+@pytest.mark.parametrize("method,cfg", [("loreft", {"seed": 0}), ("baft", {"seed": 0}), ("codebook", {})])
+def test_hook_path_never_syncs_with_host(tok, monkeypatch, rule, method, cfg):
+    """Our pre-hook, masks and site hook run with every host-sync entry point disabled."""
+    model = tiny_model("llama")
+    edited = repedit.wrap(model, tok)
+    edited.add("e", method, layer=1, positions=rule, config=cfg)
+    batch = encode(tok, ["the capital of france is", "he was born in"], subjects=["france", "he"], padding_side="left")
+    h = torch.randn(2, batch.input_ids.shape[1], 32)
+    site_hook = edited._make_site_hook((1, "block_output"))
+
+    def forbidden(*a, **k):
+        raise AssertionError("host synchronisation in the hook path")
+
+    with batch.info():
+        for name in ("item", "cpu", "tolist", "numpy", "__bool__"):
+            monkeypatch.setattr(torch.Tensor, name, forbidden)
+        edited._pre_forward(model.model, (), {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+        out = site_hook(model.model.layers[1], (h,), (h,))
+        monkeypatch.undo()
+    assert out is not None and out[0].shape == h.shape
