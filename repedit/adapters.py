@@ -37,6 +37,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from repedit.hashing import file_sha256 as _file_sha256
 from repedit.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -148,14 +149,6 @@ def with_suppress_unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_adapter(

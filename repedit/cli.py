@@ -613,7 +613,8 @@ def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict
 
         inspect_adapter("cf10")["interventions"][0]["parameters"]
     """
-    from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, _file_sha256, read_adapter_config
+    from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
+    from repedit.hashing import file_sha256 as _file_sha256
 
     base = Path(directory)
     if not base.is_dir():

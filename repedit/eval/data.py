@@ -41,7 +41,6 @@ arguments always give the same rows.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from repedit.hashing import file_sha256
 from repedit.requests import REQUEST_FIELDS, EditRequest, LocalityPrompt
 
 logger = logging.getLogger(__name__)
@@ -108,14 +108,6 @@ def _resolve(path: str | os.PathLike | None, default: tuple[str, str]) -> Path:
     if not p.is_file():
         raise FileNotFoundError(f"data file not found: {p}; pass path=... (a file or the data directory)")
     return p
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- reading
@@ -200,7 +192,7 @@ def _build(
     info = dict(
         info,
         path=str(path),
-        sha256=_sha256(path),
+        sha256=file_sha256(path),
         records_in_file=len(records),
         offset=offset,
         limit=limit,

@@ -48,7 +48,6 @@ gives both the token accuracy and NLL(new).
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import math
@@ -61,6 +60,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
+from repedit.hashing import file_sha256
 from repedit.positions import encode
 from repedit.requests import EditRequest
 
@@ -921,20 +921,6 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 # ============================================================================ metadata
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks.
-
-    Example::
-
-        file_sha256("../shared/data/counterfact/counterfact.json")
-    """
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def results_metadata(
     protocols: Sequence[str] | str,
     *,
