@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import tiny_model, tiny_tokenizer
 from repedit.cli import build_parser, main
@@ -26,14 +25,6 @@ REQUESTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A tiny model + tokenizer saved with save_pretrained, a requests file, and an adapter."""
@@ -44,7 +35,6 @@ def files(tmp_path_factory):
     reqs = root / "reqs.json"
     reqs.write_text(json.dumps(REQUESTS))
     adapter = root / "adapter"
-    torch.set_num_threads(1)
     rc = main(["edit", "--model", str(model_dir), "--data", str(reqs), "--method", "loreft", "--layers", "1",
                "--method-config", '{"rank": 4, "seed": 0}', "--lr", "0.05", "--max-steps", "60",
                "--out", str(adapter), "--no-progress"])

@@ -50,7 +50,7 @@ def apply_masked(h: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> torc
 class Intervention(nn.Module):
     """Base class of intervention modules.
 
-    Subclasses implement :meth:`edit`, which returns the edited hidden state for every
+    Subclasses implement ``edit(h, ctx)``, which returns the edited hidden state for every
     position (the base class keeps the unmasked positions bit-identical), or override
     :meth:`forward` when they need the mask themselves (a codebook pools keys over it).
 
@@ -67,8 +67,12 @@ class Intervention(nn.Module):
         self.config = config
         self.hidden_size = int(hidden_size)
 
-    def edit(self, h: torch.Tensor, ctx: Any = None) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError(f"{type(self).__name__} must implement edit() or forward()")
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A method defines edit() (the base forward masks it) or its own forward(); catch a
+        # class with neither when it is defined, not at the first forward.
+        super().__init_subclass__(**kwargs)
+        if not hasattr(cls, "edit") and cls.forward is Intervention.forward:
+            raise TypeError(f"{cls.__name__} must define edit(h, ctx) or forward(h, mask, ctx)")
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None) -> torch.Tensor:
         return apply_masked(h, self.edit(h, ctx), mask)

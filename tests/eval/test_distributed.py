@@ -61,28 +61,23 @@ def _close(a, b, path="") -> None:
 
 @pytest.mark.distributed
 def test_two_process_eval_equals_single_process(tmp_path):
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        model_dir = tmp_path / "tiny"
-        model, tok = tiny_model("llama"), tiny_tokenizer()
-        model.save_pretrained(model_dir)
-        tok.save_pretrained(model_dir)
-        reqs = tmp_path / "reqs.json"
-        reqs.write_text(json.dumps([r.to_dict() for r in REQS]))
-        cfg = EditorConfig(method="loreft", layers=[1], lr=0.05, max_steps=20, method_config={"rank": 4, "seed": 0})
-        Editor(model, tok, cfg).edit(REQS).save_pretrained(str(tmp_path / "adapter"))
-        args = ["eval", "--model", str(model_dir), "--adapter", str(tmp_path / "adapter"), "--data", str(reqs),
-                "--protocols", "teacher_forced,probability", "--chunk-size", "1", "--no-progress"]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        proc = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-             "-m", "repedit.cli", *args, "--out", str(tmp_path / "two.json")],
-            capture_output=True, text=True, env=env, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert main(args + ["--out", str(tmp_path / "one.json")]) == 0
-    finally:
-        torch.set_num_threads(old)
+    model_dir = tmp_path / "tiny"
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    reqs = tmp_path / "reqs.json"
+    reqs.write_text(json.dumps([r.to_dict() for r in REQS]))
+    cfg = EditorConfig(method="loreft", layers=[1], lr=0.05, max_steps=20, method_config={"rank": 4, "seed": 0})
+    Editor(model, tok, cfg).edit(REQS).save_pretrained(str(tmp_path / "adapter"))
+    args = ["eval", "--model", str(model_dir), "--adapter", str(tmp_path / "adapter"), "--data", str(reqs),
+            "--protocols", "teacher_forced,probability", "--chunk-size", "1", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "repedit.cli", *args, "--out", str(tmp_path / "two.json")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(args + ["--out", str(tmp_path / "one.json")]) == 0
     two = json.loads((tmp_path / "two.json").read_text())
     one = json.loads((tmp_path / "one.json").read_text())
     assert two["metadata"]["world_size"] == 2 and one["metadata"]["world_size"] == 1

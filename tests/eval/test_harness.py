@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from conftest import tiny_model, tiny_tokenizer
 from repedit import EditRequest, Editor, EditorConfig
@@ -23,15 +22,6 @@ from repedit.eval.harness import (
 from repedit.hooks import EditableModel
 
 ALL = ("teacher_forced", "probability", "generation")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine make tiny-model steps ~50x slower.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def requests() -> list[EditRequest]:
@@ -53,7 +43,6 @@ def config(**kw) -> EditorConfig:
 
 @pytest.fixture(scope="module")
 def edited_pair():
-    torch.set_num_threads(1)
     model, tok = tiny_model("llama"), tiny_tokenizer()
     result = Editor(model, tok, config()).edit(requests())
     return result.edited, tok

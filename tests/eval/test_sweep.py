@@ -32,14 +32,6 @@ from repedit.methods.base import Intervention, MethodConfig
 from repedit.positions import encode
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 # ---------------------------------------------------------------- a method with its own knob
 @dataclass
 class KeyMatchConfig(MethodConfig):
@@ -92,7 +84,6 @@ def requests() -> list[EditRequest]:
 
 @pytest.fixture(scope="module")
 def loreft_edit():
-    torch.set_num_threads(1)
     model, tok = tiny_model("llama"), tiny_tokenizer()
     cfg = EditorConfig(method="loreft", layers=[1], lr=0.05, max_steps=60, method_config={"rank": 4, "seed": 0})
     return Editor(model, tok, cfg).edit(requests()).edited, tok

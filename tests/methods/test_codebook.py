@@ -16,15 +16,6 @@ from repedit.requests import EditRequest
 
 from tests.conftest import tiny_model
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not fight other jobs for cores)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 NOFILES = dict(corpus_sentences=0, known_facts_path="/nonexistent/known.json")
 
 REQS = [

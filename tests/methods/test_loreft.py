@@ -62,3 +62,13 @@ def test_gradients_flow_to_parameters():
     phi(h, torch.ones(1, 3, dtype=torch.bool)).sum().backward()
     assert phi.learned_source.weight.grad is not None and phi.rotate.original.grad is not None
     assert h.grad is not None
+
+
+def test_method_without_edit_or_forward_is_rejected_at_definition():
+    import pytest
+
+    from repedit.methods.base import Intervention
+
+    with pytest.raises(TypeError, match="edit"):
+        class Broken(Intervention):  # noqa: F841
+            pass
