@@ -16,7 +16,7 @@ edited model to the unedited one (same process, same prompts, median of repeats)
 
 Usage::
 
-    python benchmarks/bench_baft.py --quick            # a few minutes on 2 cores
+    python benchmarks/bench_baft.py --quick            # ~10 minutes on 2 cores
     python benchmarks/bench_baft.py                    # full: 200 single, 1000 sequential
     python benchmarks/bench_baft.py --sweep            # the small default-selection sweep
 """
@@ -48,13 +48,13 @@ def method_configs(args) -> dict:
                 gate_margin_weight=args.gate_margin_weight, gate_fit_steps=args.gate_fit_steps,
                 train_gates=args.train_gates, gate_templates=args.gate_templates)
     out = {
-        # LoReFT and BaFT + null space keep the earlier benchmark setting (layer 9, last prompt
-        # token, 2 augmented copies) unless flags say otherwise
-        "loreft": dict(common, method="loreft", method_config={"rank": args.rank}, layers=[args.ns_layer],
+        # LoReFT keeps pyreft's usual setting (one layer, last prompt token: with no gate it
+        # would edit every token of every prompt at "prompt" positions); BaFT and BaFT + null
+        # space use BaFT's defaults unless flags say otherwise
+        "loreft": dict(common, method="loreft", method_config={"rank": args.rank}, layers=[args.loreft_layer],
                        positions=args.positions or "last_prompt", augment=2 if args.augment is None else args.augment),
         "baft": dict(common, method="baft", method_config=dict(baft)),
-        "baft_ns": dict(common, method="baft", adapter="ns", layers=[args.ns_layer],
-                        positions=args.positions or "last_prompt", augment=2 if args.augment is None else args.augment,
+        "baft_ns": dict(common, method="baft", adapter="ns",
                         method_config=dict(baft, nullspace="read", nullspace_threshold=args.ns_threshold,
                                            nullspace_texts=args.ns_texts)),
     }
@@ -97,7 +97,9 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     from repedit import Editor, EditorConfig
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
 
-    cfg = EditorConfig(**copy.deepcopy(cfg_kwargs))
+    # progress bars on (benchmarks are interactive): the Editor's over a sequential run, one
+    # over the requests in single mode
+    cfg = EditorConfig(**copy.deepcopy(cfg_kwargs), progress=sequential)
     editor = Editor(edited, tok, cfg)
     outcomes, posts, seconds = [], [], 0.0
     lat = None
@@ -115,7 +117,9 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         editor.reset()
     else:
         extra = {}
-        for i, req in enumerate(reqs):
+        from tqdm.auto import tqdm
+
+        for i, req in enumerate(tqdm(reqs, desc=f"{name} single", unit="edit", mininterval=10)):
             editor.reset()
             t = time.perf_counter()
             res = editor.edit(req)
@@ -141,12 +145,13 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="20 single + 50 sequential edits")
-    p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 20)")
-    p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 50)")
+    p.add_argument("--quick", action="store_true", help="8 single + 16 sequential edits per method (~10 min on 2 cores)")
+    p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 8)")
+    p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 16)")
     p.add_argument("--methods", default="loreft,baft,baft_ns")
     p.add_argument("--layer", type=int, default=None, help="edited layer (default: the method's default_layers)")
-    p.add_argument("--ns-layer", type=int, default=9, help="layer of LoReFT and BaFT + null space (their settings are unchanged)")
+    p.add_argument("--loreft-layer", type=int, default=9, help="layer of LoReFT")
+    p.add_argument("--counts", default="", help="per-method single-edit counts overriding --single, e.g. loreft=50,baft_ns=50")
     p.add_argument("--positions", default=None, help="positions rule (default: the method's editor_defaults)")
     p.add_argument("--rank", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-2)
@@ -169,10 +174,11 @@ def main(argv=None) -> None:
     p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
+    p.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
     args = p.parse_args(argv)
-    n_single = args.single if args.single is not None else (20 if args.quick else 200)
-    n_seq = args.sequential if args.sequential is not None else (50 if args.quick else 1000)
+    n_single = args.single if args.single is not None else (8 if args.quick else 200)
+    n_seq = args.sequential if args.sequential is not None else (16 if args.quick else 1000)
     name = args.name or ("baft_quick" if args.quick else "baft_full")
     PROTOCOLS[:] = args.protocols.split(",")
 
@@ -190,7 +196,7 @@ def main(argv=None) -> None:
     edited = EditableModel(model, tok)
     env = environment(model, args.model)
     n_all = max(n_single, n_seq)
-    reqs, data = select_requests(n_all, seed=args.seed, offset=args.offset)
+    reqs, data = select_requests(n_all, seed=args.seed, offset=args.offset, source=args.source)
     log(f"loaded model and {len(reqs)} requests")
     pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
     unedited = {"method": "unedited", "setting": "–", **flat(summarize(build_case_records(reqs, pre, pre)))}
@@ -199,7 +205,8 @@ def main(argv=None) -> None:
 
     rows, details = [unedited], {}
     for mname, ck in method_configs(args).items():
-        for sequential, n in ((False, n_single), (True, n_seq)):
+        counts = dict(kv.split("=") for kv in args.counts.split(",") if kv)
+        for sequential, n in ((False, int(counts.get(mname, n_single))), (True, n_seq)):
             if n <= 0:
                 continue
             log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
@@ -219,7 +226,7 @@ def main(argv=None) -> None:
                        "locality: EasyEdit argmax agreement with the unedited model on neighbourhood prompts; "
                        "rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy; gen_*: greedy-generation "
                        "exact match / neighbourhood text agreement (`generation/mirage`). Model "
-                       f"{args.model}, dev CounterFact, seed {args.seed}, offset {args.offset}. "
+                       f"{args.model}, dev {args.source}, seed {args.seed}, offset {args.offset}. "
                        f"Latency ratio: edited/unedited forward, 16 prompts, median of 11 interleaved repeats."))
     log("done")
 

@@ -106,12 +106,122 @@ def latency_test(edited, tok, reqs, n_entries: int, layer: int, repeats: int) ->
     return out
 
 
+def run_mode(mode, args, model, tok, edited, reqs, get_pre, sweep_n, gen_n):
+    """Edit ``reqs`` sequentially with one radius mode, then score (``get_pre()`` gives the
+    unedited model's scores; it may wait for another process to write them)."""
+    from repedit.editing import Editor, EditorConfig
+
+    # "<radii>[+lowrank]": the radius mode, optionally with per-entry low-rank values
+    # (vector + rank-r map of h: the LoReFT/BaFT update form, gated by the codebook's lookup)
+    radii, _, value = mode.partition("+")
+    mc = {"radius_mode": radii}
+    if value:
+        mc["value"] = value
+    if args.alpha is not None:
+        mc["alpha"] = args.alpha
+    if args.init_radius is not None:
+        mc["init_radius"] = args.init_radius
+    editor = Editor(edited, tok, EditorConfig(method="codebook", layers=[args.layer] if args.layer is not None else None, lr=args.lr, max_steps=args.max_steps,
+                                              method_config=mc, adapter=mode, seed=args.seed, progress=True))
+    log(f"[{mode}] editing {len(reqs)} requests sequentially")
+    t0 = time.perf_counter()
+    res = editor.edit(reqs, sequential=True)
+    secs = time.perf_counter() - t0
+    cb = editor.attachments()[0].module
+    log(f"[{mode}] {secs / len(reqs):.2f} s/edit, train success {res.success_rate:.3f}, entries {cb.n_entries}")
+    for name in edited.adapters():
+        edited.set_active(adapter=name, active=(name == mode))
+    flags = [o.flags.get("codebook", {}) for o in res.outcomes]
+    actions = collections.Counter(f.get("action") for f in flags)
+    m = {"seconds_per_edit": secs / len(reqs), "train_success": res.success_rate,
+         "mean_steps": res.summary()["mean_steps"], "entries": cb.n_entries, "actions": dict(actions),
+         "inseparable": sum(1 for o in res.outcomes if "codebook_inseparable" in o.flags),
+         "conflicts": sum(1 for f in flags if f.get("conflicts")), "config": cb.export_config().to_dict() | {"entries": "..."},
+         "radius_median": float(cb.radii.median()) if cb.n_entries else None, "sweep": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        edited.save_pretrained(tmp, adapter=mode)
+        m["adapter_bytes"] = dir_bytes(Path(tmp) / mode)
+    if args.save_dir:  # keep the trained codebook (re-scoring at other scales needs no re-editing)
+        edited.save_pretrained(args.save_dir, adapter=mode)
+    m["layer"] = editor.attachments()[0].layer
+    m["index_recall"] = index_recall(cb, edited, tok, reqs)
+    pre, pre_gen = get_pre()
+    rows = []
+    for s in [float(x) for x in args.scales.split(",")]:
+        cb.radius_scale = s
+        sub = reqs if s == 1.0 else reqs[:sweep_n]
+        subpre = pre if s == 1.0 else pre[:sweep_n]
+        summ = evaluate(model, tok, sub, subpre)
+        row = {"mode": mode, "radius_scale": s, "n_scored": len(sub), **pick(summ), "hm_rome": summ["hm"].get("probability/rome")}
+        if s == 1.0:
+            g = evaluate(model, tok, reqs[:gen_n], pre_gen, protocols=("generation",))
+            m["generation"] = {k: v for k, v in g.get("post", {}).items() if k.startswith("generation")}
+            m["summary_scale1"] = summ
+            row.update({"gen_rewrite_exact": m["generation"].get("generation.rewrite_exact"),
+                        "gen_rephrase_exact": m["generation"].get("generation.rephrase_exact")})
+        m["sweep"].append(row)
+        rows.append(row | {"s_per_edit": m["seconds_per_edit"]})
+        log(f"[{mode}] scale {s}: {row}")
+    cb.radius_scale = 1.0
+    edited.set_active(adapter=mode, active=False)
+    return m, rows
+
+
+def index_recall(cb, edited, tok, reqs, n_prompts: int = 200) -> dict:
+    """How often the projected two-stage index finds the exact nearest key (and the same firing
+    decision) on real queries: every prompt token of paraphrase and neighbourhood prompts."""
+    from repedit.methods.codebook.radius import site_hidden
+
+    if cb.n_entries <= cb.config.index_candidates:
+        return {}
+    prompts = []
+    for r in reqs:
+        prompts += list(r.rephrase_prompts[:1]) + [lp.prompt for lp in r.locality_prompts[:1]]
+    prompts = prompts[:n_prompts]
+    att = [a for a in edited.attachments() if a.module is cb][0]
+    same = fire_same = total = 0
+    saved = cb.config.index
+    try:
+        for h, pmask, _ in site_hidden(edited, att.layer, att.component, tok, prompts, [None] * len(prompts)):
+            q = cb.normalize(h[pmask.bool()])
+            cb.config.index = "exact"
+            d1, i1 = cb._nearest(q)
+            cb.config.index = "projected"
+            d2, i2 = cb._nearest(q)
+            same += int((i1 == i2).sum())
+            fire_same += int(((d1 <= cb.radii[i1]) == (d2 <= cb.radii[i2])).sum())
+            total += q.shape[0]
+    finally:
+        cb.config.index = saved
+    return {"tokens": total, "nearest_recall": same / max(total, 1), "firing_agreement": fire_same / max(total, 1),
+            "index_dim": cb.config.index_dim, "candidates": cb.config.index_candidates}
+
+
+def score_pre(model, tok, reqs, gen_n):
+    from repedit.eval.metrics import evaluate_requests
+
+    pre = evaluate_requests(model, tok, reqs, protocols=("teacher_forced", "probability"))
+    pre_gen = evaluate_requests(model, tok, reqs[:gen_n], protocols=("generation",))
+    return pre, pre_gen
+
+
+def wait_for(path: Path, poll: float = 5.0):
+    while not path.exists():
+        time.sleep(poll)
+    with open(path) as f:
+        data = json.load(f)
+    return data["pre"], data["pre_gen"]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="50 edits, small sweep (minutes)")
     ap.add_argument("--n", type=int, default=None, help="number of sequential edits (default 1000; quick 50)")
-    ap.add_argument("--modes", default="balanced,grace")
-    ap.add_argument("--layer", type=int, default=10)
+    ap.add_argument("--modes", default="balanced,grace", help="comma list of <radii>[+lowrank]: balanced, grace, "
+                    "balanced+lowrank (low-rank LoReFT/BaFT-form values instead of a vector)")
+    ap.add_argument("--layer", type=int, default=None, help="edited layer (default: the codebook's default, a third of the depth)")
+    ap.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
+    ap.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--max-steps", type=int, default=50)
     ap.add_argument("--alpha", type=float, default=None, help="BalancEdit alpha (default: the config default)")
@@ -123,6 +233,13 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-repeats", type=int, default=21)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--latency-only", action="store_true", help="only the synthetic-codebook latency test (no edits, no scoring)")
+    ap.add_argument("--save-dir", default=None, help="also save each mode's trained codebook adapter under this folder")
+    ap.add_argument("--jobs", type=int, default=1, help="processes: with 2, each radius mode edits in its own process "
+                    "(one torch thread each) while the parent scores the unedited model; results are merged")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--pre-file", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     n = args.n or (50 if args.quick else 1000)
     sweep_n = args.sweep_subset or (n if args.quick else min(n, 200))
@@ -131,19 +248,49 @@ def main(argv=None) -> int:
     set_threads(1)
 
     from repedit import models
-    from repedit.editing import Editor, EditorConfig
-    from repedit.eval.metrics import evaluate_requests
     from repedit.hooks import EditableModel
 
-    model, tok = models.load("smollm2-135m")
-    env = environment(model, "smollm2-135m")
-    reqs, data_info = select_requests(n, seed=args.seed)
-    log(f"{len(reqs)} requests; pre-edit scoring")
+    model, tok = models.load(args.model)
+    reqs, data_info = select_requests(n, seed=args.seed, source=args.source)
+    if args.layer is None:
+        from repedit.methods.codebook.config import CodebookConfig
+
+        args.layer = CodebookConfig.default_layers(model.config.get_text_config().num_hidden_layers)[0]
     edited = EditableModel(model, tok)
-    pre = evaluate_requests(model, tok, reqs, protocols=("teacher_forced", "probability"))
-    pre_gen = evaluate_requests(model, tok, reqs[:gen_n], protocols=("generation",))
-    payload = {"n_edits": len(reqs), "layer": args.layer, "lr": args.lr, "max_steps": args.max_steps,
+    if args.worker:  # one radius mode, scores from the parent's file
+        m, rows = run_mode(args.worker, args, model, tok, edited, reqs, lambda: wait_for(Path(args.pre_file)), sweep_n, gen_n)
+        tmp = Path(args.worker_out + ".tmp")
+        tmp.write_text(json.dumps({"m": m, "rows": rows}))
+        os.replace(tmp, args.worker_out)
+        return 0
+
+    env = environment(model, args.model)
+    if args.latency_only:
+        lat = latency_test(edited, tok, reqs, args.latency_entries, args.layer, args.latency_repeats)
+        write_results(name, {"latency": lat, "environment": env, "model": args.model, "layer": args.layer},
+                      notes="Synthetic-codebook latency only." + latency_note(lat))
+        log("done")
+        return 0
+    modes = args.modes.split(",")
+    payload = {"n_edits": len(reqs), "layer": args.layer, "model": args.model, "source": args.source, "lr": args.lr, "max_steps": args.max_steps, "jobs": args.jobs,
                "environment": env, "data": data_info, "modes": {}}
+    workdir = Path(tempfile.mkdtemp(prefix="bench-codebook-"))
+    procs = {}
+    if args.jobs > 1:
+        import subprocess
+
+        base = [a for a in (argv if argv is not None else sys.argv[1:])]
+        for mode in modes:
+            out = workdir / f"{mode}.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--worker", mode,
+                   "--pre-file", str(workdir / "pre.json"), "--worker-out", str(out)]
+            procs[mode] = (subprocess.Popen(cmd), out)
+        log(f"started {len(procs)} worker processes")
+    log(f"{len(reqs)} requests; pre-edit scoring")
+    pre, pre_gen = score_pre(model, tok, reqs, gen_n)
+    tmp = workdir / "pre.json.tmp"
+    tmp.write_text(json.dumps({"pre": pre, "pre_gen": pre_gen}))
+    os.replace(tmp, workdir / "pre.json")
     from repedit.eval.metrics import summarize
 
     pre_summ = summarize([{"post": r} for r in pre])
@@ -151,50 +298,17 @@ def main(argv=None) -> int:
     pre_row["locality"] = 1.0
     payload["unedited"] = pre_row
     table = [pre_row]
-    for mode in args.modes.split(","):
-        mc = {"radius_mode": mode}
-        if args.alpha is not None:
-            mc["alpha"] = args.alpha
-        if args.init_radius is not None:
-            mc["init_radius"] = args.init_radius
-        editor = Editor(edited, tok, EditorConfig(method="codebook", layers=[args.layer], lr=args.lr, max_steps=args.max_steps,
-                                                  method_config=mc, adapter=mode, seed=args.seed))
-        log(f"[{mode}] editing {len(reqs)} requests sequentially")
-        t0 = time.perf_counter()
-        res = editor.edit(reqs, sequential=True)
-        secs = time.perf_counter() - t0
-        cb = editor.attachments()[0].module
-        log(f"[{mode}] {secs / len(reqs):.2f} s/edit, train success {res.success_rate:.3f}, entries {cb.n_entries}")
-        for other in args.modes.split(","):
-            edited.set_active(adapter=other, active=(other == mode))
-        flags = [o.flags.get("codebook", {}) for o in res.outcomes]
-        actions = collections.Counter(f.get("action") for f in flags)
-        m = {"seconds_per_edit": secs / len(reqs), "train_success": res.success_rate,
-             "mean_steps": res.summary()["mean_steps"], "entries": cb.n_entries, "actions": dict(actions),
-             "inseparable": sum(1 for o in res.outcomes if "codebook_inseparable" in o.flags),
-             "conflicts": sum(1 for f in flags if f.get("conflicts")), "config": cb.export_config().to_dict() | {"entries": "..."},
-             "radius_median": float(cb.radii.median()) if cb.n_entries else None, "sweep": []}
-        with tempfile.TemporaryDirectory() as tmp:
-            edited.save_pretrained(tmp, adapter=mode)
-            m["adapter_bytes"] = dir_bytes(Path(tmp) / mode)
-        for s in [float(x) for x in args.scales.split(",")]:
-            cb.radius_scale = s
-            sub = reqs if s == 1.0 else reqs[:sweep_n]
-            subpre = pre if s == 1.0 else pre[:sweep_n]
-            summ = evaluate(model, tok, sub, subpre)
-            row = {"mode": mode, "radius_scale": s, "n_scored": len(sub), **pick(summ), "hm_rome": summ["hm"].get("probability/rome")}
-            if s == 1.0:
-                g = evaluate(model, tok, reqs[:gen_n], pre_gen, protocols=("generation",))
-                m["generation"] = {k: v for k, v in g.get("post", {}).items() if k.startswith("generation")}
-                m["summary_scale1"] = summ
-                row.update({"gen_rewrite_exact": m["generation"].get("generation.rewrite_exact"),
-                            "gen_rephrase_exact": m["generation"].get("generation.rephrase_exact")})
-            m["sweep"].append(row)
-            table.append(row | {"s_per_edit": m["seconds_per_edit"]})
-            log(f"[{mode}] scale {s}: {row}")
-        cb.radius_scale = 1.0
+    for mode in modes:
+        if procs:
+            proc, out = procs[mode]
+            if proc.wait() != 0:
+                raise SystemExit(f"worker for {mode} failed with exit code {proc.returncode}")
+            data = json.loads(out.read_text())
+            m, rows = data["m"], data["rows"]
+        else:
+            m, rows = run_mode(mode, args, model, tok, edited, reqs, lambda: (pre, pre_gen), sweep_n, gen_n)
         payload["modes"][mode] = m
-        edited.set_active(adapter=mode, active=False)
+        table.extend(rows)
         write_results(name, payload, table=table, notes=NOTES)
     if args.latency_entries:
         payload["latency"] = latency_test(edited, tok, reqs, args.latency_entries, args.layer, args.latency_repeats)

@@ -52,13 +52,18 @@ def set_threads(n: int = 1) -> None:
 def select_requests(n: int, seed: int = 0, offset: int = 0, path: str | None = None, source: str = "counterfact"):
     """``n`` requests chosen deterministically (a seeded sample after ``offset``) from the dev data.
 
-    Uses :func:`repedit.eval.data.load_counterfact`; returns (requests, data info dict).
+    ``source``: ``"counterfact"`` (:func:`repedit.eval.data.load_counterfact`) or ``"zsre"``
+    (:func:`repedit.eval.data.load_zsre`, EasyEdit's convention: edit toward ``alt``; records
+    with an empty ``alt`` are skipped). Returns (requests, data info dict).
     """
-    from repedit.eval.data import data_info, load_counterfact, to_requests
+    from repedit.eval.data import data_info, load_counterfact, load_zsre, to_requests
 
-    if source != "counterfact":
-        raise ValueError(f"unknown source {source!r}")
-    ds = load_counterfact(path, limit=n, offset=offset, seed=seed)
+    if source == "counterfact":
+        ds = load_counterfact(path, limit=n, offset=offset, seed=seed)
+    elif source == "zsre":
+        ds = load_zsre(path, limit=n, offset=offset, seed=seed, skip_invalid=True)
+    else:
+        raise ValueError(f"unknown source {source!r} (counterfact or zsre)")
     return to_requests(ds), data_info(ds)
 
 

@@ -49,7 +49,7 @@ from repedit.requests import EditRequest, validate_requests
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Editor", "target_nll", "resolve_config"]
+__all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Editor", "target_nll", "target_positions", "resolve_config"]
 
 
 @dataclass
@@ -137,16 +137,47 @@ class EditResult:
 def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-example mean NLL over target tokens, whether every target token is the argmax,
     and exp(-mean NLL). ``labels`` follows :class:`~repedit.positions.EncodedBatch`."""
-    shift_logits = logits[:, :-1].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != -100
-    safe = shift_labels.clamp_min(0)
-    logp = torch.log_softmax(shift_logits, dim=-1)
-    tok = logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    positions, target, mask = target_positions(labels)
+    return _target_stats(logits[:, :-1].gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), target, mask)
+
+
+def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The positions whose logits predict target tokens, per row: ``(positions (B, K), target
+    ids (B, K), valid (B, K))`` with ``K`` the longest target. Short rows repeat position 0,
+    marked invalid. Passing ``positions`` as ``logits_to_keep`` skips the vocabulary projection
+    (a fifth of SmolLM2's forward) everywhere else.
+
+    Example::
+
+        pos, tgt, ok = target_positions(batch.labels)
+        logits = model(**batch.model_inputs(), logits_to_keep=pos).logits   # (B, K, V)
+    """
+    shifted = labels[:, 1:]
+    tmask = shifted != -100
+    k = max(1, int(tmask.sum(1).max()))
+    order = torch.sort((~tmask).to(torch.int8), dim=1, stable=True).indices[:, :k]
+    valid = tmask.gather(1, order)
+    positions = torch.where(valid, order, torch.zeros_like(order))
+    return positions, shifted.gather(1, positions).clamp_min(0), valid
+
+
+def _target_stats(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
+    tok = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
     n = mask.sum(-1).clamp_min(1)
     nll = -(tok * mask).sum(-1) / n
-    correct = ((shift_logits.argmax(-1) == safe) | ~mask).all(-1)
+    correct = ((logits.argmax(-1) == target) | ~mask).all(-1)
     return nll, correct, torch.exp(-nll)
+
+
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class EditSession:
@@ -397,13 +428,21 @@ class Editor:
         done = torch.zeros(n, dtype=torch.bool)
         nll = correct = prob = None
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
+        positions, target, valid = target_positions(batch.labels)
+        inputs = batch.model_inputs()
+        sliced = _accepts_logits_to_keep(self.edited.model)
+        if sliced:  # logits only where a target token is predicted
+            inputs["logits_to_keep"] = positions
         step = 0
         try:
             for step in range(cfg.max_steps + 1):
                 session.step = step
                 with batch.info():
-                    out = self.edited.model(**batch.model_inputs())
-                row_nll, row_correct, row_prob = target_nll(out.logits, batch.labels)
+                    out = self.edited.model(**inputs)
+                if sliced:
+                    row_nll, row_correct, row_prob = _target_stats(out.logits, target, valid)
+                else:
+                    row_nll, row_correct, row_prob = target_nll(out.logits, batch.labels)
                 nll, correct, prob = row_nll[:n], row_correct[:n], row_prob[:n]
                 row_ok = (row_correct & (row_prob >= cfg.stop_prob)).cpu()
                 # a request is reached once its prompt and every augmented copy are

@@ -109,6 +109,6 @@ def test_method_editor_defaults_fill_none_fields(tok):
     assert ed.config.positions == "prompt" and ed.config.augment == 2
     ed = Editor(model, tok, EditorConfig(method="baft", layers=[0], positions="last_prompt", augment=0))
     assert ed.config.positions == "last_prompt" and ed.config.augment == 0
-    assert resolve_config(EditorConfig(method="baft", method_config={"nullspace": "read"}), BaFTConfig).positions == "last_prompt"
+    assert resolve_config(EditorConfig(method="baft", method_config={"nullspace": "read"}), BaFTConfig).positions == "prompt"
     ed = Editor(model, tok, EditorConfig(method="loreft", layers=[0]))
     assert ed.config.positions == "last_prompt" and ed.config.augment == 0

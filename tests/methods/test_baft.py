@@ -256,3 +256,35 @@ def test_trained_gates_veto_early_stop_until_separated(tok):
     sep = answers[-1][1]
     assert sep["pos_min"] > 0 and sep["neg_max"] < 0
     assert all(not a for a, _ in answers[:-1])  # ... and not before
+
+
+def test_gate_shift_knob_moves_scope_without_retraining(tok):
+    """gate_shift (a sweep knob) adds to every gate logit at inference: a large negative shift
+    switches a trained edit off (the base prediction returns), 0 restores it exactly."""
+    from repedit.eval.sweep import get_knob, knobs, set_knob
+
+    model = tiny_model("llama", initializer_range=0.5)
+    base_pred = argmax_next(model, tok, REQS[0].prompt)
+    editor = Editor(model, tok, cfg())
+    assert editor.edit(REQS[0]).outcomes[0].success
+    target = tok.convert_tokens_to_ids("rome")
+    assert argmax_next(model, tok, REQS[0].prompt) == target
+    att = editor.attachments()[0]
+    x = tok([REQS[0].prompt], return_tensors="pt")
+    with torch.no_grad():
+        edited_logits = model(**x).logits
+    assert knobs(editor.edited)[att.name]["gate_shift"] == 0.0
+    set_knob(att, "gate_shift", -60.0)
+    assert get_knob(att, "gate_shift") == -60.0
+    with torch.no_grad(), editor.edited.disabled():
+        base_logits = model(**x).logits
+    with torch.no_grad():
+        assert torch.allclose(model(**x).logits, base_logits, atol=1e-5)
+    assert argmax_next(model, tok, REQS[0].prompt) == base_pred
+    set_knob(att, "gate_shift", 0.0)
+    with torch.no_grad():
+        assert torch.equal(model(**x).logits, edited_logits)
+    with pytest.raises(ValueError, match="temperature"):
+        set_knob(att, "temperature", 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        BaFTConfig(gate_shift=float("nan"))

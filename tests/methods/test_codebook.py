@@ -87,6 +87,39 @@ def test_lookup_matches_brute_force(distance, rule):
     assert torch.equal(cb(h, mask), h)
 
 
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_projected_index_matches_brute_force(distance):
+    """The two-stage index returns the exact nearest key when keys lie near a low-rank
+    subspace (as real layer states do), and 'auto' switches to it only from index_min_entries."""
+    g = torch.Generator().manual_seed(1)
+    n, d, r = 600, 64, 8
+    keys = torch.randn(n, r, generator=g) @ torch.randn(r, d, generator=g) + 0.02 * torch.randn(n, d, generator=g)
+    if distance == "cosine":
+        keys = torch.nn.functional.normalize(keys, dim=-1)
+    cfg = {"n_entries": n, "distance": distance, "normalize": "none", "index": "projected", "index_dim": 16,
+           "index_candidates": 8, "entries": [{} for _ in range(n)]}
+    cb = build("codebook", cfg, d)
+    with torch.no_grad():
+        cb.keys.copy_(keys)
+    q = keys[torch.randint(0, n, (5, 7), generator=g)] + 0.05 * torch.randn(5, 7, d, generator=g)
+    if distance == "cosine":
+        q = torch.nn.functional.normalize(q, dim=-1)
+    assert cb.uses_projected_index()
+    d_ref, i_ref = cb._nearest_exact(q)
+    d_two, i_two = cb._nearest(q)
+    assert torch.equal(i_two, i_ref)
+    assert torch.allclose(d_two, d_ref, atol=1e-3, rtol=1e-4)
+    # the index follows changes of the keys (a moved key is found at its new place)
+    with torch.no_grad():
+        cb.keys[3] = q[0, 0]
+    assert int(cb._nearest(q[:1, :1])[1]) == 3
+    auto = build("codebook", dict(cfg, index="auto", index_min_entries=n + 1), d)
+    assert not auto.uses_projected_index()
+    auto.config.index_min_entries = n
+    assert auto.uses_projected_index()
+    assert not build("codebook", dict(cfg, index="exact"), d).uses_projected_index()
+
 def test_lookup_has_no_python_loop_or_host_sync(monkeypatch):
     cb = build("codebook", {"n_entries": 5, "entries": [{}] * 5, "normalize": "none"}, 8)
     with torch.no_grad():
@@ -346,3 +379,24 @@ def test_first_token_is_never_a_key(tok):
     assert has.all()
     assert torch.equal(key[0], h[0, 1]) and torch.equal(key[1], h[1, 3])
     assert not R.skip_first(pm)[:, 0].any() and R.skip_first(pm)[:, 1].all()
+
+
+def test_null_space_values_avoid_preserved_directions(tok):
+    """null_space=True: every value lies in the null space of the corpus states' second moment
+    (here the requests' prompts stand in for the corpus), so it is orthogonal to the preserved
+    directions, and the edits still succeed."""
+    ed = make_editor(tok, null_space=True, null_space_threshold=1e-6)
+    ed.config.max_steps, ed.config.stop_prob = 150, 0.5  # a smaller space: slower to reach p >= 0.9
+    res = ed.edit(REQS, sequential=True)
+    assert all(o.success for o in res.outcomes)
+    cb = ed.attachments()[0].module
+    P = cb._null_projector
+    d = P.shape[0]
+    assert 0 < float(torch.trace(P)) < d  # a proper, non-empty null space
+    values = cb.values
+    assert values.norm(dim=-1).min() > 1e-3
+    assert ((torch.eye(d) - P) @ values.T).abs().max() <= 1e-4 * values.abs().max()
+    plain = make_editor(tok)
+    plain.edit(REQS, sequential=True)
+    v2 = plain.attachments()[0].module.values
+    assert ((torch.eye(d) - P) @ v2.T).abs().max() > 1e-2 * v2.abs().max()

@@ -12,6 +12,7 @@ NORMALIZATIONS = ("standardize", "center", "none")
 VALUE_KINDS = ("vector", "lowrank")
 VALUE_POSITIONS = ("attachment", "key")
 RADIUS_MODES = ("balanced", "grace")
+INDEXES = ("auto", "exact", "projected")
 
 
 @dataclass
@@ -45,7 +46,18 @@ class CodebookConfig(MethodConfig):
     value: str = field(default="vector", metadata={"help": "'vector': additive vector; 'lowrank': additive vector plus a per-entry rank-r map of h"})
     value_rank: int = field(default=4, metadata={"help": "rank of the per-entry low-rank value (value='lowrank')"})
     value_scale: float = field(default=10.0, metadata={"help": "the value is value_scale * parameter, so the Editor's lr moves it at a useful speed"})
-    null_space: bool = field(default=False, metadata={"help": "project value vectors with repedit.methods.nullspace's projector (if available)"})
+    null_space: bool = field(default=False, metadata={"help": (
+        "project value vectors onto the null space of the corpus states at this site (repedit.methods.nullspace: "
+        "the eigen-directions of their second moment holding at most null_space_threshold of its energy), so a "
+        "value never writes along the directions preserved text uses")})
+    null_space_threshold: float = field(default=1e-3, metadata={"help": "null_space: energy fraction of the discarded directions"})
+    index: str = field(default="auto", metadata={"help": (
+        "nearest-key search: 'exact' (one matmul over every key), 'projected' (two stages: scores in an "
+        "index_dim-dimensional principal subspace of the keys pick index_candidates per query, exact "
+        "distances rank them) or 'auto' (projected from index_min_entries entries on)")})
+    index_dim: int = field(default=64, metadata={"help": "projected index: dimensions of the first stage"})
+    index_candidates: int = field(default=16, metadata={"help": "projected index: candidates per query re-ranked exactly"})
+    index_min_entries: int = field(default=4096, metadata={"help": "index='auto': entries from which the projected index is used"})
     num_positives: int = field(default=8, metadata={"help": "template rewrites of the prompt used as positive samples"})
     num_negatives: int = field(default=24, metadata={"help": "same-relation prompts with other subjects used as negatives"})
     corpus_sentences: int = field(default=256, metadata={"help": "WikiText sentences for statistics and nearest-neighbour negatives (0: none)"})
@@ -59,13 +71,15 @@ class CodebookConfig(MethodConfig):
     def __post_init__(self) -> None:
         for name, allowed in (("key_positions", KEY_POSITIONS), ("distance", DISTANCES), ("normalize", NORMALIZATIONS),
                               ("value", VALUE_KINDS), ("radius_mode", RADIUS_MODES),
-                              ("value_positions", VALUE_POSITIONS)):
+                              ("value_positions", VALUE_POSITIONS), ("index", INDEXES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"codebook {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.radius_scale < 0 or self.init_radius < 0:
             raise ValueError("radius_scale and init_radius must be >= 0")
+        if self.index_dim < 1 or self.index_candidates < 1 or self.index_min_entries < 0:
+            raise ValueError("index_dim and index_candidates must be >= 1, index_min_entries >= 0")
         if self.value_rank < 1:
             raise ValueError("value_rank must be >= 1")
         if self.n_entries < 0:
