@@ -112,3 +112,31 @@ def test_method_editor_defaults_fill_none_fields(tok):
     assert resolve_config(EditorConfig(method="baft", method_config={"nullspace": "read"}), BaFTConfig).positions == "prompt"
     ed = Editor(model, tok, EditorConfig(method="loreft", layers=[0]))
     assert ed.config.positions == "last_prompt" and ed.config.augment == 0
+
+
+def test_target_positions_slice_matches_full_logits(tok):
+    """The Editor asks the model only for the logits that predict target tokens
+    (logits_to_keep); NLL, argmax and probability equal those from the full logits, for rows
+    with targets of different lengths and right padding."""
+    from repedit.editing import _target_stats, target_nll, target_positions
+    from repedit.positions import encode
+
+    model = tiny_model("llama")
+    b = encode(tok, ["the capital of france is", "the eiffel tower is located in the city of"], [" rome", " new york city"])
+    pos, tgt, ok = target_positions(b.labels)
+    assert ok.sum(1).tolist() == [int((b.labels[i] != -100).sum()) for i in range(2)]
+    with torch.no_grad(), b.info():
+        full = model(**b.model_inputs()).logits
+        sliced = model(**b.model_inputs(), logits_to_keep=pos).logits
+    assert sliced.shape[:2] == pos.shape
+    ref = target_nll(full, b.labels)
+    got = _target_stats(sliced, tgt, ok)
+    for r, g in zip(ref, got):
+        assert torch.allclose(r.float(), g.float(), atol=1e-5)
+    # reference computed independently: mean NLL of the target tokens from the full logits
+    logp = torch.log_softmax(full[:, :-1].float(), -1)
+    lab = b.labels[:, 1:]
+    for i in range(2):
+        m = lab[i] != -100
+        nll = -logp[i][m].gather(-1, lab[i][m][:, None]).mean()
+        assert torch.isclose(got[0][i], nll, atol=1e-5)
