@@ -118,14 +118,19 @@ def worker(args) -> dict:
 def quality_points() -> list[dict]:
     """Sequential-edit quality against the number of edits, from other result files."""
     pts = []
-    for path in sorted(RESULTS_DIR.glob("codebook_*.json")):
+    # runs at the methods' default settings only (probes at other layers are left out)
+    for path in [RESULTS_DIR / f"codebook_{n}.json" for n in ("quick", "n200", "n1000", "full")]:
+        if not path.exists():
+            continue
         data = json.loads(path.read_text())
         for mode, m in (data.get("modes") or {}).items():
             for row in m.get("sweep", []):
                 if row.get("radius_scale") == 1.0:
                     pts.append({"file": path.name, "method": f"codebook ({mode})", "edits": data.get("n_edits"),
                                 **{k: row.get(k) for k in ("efficacy", "paraphrase", "locality")}})
-    for path in sorted(RESULTS_DIR.glob("baft_*.json")):
+    for path in [RESULTS_DIR / f"baft_{n}.json" for n in ("quick", "full")]:
+        if not path.exists():
+            continue
         data = json.loads(path.read_text())
         for row in data.get("rows", []):
             setting = str(row.get("setting", ""))
@@ -149,14 +154,14 @@ def plot(points: list[dict], quality: list[dict], path: Path) -> None:
         x = [p["edits"] for p in pts]
         axes[0].plot(x, [p["batch1"]["ratio"] for p in pts], "o-", label=f"{method}, 1 prompt")
         axes[0].plot(x, [p["batch16"]["ratio"] for p in pts], "s--", label=f"{method}, batch 16")
-        axes[1].plot(x, [p["peak_rss_rise_bytes"] / 2**20 for p in pts], "o-", label=method)
+        axes[1].plot(x, [max(p["peak_rss_rise_bytes"] / 2**20, 0.1) for p in pts], "o-", label=method)
         axes[2].plot(x, [p["adapter_bytes"] / 2**20 for p in pts], "o-", label=method)
     for ax, title in zip(axes[:3], ("forward latency, edited / unedited", "peak memory rise (MiB)", "adapter size (MiB)")):
         ax.set_xscale("log")
         ax.set_xlabel("edits")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    axes[1].set_yscale("symlog")
+    axes[1].set_yscale("log")
     axes[2].set_yscale("log")
     ax = axes[3]
     for method in sorted({q["method"] for q in quality}):
@@ -186,13 +191,21 @@ def main(argv=None) -> int:
     p.add_argument("--worker-method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--replot", action="store_true", help="redraw the plot from the last results (and the other result files)")
     args = p.parse_args(argv)
+    if args.replot:
+        data = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
+        data["quality"] = quality_points()
+        (RESULTS_DIR / f"{args.name}.json").write_text(json.dumps(data, indent=2, default=str))
+        plot(data["points"], data["quality"], RESULTS_DIR / f"{args.name}.png")
+        return 0
     if args.worker_method:
         res = worker(args)
         tmp = Path(args.worker_out + ".tmp")
         tmp.write_text(json.dumps(res))
         os.replace(tmp, args.worker_out)
         return 0
+    set_threads(1)
     sizes = [int(s) for s in (args.sizes or ("1,100,1000" if args.quick else "1,100,1000,10000")).split(",")]
     start = time.perf_counter()
     points = []

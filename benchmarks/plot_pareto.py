@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> Path:
                 continue
             xs = [r["locality"] for r in rows]
             ys = [r["paraphrase"] for r in rows]
-            label = f"codebook ({'BalancEdit' if mode == 'balanced' else 'GRACE-style'} radii), {n} seq."
+            label = f"codebook ({'BalancEdit' if mode.startswith('balanced') else 'GRACE-style'} radii), {n} seq. ({path.stem})"
             ax.plot(xs, ys, marker="o", label=label)
             for r, x, y in zip(rows, xs, ys):
                 ax.annotate(f"×{r['radius_scale']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
