@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=None, help="number of sequential edits (default 1000; quick 50)")
     ap.add_argument("--modes", default="balanced,grace", help="comma list of <radii>[+lowrank]: balanced, grace, "
                     "balanced+lowrank (low-rank LoReFT/BaFT-form values instead of a vector)")
-    ap.add_argument("--layer", type=int, default=None, help="edited layer (default: the codebook's default, a third of the depth)")
+    ap.add_argument("--layer", type=int, default=None, help="edited layer (default: the codebook's default, 1/6 of the depth)")
     ap.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
     ap.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
     ap.add_argument("--lr", type=float, default=0.1)

@@ -10,7 +10,7 @@ expand/split rules (``radius_mode="grace"``).
 Example::
 
     from repedit import Editor, EditorConfig
-    editor = Editor(model, tok, EditorConfig(method="codebook", layers=[10], lr=0.05))
+    editor = Editor(model, tok, EditorConfig(method="codebook", layers=[5], lr=0.05))
     result = editor.edit(requests, sequential=True)
     from repedit.methods.codebook import manage
     manage.list_entries(result.edited)

@@ -44,7 +44,7 @@ class Codebook(Intervention):
 
     Example::
 
-        editor = Editor(model, tok, EditorConfig(method="codebook", layers=[10], lr=0.05))
+        editor = Editor(model, tok, EditorConfig(method="codebook", layers=[5], lr=0.05))
         editor.edit(requests, sequential=True)
         cb = editor.attachments()[0].module
         cb.radius_scale = 1.5          # widen every radius at inference, no retraining
