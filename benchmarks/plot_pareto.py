@@ -20,6 +20,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _default_setting(path: Path, data: dict) -> bool:
+    """Only SmolLM2 + CounterFact runs belong on this plot (not Gemma/zsRE probes, not re-scorings)."""
+    args = data.get("args", {})
+    model = data.get("model", args.get("model", "smollm2-135m"))
+    source = data.get("source", args.get("source", "counterfact"))
+    return model == "smollm2-135m" and source == "counterfact"
+
+
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(RESULTS / "pareto.png"))
@@ -27,6 +35,8 @@ def main(argv: list[str] | None = None) -> Path:
     fig, ax = plt.subplots(figsize=(7, 5))
     for path in sorted(RESULTS.glob("codebook_*.json")):
         data = json.loads(path.read_text())
+        if not _default_setting(path, data):
+            continue
         n = data.get("n_edits")
         for mode, res in data.get("modes", {}).items():
             rows = sorted(res.get("sweep", []), key=lambda r: r["radius_scale"])
@@ -38,8 +48,13 @@ def main(argv: list[str] | None = None) -> Path:
             ax.plot(xs, ys, marker="o", label=label)
             for r, x, y in zip(rows, xs, ys):
                 ax.annotate(f"×{r['radius_scale']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    for path in sorted(RESULTS.glob("baft_*.json")):
+    # BaFT/LoReFT: the benchmark runs, not the default-selection sweeps and probes
+    for path in [RESULTS / f"baft_{n}.json" for n in ("quick", "single200", "full")]:
+        if not path.exists():
+            continue
         data = json.loads(path.read_text())
+        if not _default_setting(path, data):
+            continue
         for row in data.get("rows", []):
             if row.get("method") == "unedited" or row.get("locality") is None:
                 continue
