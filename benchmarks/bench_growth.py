@@ -128,7 +128,7 @@ def quality_points() -> list[dict]:
                 if row.get("radius_scale") == 1.0:
                     pts.append({"file": path.name, "method": f"codebook ({mode})", "edits": data.get("n_edits"),
                                 **{k: row.get(k) for k in ("efficacy", "paraphrase", "locality")}})
-    for path in [RESULTS_DIR / f"baft_{n}.json" for n in ("quick", "full")]:
+    for path in [RESULTS_DIR / f"baft_{n}.json" for n in ("quick", "seq100", "full")]:
         if not path.exists():
             continue
         data = json.loads(path.read_text())
