@@ -65,6 +65,25 @@ def smollm2():
     return models.load("smollm2-135m")
 
 
+def fact_requests(n: int = 3) -> list:
+    """The first ``n`` of three small edit requests (with rephrase and locality prompts) the
+    evaluation tests share."""
+    from repedit import EditRequest
+
+    reqs = [
+        EditRequest("the capital of france is", "rome", subject="france", ground_truth="paris",
+                    rephrase_prompts=["the city of france is"],
+                    locality_prompts=[{"prompt": "the capital of spain is", "ground_truth": "madrid"}], case_id=0),
+        EditRequest("the mother tongue of danielle darrieux is", "english", subject="danielle darrieux",
+                    ground_truth="french", rephrase_prompts=["danielle darrieux speak"],
+                    locality_prompts=[{"prompt": "people in london speak", "ground_truth": "english"}], case_id=1),
+        EditRequest("the eiffel tower is located in", "berlin", subject="eiffel tower", ground_truth="paris",
+                    rephrase_prompts=["where is the eiffel tower it is in"],
+                    locality_prompts=[{"prompt": "the capital of italy is", "ground_truth": "rome"}], case_id=2),
+    ]
+    return reqs[:n]
+
+
 def param_hashes(model: torch.nn.Module) -> dict[str, bytes]:
     import hashlib
 

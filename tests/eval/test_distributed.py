@@ -11,22 +11,12 @@ import sys
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
-from repedit import Editor, EditorConfig, EditRequest
+from conftest import fact_requests, tiny_model, tiny_tokenizer
+from repedit import Editor, EditorConfig
 from repedit.cli import main
 from repedit.eval import distributed as D
 
-REQS = [
-    EditRequest("the capital of france is", "rome", subject="france", ground_truth="paris",
-                rephrase_prompts=["the city of france is"],
-                locality_prompts=[{"prompt": "the capital of spain is", "ground_truth": "madrid"}], case_id=0),
-    EditRequest("the mother tongue of danielle darrieux is", "english", subject="danielle darrieux",
-                ground_truth="french", rephrase_prompts=["danielle darrieux speak"],
-                locality_prompts=[{"prompt": "people in london speak", "ground_truth": "english"}], case_id=1),
-    EditRequest("the eiffel tower is located in", "berlin", subject="eiffel tower", ground_truth="paris",
-                rephrase_prompts=["where is the eiffel tower it is in"],
-                locality_prompts=[{"prompt": "the capital of italy is", "ground_truth": "rome"}], case_id=2),
-]
+REQS = fact_requests(3)
 
 
 def test_assign_and_gather_without_a_process_group():

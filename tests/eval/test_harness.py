@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
+from conftest import fact_requests, tiny_model, tiny_tokenizer
 from repedit import EditRequest, Editor, EditorConfig
 from repedit.eval import metrics as M
 from repedit.eval.data import load_requests, load_zsre
@@ -25,14 +25,7 @@ ALL = ("teacher_forced", "probability", "generation")
 
 
 def requests() -> list[EditRequest]:
-    return [
-        EditRequest("the capital of france is", "rome", subject="france", ground_truth="paris",
-                    rephrase_prompts=["the city of france is"],
-                    locality_prompts=[{"prompt": "the capital of spain is", "ground_truth": "madrid"}], case_id=0),
-        EditRequest("the mother tongue of danielle darrieux is", "english", subject="danielle darrieux",
-                    ground_truth="french", rephrase_prompts=["danielle darrieux speak"],
-                    locality_prompts=[{"prompt": "people in london speak", "ground_truth": "english"}], case_id=1),
-    ]
+    return fact_requests(2)
 
 
 def config(**kw) -> EditorConfig:
