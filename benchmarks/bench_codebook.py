@@ -62,18 +62,10 @@ def dir_bytes(path: Path) -> int:
 
 def latency_test(edited, tok, reqs, n_entries: int, layer: int, repeats: int) -> dict:
     """Forward latency with a synthetic codebook of ``n_entries`` random keys/values."""
-    from repedit.methods import build
+    from benchmarks.bench_growth import synthetic
     from repedit.positions import encode
 
-    d = edited.hidden_size
-    g = torch.Generator().manual_seed(0)
-    cb = build("codebook", {"n_entries": n_entries, "entries": [{} for _ in range(n_entries)]}, d)
-    with torch.no_grad():
-        k = torch.randn(n_entries, d, generator=g)
-        cb.keys.copy_(k / k.norm(dim=-1, keepdim=True))
-        cb.values.copy_(torch.randn(n_entries, d, generator=g))
-        cb.radii.fill_(0.05)  # synthetic: realistic-size radius; most prompts do not fire
-    cb.config.has_stats = True
+    cb = synthetic("codebook", n_entries, edited.hidden_size)  # random unit keys, radius 0.05: most prompts do not fire
     saved = [(a.name, a.active) for a in edited.attachments()]
     edited.set_active(active=False)
     edited.add("latency_cb", cb, layer=layer, positions="last_prompt", adapter="latency")

@@ -253,6 +253,8 @@ class Editor:
         self.spec = get_method(config.method)
         self.config = resolve_config(config, self.spec.config_cls)
         self._attachments: list[Attachment] = []
+        # whether the model's forward takes logits_to_keep (training then asks only for target logits)
+        self._sliced_logits = _accepts_logits_to_keep(self.edited.model)
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -430,7 +432,7 @@ class Editor:
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
         positions, target, valid = target_positions(batch.labels)
         inputs = batch.model_inputs()
-        sliced = _accepts_logits_to_keep(self.edited.model)
+        sliced = self._sliced_logits
         if sliced:  # logits only where a target token is predicted
             inputs["logits_to_keep"] = positions
         step = 0
