@@ -318,6 +318,7 @@ class Editor:
         def grab(mod: nn.Module, args: tuple, kwargs: dict) -> None:
             store["h"] = args[0].detach()
             store["mask"] = args[1].detach()
+            raise _CaptureDone  # nothing after the site matters: skip the remaining layers
 
         handle = module.register_forward_pre_hook(grab, with_kwargs=True)
         was_active = attachment.active
@@ -326,6 +327,8 @@ class Editor:
             ctx = contextlib.nullcontext() if edited else _only(self.edited.attachments(), keep=attachment)
             with torch.no_grad(), ctx, batch.info():
                 self.edited.model(**batch.model_inputs())
+        except _CaptureDone:
+            self.edited.abort_forward()
         finally:
             handle.remove()
             attachment.active = was_active
@@ -483,6 +486,10 @@ class Editor:
             if hook is not None:
                 hook(session, outcomes)
         return outcomes
+
+
+class _CaptureDone(Exception):
+    """Raised by :meth:`Editor.capture`'s hook once the site's states are stored."""
 
 
 @contextlib.contextmanager

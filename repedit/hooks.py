@@ -196,6 +196,10 @@ class EditableModel(nn.Module):
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
         self._ctx = None
 
+    def abort_forward(self) -> None:
+        """Forget the current forward's context (a forward stopped early by an exception)."""
+        self._ctx = None
+
     def _make_site_hook(self, site: tuple[int, str]):
         def hook(module: nn.Module, args: tuple, output: Any):
             ctx = self._ctx

@@ -140,3 +140,29 @@ def test_target_positions_slice_matches_full_logits(tok):
         m = lab[i] != -100
         nll = -logp[i][m].gather(-1, lab[i][m][:, None]).mean()
         assert torch.isclose(got[0][i], nll, atol=1e-5)
+
+
+def test_capture_stops_after_the_site_and_matches_a_full_forward(tok):
+    """Editor.capture runs the model only up to the attachment's site (later layers are
+    skipped) and returns exactly the states a full forward sees there."""
+    from repedit.positions import encode
+
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, cfg())
+    editor.edit(REQ)
+    att = editor.attachments()[0]
+    calls = []
+    late = model.model.layers[-1].register_forward_hook(lambda *a: calls.append(1))
+    batch = encode(tok, ["the capital of france is", "danielle darrieux speaks"])
+    h, mask = editor.capture(att, batch)
+    assert calls == []
+    late.remove()
+    full = {}
+    grab = model.model.layers[att.layer].register_forward_hook(lambda m, a, o: full.setdefault("h", o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad(), editor.edited.disabled():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    grab.remove()
+    assert torch.allclose(h, full["h"], atol=1e-6)
+    # the model still works normally afterwards, edit included
+    x = tok(["the capital of france is"], return_tensors="pt")
+    assert model(**x).logits[0, -1].argmax().item() == tok.convert_tokens_to_ids("rome")

@@ -11,6 +11,14 @@ locality regulariser and an incremental load-balancing loss. repedit implements:
 with ``R = [r_i]`` orthonormal rows, ``W``, ``b``, gate weights ``U``, gate biases ``c`` and a
 temperature ``τ``. With ``gate="constant"`` every ``w_i = 1`` and Φ is exactly LoReFT.
 
+**Gate input (a departure from the formula, default).** With ``gate_input="normalized"`` the
+gates read ``n(h) = y·√d/‖y‖``, ``y = (h − μ)/σ``, instead of ``h``: ``μ`` and ``σ`` are the
+coordinate-wise median and spread of corpus token states at the site (buffers, fixed at the
+first edit; σ keeps the few 'massive activation' coordinates from dominating), so each gate's firing
+region is a cone around its subject's direction, independent of the token's norm. Raw gates
+are half-spaces, unbounded: a huge-norm token (the attention sink at position 0) or an
+unrelated token far out along ``u_i`` opens them. ``gate_input="raw"`` keeps the formula as written.
+
 **Incremental bases (default).** Every request (each edit of a sequential run, each request
 of a batch) gets ``rank`` fresh bases. Only those are trained; earlier bases are frozen
 buffers, so an edit can never overwrite what an earlier edit stored. The gate of each basis
@@ -31,7 +39,8 @@ and no host sync.
 :mod:`repedit.methods.nullspace` for how ``P`` is built from a corpus):
 
 ``read`` (default when enabled)
-    Every basis reads ``P h`` instead of ``h`` (gate, ``W`` and ``R`` alike) and has no bias ``b``.
+    Every basis reads ``P h`` instead of ``h`` (``W`` and ``R``; the gates too when
+    ``gate_input="raw"``, while normalised gates read ``n(h)``) and has no bias ``b``.
     Guarantee: for any ``h`` with ``P h = 0`` (the span of the preserved corpus
     representations, up to the threshold) ``Φ(h) = h`` *exactly*, for every gate value; for
     held-out text ``‖Φ(h) − h‖ ≤ ‖P h‖ · Σ_i ‖W_i − r_i‖``, small when ``P h`` is small. In
@@ -54,7 +63,9 @@ prompt token and each edit's gates are fitted (a logistic fit with a margin on t
 unedited states, ``gate_fit_steps``) to fire on the subject's last token only: positives are
 that token in the edit prompt, its augmented copies and the subject put into other requests'
 relation templates; negatives are every other token of those prompts, other subjects in the
-request's relation, other requests' prompts and corpus tokens. No subject mark is needed at
+request's relation, other requests' prompts, corpus tokens, an entity bank (the last token of
+every other request's subject and of corpus names, ``num_subject_negatives``) and, in
+sequential editing, every earlier edit's positives (``earlier_negatives``). No subject mark is needed at
 inference. The gates then stay fixed while W, b and R are trained (``train_gates=True``
 trains them too, and the Editor's early stop waits, via ``ready_to_stop``, until they
 separate the training positives from the negatives).
@@ -82,7 +93,13 @@ __all__ = ["BaFTConfig", "BaFT", "baft_delta", "NULLSPACE_MODES", "GATES"]
 NULLSPACE_MODES = ("none", "read", "write")
 #: corpus-negative states of the last (model, layer) used, shared by modules of one run
 _NEG_CACHE: dict = {}
+#: subject-bank states of the last (model, layer, subjects) used
+_SUBJECT_CACHE: dict = {}
+#: where the subject bank puts each subject (the state at a subject's last token depends only
+#: on what precedes it)
+SUBJECT_PREFIXES = ("", "I read about ")
 GATES = ("sigmoid", "constant")
+GATE_INPUTS = ("normalized", "raw")
 TRIGGERS = ("subject", "positions")
 
 
@@ -92,6 +109,7 @@ class BaFTConfig(MethodConfig):
     incremental: bool = field(default=True, metadata={"help": "allocate fresh bases per request and freeze earlier ones (False: one fixed pool of `rank` bases, all trained)"})
     num_bases: int = field(default=0, metadata={"help": "frozen bases held (grows with incremental edits; set by export_config)"})
     gate: str = field(default="sigmoid", metadata={"help": "'sigmoid': w_i = σ((⟨u_i,h⟩+c_i)/τ); 'constant': w_i = 1 (LoReFT)"})
+    gate_input: str = field(default="normalized", metadata={"help": "what the gates read: 'normalized' = the centred, scaled, normalised state y·√d/‖y‖ with y = (h−μ)/σ (μ, σ: per-coordinate median and spread of corpus states at the site, fixed at the first edit), so a gate fires inside a cone around its subject's direction whatever the token's norm; 'raw' = h (P·h with a read-mode null space), as in the formula"})
     temperature: float = field(default=1.0, metadata={"help": "gate temperature τ"})
     gate_shift: float = field(default=0.0, metadata={"help": "added to every gate logit before /τ at inference (a sweep knob, no retraining): > 0 widens each edit's scope (generality), < 0 narrows it (locality)"})
     gate_init_sharpness: float = field(default=4.0, metadata={"help": "data-driven gate init: logit at the request's prompt (and −logit mirrored at the negatives' boundary)"})
@@ -100,7 +118,9 @@ class BaFTConfig(MethodConfig):
     kl_weight: float = field(default=0.0, metadata={"help": "weight of KL(base ‖ edited) of next-token distributions on negative prompts (one extra forward per step)"})
     balance_weight: float = field(default=0.01, metadata={"help": "incremental load balancing: penalise current gate usage of bases in proportion to their past usage"})
     num_negatives: int = field(default=24, metadata={"help": "negative prompts per edit: the request's relation with other subjects, earlier requests"})
-    num_corpus_negatives: int = field(default=64, metadata={"help": "corpus sentences used as negatives (captured once per module)"})
+    earlier_negatives: bool = field(default=True, metadata={"help": "sequential editing: the gate positives of every earlier edit in this session (other subjects) are negatives of each new gate, so a new edit does not fire on an earlier subject (kept in memory, not saved)"})
+    num_subject_negatives: int = field(default=1000, metadata={"help": "entity negatives: the last-token states of up to this many other subjects (every other request's subject in the edit() call, then capitalised names from the corpus unless num_corpus_negatives is 0), each at a sentence start and after a short prefix; captured once per edit() call"})
+    num_corpus_negatives: int = field(default=1000, metadata={"help": "corpus sentences (first 16 words) whose every token is a gate negative (captured once per run; 0: no corpus negatives, no corpus names)"})
     nullspace: str = field(default="none", metadata={"help": "'none', 'read' (bases read P·h, no bias: Φ(h)=h on the preserved span) or 'write' (the change is projected)"})
     nullspace_threshold: float = field(default=1e-3, metadata={"help": "relative threshold for the null space (see nullspace_threshold_mode)"})
     nullspace_threshold_mode: str = field(default="energy", metadata={"help": "'energy': smallest eigenvalues holding ≤ threshold of the trace; 'max': eigenvalues < threshold·λ_max"})
@@ -143,6 +163,8 @@ class BaFTConfig(MethodConfig):
             raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+        if self.gate_input not in GATE_INPUTS:
+            raise ValueError(f"gate_input must be one of {GATE_INPUTS}, got {self.gate_input!r}")
         if self.nullspace not in NULLSPACE_MODES:
             raise ValueError(f"nullspace must be one of {NULLSPACE_MODES}, got {self.nullspace!r}")
         if not math.isfinite(self.gate_shift):
@@ -154,15 +176,22 @@ class BaFTConfig(MethodConfig):
 
 
 def baft_delta(x_read: torch.Tensor, read: torch.Tensor, write: torch.Tensor, bias: torch.Tensor,
-               gate_bias: torch.Tensor, temperature: float, constant_gate: bool = False) -> torch.Tensor:
+               gate_bias: torch.Tensor, temperature: float, constant_gate: bool = False,
+               gate_center: torch.Tensor | None = None, gate_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The BaFT change for inputs ``x_read`` (…, d): ``Σ_i w_i r_i (⟨W_i,x⟩ + b_i − ⟨r_i,x⟩)``.
 
-    ``read`` is ``[U; W; R]`` stacked (3N, d), ``write`` is ``R`` (N, d). Pure function, used by
-    the module and by the gradient check.
+    ``read`` is ``[U; W; R]`` stacked (3N, d), ``write`` is ``R`` (N, d). With ``gate_center``
+    μ (and ``gate_scale`` σ) the gates read ``y·√d/‖y‖``, ``y = (x−μ)/σ``, instead of ``x``. Pure function, used by the module and
+    by the gradient check.
     """
     n = write.shape[0]
-    z = x_read @ read.transpose(0, 1)
-    g, s, r = z.split(n, dim=-1)
+    if gate_center is None or constant_gate:
+        z = x_read @ read.transpose(0, 1)
+        g, s, r = z.split(n, dim=-1)
+    else:
+        y = x_read - gate_center if gate_scale is None else (x_read - gate_center) / gate_scale
+        g = (y @ read[:n].transpose(0, 1)) * (y.shape[-1] ** 0.5 / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        s, r = (x_read @ read[n:].transpose(0, 1)).split(n, dim=-1)
     diff = s + bias - r
     if not constant_gate:
         diff = torch.sigmoid((g + gate_bias) / temperature) * diff
@@ -195,6 +224,9 @@ class BaFT(Intervention):
         self.register_buffer("usage", torch.zeros(n))
         if config.nullspace != "none":
             self.register_buffer("projector", torch.eye(d))
+        if self._normalized:
+            self.register_buffer("gate_center", torch.zeros(d))
+            self.register_buffer("gate_scale", torch.ones(d))
         self._gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.block: _Block | None = None
         if not config.incremental:
@@ -208,8 +240,14 @@ class BaFT(Intervention):
         self._train_state: dict = {}
         self._corpus_neg: torch.Tensor | None = None
         self._fold_warned = False
+        #: (subject, gate-positive states) of the edits made by this module (earlier_negatives)
+        self._earlier: list[tuple[str | None, torch.Tensor]] = []
 
     # ----------------------------------------------------------------- shapes
+    @property
+    def _normalized(self) -> bool:
+        return self.config.gate == "sigmoid" and self.config.gate_input == "normalized"
+
     @property
     def num_frozen(self) -> int:
         return self.write_frozen.shape[0]
@@ -235,7 +273,10 @@ class BaFT(Intervention):
         write = R
         bias = b.bias
         if self.config.nullspace == "read":
-            read = read @ self.projector
+            if self._normalized:  # normalised gates read h itself; W and R read P·h
+                read = torch.cat([b.gate, torch.cat([b.source, R], 0) @ self.projector], 0)
+            else:
+                read = read @ self.projector
             bias = torch.zeros_like(bias)
         elif self.config.nullspace == "write":
             write = write @ self.projector
@@ -270,6 +311,8 @@ class BaFT(Intervention):
         x = h.to(read.dtype)
         if self.config.gate == "constant":
             return torch.ones(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+        if self._normalized:
+            x = self._gate_input(x)
         return torch.sigmoid((x @ read[:n].T + gbias + self._shift()) / self.config.temperature)
 
     def _shift(self) -> float:
@@ -283,7 +326,9 @@ class BaFT(Intervention):
         shift = self._shift()
         if shift:
             gbias = gbias + shift
-        return x + baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant")
+        center, scale = (self.gate_center, self.gate_scale) if self._normalized else (None, None)
+        return x + baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant",
+                              center, scale)
 
     # ----------------------------------------------------------------- sweep knobs
     def knobs(self) -> dict[str, float]:
@@ -343,6 +388,13 @@ class BaFT(Intervention):
     def _read_input(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.projector if self.config.nullspace == "read" else h
 
+    def _gate_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What the gates read: ``(h−μ)·√d/‖h−μ‖`` (normalised) or the basis input."""
+        if not self._normalized:
+            return self._read_input(h)
+        y = (h - self.gate_center.to(h)) / self.gate_scale.to(h)
+        return y * (y.shape[-1] ** 0.5 / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
     def _negative_prompts(self, session: Any, rng: random.Random) -> list[str]:
         cfg = self.config
         current = {id(r) for r in session.requests}
@@ -383,6 +435,62 @@ class BaFT(Intervention):
                 subj = []
             self._corpus_subject_cache = subj[:200]
         return self._corpus_subject_cache
+
+    def _corpus_names(self, limit: int) -> list[str]:
+        """Capitalised names from the corpus (not sentence-initial): single words and pairs."""
+        try:
+            from repedit.methods.nullspace import corpus_sentences
+
+            sents = corpus_sentences(limit=4000)
+        except (FileNotFoundError, OSError):
+            return []
+        names: list[str] = []
+        seen: set[str] = set()
+        for sent in sents:
+            words = sent.split()
+            for i in range(1, len(words)):
+                w = words[i]
+                if not (w[:1].isupper() and w.isalpha() and len(w) > 2):
+                    continue
+                cand = [w]
+                if i + 1 < len(words) and words[i + 1][:1].isupper() and words[i + 1].isalpha():
+                    cand.append(f"{w} {words[i + 1]}")
+                for c in cand:
+                    if c not in seen:
+                        seen.add(c)
+                        names.append(c)
+                if len(names) >= limit:
+                    return names
+        return names
+
+    def _subject_bank(self, session: Any, att: Any) -> tuple[list[str], torch.Tensor]:
+        """Last-token states of other subjects (every request's subject in this edit() call,
+        then corpus names, ``num_subject_negatives`` in all), each at a sentence start and
+        after a short prefix: ((S,) names, (S, d) states). Captured once per edit() call."""
+        n = self.config.num_subject_negatives
+        req_subjects = sorted({r.subject for r in session.all_requests if r.subject})[:n]
+        corpus = self._corpus_names(n) if self.config.num_corpus_negatives > 0 else []
+        names = req_subjects + [c for c in corpus if c not in set(req_subjects)][: n - len(req_subjects)]
+        key = (id(session.edited.model), att.layer, att.component, str(session.device), hash(tuple(names)))
+        if key in _SUBJECT_CACHE:
+            return _SUBJECT_CACHE[key]
+        from repedit.positions import last_true_index
+
+        out_names, states = [], []
+        prompts = [(pre + name, name) for name in names for pre in SUBJECT_PREFIXES]
+        for i in range(0, len(prompts), 64):
+            chunk = prompts[i : i + 64]
+            batch = session.encode([p for p, _ in chunk], subjects=[s for _, s in chunk])
+            h, _ = session.editor.capture(att, batch)
+            has = batch.subject_mask.any(1)
+            idx = last_true_index(batch.subject_mask)
+            rows = torch.arange(len(chunk), device=h.device)
+            states.append(h[rows, idx][has].float())
+            out_names.extend(s for (_, s), ok in zip(chunk, has.tolist()) if ok)
+        bank = (out_names, torch.cat(states) if states else torch.zeros(0, self.hidden_size, device=session.device))
+        _SUBJECT_CACHE.clear()
+        _SUBJECT_CACHE[key] = bank
+        return bank
 
     def _corpus_negatives(self, session: Any, att: Any) -> torch.Tensor:
         key = (id(session.edited.model), att.layer, att.component, self.config.num_corpus_negatives, str(session.device))
@@ -472,7 +580,18 @@ class BaFT(Intervention):
                 nmask = session.encode(neg_prompts).attention_mask.bool()
             negs.append(nh[nmask].float())
         negs.append(self._corpus_negatives(session, att))
+        if subject_mode and cfg.num_subject_negatives > 0:
+            names, states = self._subject_bank(session, att)
+            own = {s.casefold() for s in subjects}
+            keep = torch.tensor([n.casefold() not in own for n in names], dtype=torch.bool, device=states.device)
+            negs.append(states[keep])
+        if cfg.incremental and cfg.earlier_negatives:
+            bank = [t for subj, t in self._earlier if subj not in subjects]
+            if bank:
+                negs.append(torch.cat(bank).to(pos.device))
         neg = torch.cat(negs, 0) if negs else torch.zeros(0, self.hidden_size)
+        if self._normalized and not bool(self.gate_center.any()):
+            self._set_gate_center(self._corpus_negatives(session, att), neg)
         st = {"pos": pos, "pos_owner": pos_owner, "neg": neg, "neg_prompts": neg_prompts}
         if cfg.incremental:
             m = cfg.rank * len(reqs)
@@ -493,6 +612,20 @@ class BaFT(Intervention):
             st["kl_base"] = torch.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
         self._train_state = st
 
+    def _set_gate_center(self, corpus: torch.Tensor, fallback: torch.Tensor) -> None:
+        """Fix μ and σ once, at the first edit: the coordinate-wise median and standard deviation
+        of the corpus token states (else of the edit's negatives). Dividing by σ keeps the few
+        'massive activation' coordinates of attention-sink tokens from dominating the gates."""
+        bank = corpus if corpus.shape[0] else fallback
+        if bank.shape[0]:
+            with torch.no_grad():
+                mu = bank.median(dim=0).values
+                self.gate_center.copy_(mu.to(self.gate_center))
+                if bank.shape[0] > 1:
+                    sd = (bank - mu).pow(2).mean(0).sqrt()
+                    if float(sd.mean()) > 0:
+                        self.gate_scale.copy_(sd.clamp_min(1e-3 * float(sd.mean())).to(self.gate_scale))
+
     def _init_gates(self, pos: torch.Tensor, pos_owner: torch.Tensor, neg: torch.Tensor, reqs: list) -> None:
         cfg = self.config
         if cfg.gate == "constant":
@@ -500,10 +633,10 @@ class BaFT(Intervention):
         k = cfg.gate_init_sharpness
         b = self.block
         with torch.no_grad():
-            xneg = self._read_input(neg) if neg.numel() else neg
+            xneg = self._gate_input(neg) if neg.numel() else neg
             mu = xneg.mean(0) if xneg.shape[0] else torch.zeros(self.hidden_size, device=pos.device)
             for j in range(len(reqs)):
-                xs = self._read_input(pos[pos_owner == j])
+                xs = self._gate_input(pos[pos_owner == j])
                 if xs.shape[0] == 0:
                     continue
                 xp = xs.mean(0)
@@ -514,13 +647,26 @@ class BaFT(Intervention):
                 if sn >= sp:  # not separable along v: put the boundary half-way to the mean
                     sn = float(mu @ v)
                 thr = 0.5 * (sp + sn)
-                scale = k / max(sp - thr, 1e-6)
+                # the margin is bounded below by a tenth of the mean gap, so a nearly
+                # inseparable request cannot get a huge gate scale (logits ~1e9 that the fit
+                # cannot move and that fire on every high-norm token)
+                gap = float(xs.mean(0) @ v - mu @ v)
+                scale = k / max(sp - thr, 0.1 * abs(gap), 1e-6)
                 rows = slice(j * cfg.rank, (j + 1) * cfg.rank)
                 b.gate[rows] = (scale * cfg.temperature) * v
                 b.gate_bias[rows] = -scale * thr * cfg.temperature
 
     def _gate_logits(self, x: torch.Tensor, gate: torch.Tensor, gate_bias: torch.Tensor) -> torch.Tensor:
-        return (self._read_input(x) @ gate.T + gate_bias) / self.config.temperature
+        return (self._gate_input(x) @ gate.T + gate_bias) / self.config.temperature
+
+    def _fixed_gate_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate inputs of the edit's fixed negative and positive states, computed once per
+        edit (the normalisation or projection is not redone at every fit step)."""
+        st = self._train_state
+        if "gate_in" not in st:
+            with torch.no_grad():
+                st["gate_in"] = tuple(self._gate_input(t) if t.shape[0] else t for t in (st["neg"], st["pos"]))
+        return st["gate_in"]
 
     def _gate_loss(self, gate: torch.Tensor, gate_bias: torch.Tensor) -> torch.Tensor | None:
         """Gate terms of the new bases on the fixed states: locality (softplus on negatives and
@@ -529,16 +675,16 @@ class BaFT(Intervention):
         cfg = self.config
         st = self._train_state
         terms = []
-        neg, pos = st["neg"], st["pos"]
+        neg, pos = self._fixed_gate_inputs()
         m = cfg.gate_margin
         if neg.shape[0]:
-            z = self._gate_logits(neg, gate, gate_bias)
+            z = (neg @ gate.T + gate_bias) / cfg.temperature
             if cfg.locality_weight > 0:
                 terms.append(cfg.locality_weight * F.softplus(z).mean())
             if cfg.gate_margin_weight > 0:
                 terms.append(cfg.gate_margin_weight * F.relu(z + m).mean())
         if pos.shape[0] and "own" in st:
-            z = self._gate_logits(pos, gate, gate_bias)
+            z = (pos @ gate.T + gate_bias) / cfg.temperature
             own = st["own"].to(z.dtype)
             other = 1 - own
             n_own = own.sum().clamp_min(1)
@@ -632,11 +778,11 @@ class BaFT(Intervention):
             else:
                 neg = st["neg"]
                 if cfg.locality_weight > 0 and neg.shape[0]:
-                    logits = (self._read_input(neg) @ read[:m].T + gbias) / cfg.temperature
+                    logits = (self._gate_input(neg) @ read[:m].T + gbias) / cfg.temperature
                     terms.append(cfg.locality_weight * F.softplus(logits).mean())
                 pos = st["pos"]
                 if pos.shape[0] and cfg.balance_weight > 0:
-                    plog = (self._read_input(pos) @ read[:m].T + gbias) / cfg.temperature
+                    plog = (self._gate_input(pos) @ read[:m].T + gbias) / cfg.temperature
                     # Switch-style m·Σ p̂_i q_i with p̂ the current share of gate mass per basis
                     # (scale-free: it moves mass between bases, it does not shut gates) and q
                     # the cumulative share including earlier edits' usage.
@@ -678,6 +824,11 @@ class BaFT(Intervention):
             self.bias_frozen = torch.cat([self.bias_frozen, bias], 0)
             self.gate_bias_frozen = torch.cat([self.gate_bias_frozen, gbias], 0)
             self.usage = torch.cat([self.usage, torch.ones(m, device=self.usage.device)], 0)
+            if cfg.earlier_negatives and st and st["pos"].numel():
+                for j, req in enumerate(session.requests):
+                    own = st["pos"][st["pos_owner"] == j]
+                    if own.numel():
+                        self._earlier.append((req.subject, own.detach()))
             if cfg.nullspace == "read" and cfg.nullspace_fold_edits and st:
                 from repedit.methods.nullspace import deflate
 

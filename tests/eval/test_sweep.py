@@ -156,10 +156,10 @@ def test_live_config_knob_of_a_codebook():
     edited = EditableModel(tiny_model("llama"), tiny_tokenizer())
     edited.add("cb", "codebook", layer=0)
     att = edited.attachments()[0]
-    assert knobs(edited)["cb"]["radius_scale"] == 1.0
+    assert knobs(edited)["cb"]["radius_scale"] == 0.7
     with knob_setting(edited, "radius_scale", 2.5):
         assert att.module.config.radius_scale == 2.5
-    assert att.module.config.radius_scale == 1.0
+    assert att.module.config.radius_scale == 0.7
     with pytest.raises(ValueError, match="radius_scale must be >= 0"):  # the module's own validation
         set_knob(att, "radius_scale", -1.0)
     edited.add("bf", "baft", layer=1)

@@ -46,15 +46,26 @@ def test_registered_with_help_and_validation():
     assert "reconstruction" in mod.__doc__ and "reconstruction" in BaFT.__doc__
 
 
-def test_formula_matches_reference():
-    phi = build("baft", {"rank": 3, "incremental": False, "seed": 0, "temperature": 0.7}, hidden_size=16)
+@pytest.mark.parametrize("gate_input", ["raw", "normalized"])
+def test_formula_matches_reference(gate_input):
+    phi = build("baft", {"rank": 3, "incremental": False, "seed": 0, "temperature": 0.7, "gate_input": gate_input},
+                hidden_size=16)
     with torch.no_grad():
         for p in phi.block.parameters():
             p.add_(0.3 * torch.randn_like(p))
     h = torch.randn(2, 5, 16)
     b = phi.block
     R, W, bias, U, c = b.rotate.matrix(), b.source, b.bias, b.gate, b.gate_bias
-    w = torch.sigmoid((h @ U.T + c) / 0.7)
+    if gate_input == "raw":
+        w = torch.sigmoid((h @ U.T + c) / 0.7)
+    else:  # gates read the centred state rescaled to norm √d
+        mu, sd = torch.randn(16), torch.rand(16) + 0.5
+        phi.gate_center.copy_(mu)
+        phi.gate_scale.copy_(sd)
+        y = (h - mu) / sd
+        w = torch.sigmoid(((y / y.norm(dim=-1, keepdim=True) * 4.0) @ U.T + c) / 0.7)
+        # a normalised gate ignores the scale of h − μ
+        assert torch.allclose(phi.weights(mu + 7 * (h - mu)), phi.weights(h), atol=1e-5)
     ref = h + (w * (h @ W.T + bias - h @ R.T)) @ R
     mask = torch.ones(2, 5, dtype=torch.bool)
     out = phi(h, mask)
@@ -73,6 +84,10 @@ def test_gradcheck_float64():
             torch.randn(n, generator=g), torch.randn(n, generator=g)]
     args = [a.double().requires_grad_() for a in args]
     assert torch.autograd.gradcheck(lambda x, rd, wr, b, c: baft_delta(x, rd, wr, b, c, 0.8), args)
+    mu = torch.randn(d, generator=g).double().requires_grad_()
+    sd = (torch.rand(d, generator=g) + 0.5).double().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda x, rd, wr, b, c, m, s: baft_delta(x, rd, wr, b, c, 0.8, gate_center=m, gate_scale=s), args + [mu, sd])
     # through the module, including the orthonormal-rows parametrization
     phi = build("baft", {"rank": 2, "incremental": False, "seed": 1}, hidden_size=5).double()
     with torch.no_grad():
@@ -106,7 +121,7 @@ def test_constant_gate_equals_loreft():
     assert torch.allclose(a, b, atol=1e-6)
     assert (a - h).abs().max() > 1e-2  # the edit is not trivial
     # same parameters, input-dependent gates: different outputs
-    sig = build("baft", {"rank": 3, "incremental": False, "gate": "sigmoid"}, hidden_size=16)
+    sig = build("baft", {"rank": 3, "incremental": False, "gate": "sigmoid", "gate_input": "raw"}, hidden_size=16)
     sig.load_state_dict(ba.state_dict())
     with torch.no_grad():
         sig.block.gate.normal_()
@@ -288,3 +303,83 @@ def test_gate_shift_knob_moves_scope_without_retraining(tok):
         set_knob(att, "temperature", 0.0)
     with pytest.raises(ValueError, match="finite"):
         BaFTConfig(gate_shift=float("nan"))
+
+
+def test_gate_init_scale_is_bounded_for_inseparable_requests():
+    """A request whose positives barely clear the negatives along the init direction must not
+    get a huge gate scale (it once gave logits ~1e9 that fired on every high-norm token)."""
+    torch.manual_seed(0)
+    phi = build("baft", {"rank": 2, "seed": 0}, hidden_size=16)
+    from repedit.methods.baft import _Block
+
+    phi.block = _Block(16, 2, None)
+    x = torch.randn(100, 16)
+    neg = torch.cat([x, -x])  # mean exactly 0: the init direction is the positives' mean, e0
+    top = float(neg[:, 0].max())
+    # positives on e0 whose lowest projection sits 1e-6 above the highest negative one
+    pos = torch.zeros(3, 16)
+    pos[:, 0] = top + 1e-6 + torch.tensor([0.0, 1.0, 2.0])
+    phi._init_gates(pos, torch.zeros(3, dtype=torch.long), neg, [object()])
+    with torch.no_grad():
+        z = phi._gate_logits(torch.cat([neg, pos]), phi.block.gate, phi.block.gate_bias)
+        assert torch.isfinite(z).all()
+        assert float(z.abs().max()) < 1e3
+        big = 50 * torch.randn(5, 16)  # attention-sink-like states of large norm
+        assert float(phi._gate_logits(big, phi.block.gate, phi.block.gate_bias).abs().max()) < 1e4
+
+
+def test_earlier_edits_positives_are_negatives_of_later_gates(tok, monkeypatch):
+    """Sequential editing: each new gate is fitted with every earlier edit's gate positives as
+    negatives (other subjects), so it stays shut on earlier subjects."""
+    model = tiny_model("llama", initializer_range=0.5)
+    seen = []
+    orig = BaFT._fit_gates
+
+    def record(self):
+        seen.append((self._train_state["pos"].clone(), self._train_state["neg"].clone()))
+        return orig(self)
+
+    monkeypatch.setattr(BaFT, "_fit_gates", record)
+    editor = Editor(model, tok, cfg(method_config={"num_corpus_negatives": 0, "num_negatives": 0}))
+    editor.edit(REQS, sequential=True)
+    module = editor.attachments()[0].module
+    assert [s for s, _ in module._earlier] == [r.subject for r in REQS]
+    for k in (1, 2):
+        neg = seen[k][1]
+        for j in range(k):
+            pos_j = seen[j][0]
+            # every earlier positive is a row of this edit's negatives
+            assert bool((torch.cdist(pos_j, neg).min(1).values < 1e-5).all())
+    # and with the option off they are not
+    seen.clear()
+    editor = Editor(tiny_model("llama", initializer_range=0.5), tok,
+                    cfg(method_config={"num_corpus_negatives": 0, "num_negatives": 0, "earlier_negatives": False}))
+    editor.edit(REQS, sequential=True)
+    assert not bool((torch.cdist(seen[0][0], seen[2][1]).min(1).values < 1e-5).any())
+
+
+def test_other_subjects_are_gate_negatives(tok, monkeypatch):
+    """Subject trigger: the last-token states of the other requests' subjects (the entity
+    bank) are negatives of each new gate; the request's own subject never is."""
+    import repedit.methods.baft as baft_mod
+
+    model = tiny_model("llama", initializer_range=0.5)
+    seen = []
+    orig = BaFT._fit_gates
+
+    def record(self):
+        seen.append(self._train_state["neg"].clone())
+        return orig(self)
+
+    monkeypatch.setattr(BaFT, "_fit_gates", record)
+    editor = Editor(model, tok, EditorConfig(method="baft", layers=[1], max_steps=5, augment=0,
+                                             method_config={"num_corpus_negatives": 0, "num_negatives": 0,
+                                                            "earlier_negatives": False, "gate_templates": 0}))
+    editor.edit(REQS, sequential=True)
+    (names, states), = baft_mod._SUBJECT_CACHE.values()
+    assert sorted(set(names)) == sorted(r.subject for r in REQS)
+    assert states.shape[0] == len(names) == len(REQS) * len(baft_mod.SUBJECT_PREFIXES)
+    for k, req in enumerate(REQS):
+        hit = torch.cdist(states, seen[k]).min(1).values < 1e-5
+        for name, h in zip(names, hit.tolist()):
+            assert h == (name != req.subject), (req.subject, name)
