@@ -93,7 +93,7 @@ __all__ = ["BaFTConfig", "BaFT", "baft_delta", "NULLSPACE_MODES", "GATES"]
 NULLSPACE_MODES = ("none", "read", "write")
 #: corpus-negative states of the last (model, layer) used, shared by modules of one run
 _NEG_CACHE: dict = {}
-#: subject-bank states of the last (model, layer, subjects) used
+#: subject-bank states per name at the last (model, site) used: {"site": key, "states": {name: (k, d)}}
 _SUBJECT_CACHE: dict = {}
 #: where the subject bank puts each subject (the state at a subject's last token depends only
 #: on what precedes it)
@@ -466,31 +466,37 @@ class BaFT(Intervention):
     def _subject_bank(self, session: Any, att: Any) -> tuple[list[str], torch.Tensor]:
         """Last-token states of other subjects (every request's subject in this edit() call,
         then corpus names, ``num_subject_negatives`` in all), each at a sentence start and
-        after a short prefix: ((S,) names, (S, d) states). Captured once per edit() call."""
+        after a short prefix: ((S,) names, (S, d) states). Each name is captured once per
+        (model, site) and cached, so single edits in a loop do not recapture the bank."""
         n = self.config.num_subject_negatives
         req_subjects = sorted({r.subject for r in session.all_requests if r.subject})[:n]
         corpus = self._corpus_names(n) if self.config.num_corpus_negatives > 0 else []
         names = req_subjects + [c for c in corpus if c not in set(req_subjects)][: n - len(req_subjects)]
-        key = (id(session.edited.model), att.layer, att.component, str(session.device), hash(tuple(names)))
-        if key in _SUBJECT_CACHE:
-            return _SUBJECT_CACHE[key]
-        from repedit.positions import last_true_index
+        site = (id(session.edited.model), att.layer, att.component, str(session.device))
+        if _SUBJECT_CACHE.get("site") != site:  # per-name states of one (model, site) at a time
+            _SUBJECT_CACHE.clear()
+            _SUBJECT_CACHE["site"] = site
+        cache: dict = _SUBJECT_CACHE.setdefault("states", {})
+        missing = [name for name in names if name not in cache]
+        if missing:
+            from repedit.positions import last_true_index
 
-        out_names, states = [], []
-        prompts = [(pre + name, name) for name in names for pre in SUBJECT_PREFIXES]
-        for i in range(0, len(prompts), 64):
-            chunk = prompts[i : i + 64]
-            batch = session.encode([p for p, _ in chunk], subjects=[s for _, s in chunk])
-            h, _ = session.editor.capture(att, batch)
-            has = batch.subject_mask.any(1)
-            idx = last_true_index(batch.subject_mask)
-            rows = torch.arange(len(chunk), device=h.device)
-            states.append(h[rows, idx][has].float())
-            out_names.extend(s for (_, s), ok in zip(chunk, has.tolist()) if ok)
-        bank = (out_names, torch.cat(states) if states else torch.zeros(0, self.hidden_size, device=session.device))
-        _SUBJECT_CACHE.clear()
-        _SUBJECT_CACHE[key] = bank
-        return bank
+            prompts = [(pre + name, name) for name in missing for pre in SUBJECT_PREFIXES]
+            for i in range(0, len(prompts), 64):
+                chunk = prompts[i : i + 64]
+                batch = session.encode([p for p, _ in chunk], subjects=[s for _, s in chunk])
+                h, _ = session.editor.capture(att, batch)
+                idx = last_true_index(batch.subject_mask)
+                has = batch.subject_mask.any(1).tolist()
+                rows = h[torch.arange(len(chunk), device=h.device), idx].float()
+                for (_, name), ok, row in zip(chunk, has, rows):
+                    if ok:
+                        cache.setdefault(name, []).append(row)
+            for name in missing:
+                cache[name] = torch.stack(cache[name]) if name in cache else torch.zeros(0, self.hidden_size, device=session.device)
+        out_names = [name for name in names for _ in range(cache[name].shape[0])]
+        states = [cache[name] for name in names if cache[name].shape[0]]
+        return out_names, (torch.cat(states) if states else torch.zeros(0, self.hidden_size, device=session.device))
 
     def _corpus_negatives(self, session: Any, att: Any) -> torch.Tensor:
         key = (id(session.edited.model), att.layer, att.component, self.config.num_corpus_negatives, str(session.device))

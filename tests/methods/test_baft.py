@@ -376,7 +376,15 @@ def test_other_subjects_are_gate_negatives(tok, monkeypatch):
                                              method_config={"num_corpus_negatives": 0, "num_negatives": 0,
                                                             "earlier_negatives": False, "gate_templates": 0}))
     editor.edit(REQS, sequential=True)
-    (names, states), = baft_mod._SUBJECT_CACHE.values()
+    att = editor.attachments()[0]
+    import types
+
+    fake = types.SimpleNamespace(all_requests=REQS, edited=editor.edited, device=torch.device("cpu"), editor=editor,
+                                 encode=lambda *a, **k: None)
+    calls = []
+    fake.encode = lambda *a, **k: calls.append(1)  # every name is cached: nothing is captured again
+    names, states = att.module._subject_bank(fake, att)
+    assert calls == []
     assert sorted(set(names)) == sorted(r.subject for r in REQS)
     assert states.shape[0] == len(names) == len(REQS) * len(baft_mod.SUBJECT_PREFIXES)
     for k, req in enumerate(REQS):
