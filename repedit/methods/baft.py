@@ -119,7 +119,7 @@ class BaFTConfig(MethodConfig):
     balance_weight: float = field(default=0.01, metadata={"help": "incremental load balancing: penalise current gate usage of bases in proportion to their past usage"})
     num_negatives: int = field(default=24, metadata={"help": "negative prompts per edit: the request's relation with other subjects, earlier requests"})
     earlier_negatives: bool = field(default=True, metadata={"help": "sequential editing: the gate positives of every earlier edit in this session (other subjects) are negatives of each new gate, so a new edit does not fire on an earlier subject (kept in memory, not saved)"})
-    num_subject_negatives: int = field(default=1000, metadata={"help": "entity negatives: the last-token states of up to this many other subjects (every other request's subject in the edit() call, then capitalised names from the corpus unless num_corpus_negatives is 0), each at a sentence start and after a short prefix; captured once per edit() call"})
+    num_subject_negatives: int = field(default=1000, metadata={"help": "entity negatives: the last-token states of up to this many other subjects (every other request's subject in the edit() call, then capitalised names from the corpus unless num_corpus_negatives is 0), each at a sentence start and after a short prefix; each name captured once per model and site, then cached"})
     num_corpus_negatives: int = field(default=1000, metadata={"help": "corpus sentences (first 16 words) whose every token is a gate negative (captured once per run; 0: no corpus negatives, no corpus names)"})
     nullspace: str = field(default="none", metadata={"help": "'none', 'read' (bases read P·h, no bias: Φ(h)=h on the preserved span) or 'write' (the change is projected)"})
     nullspace_threshold: float = field(default=1e-3, metadata={"help": "relative threshold for the null space (see nullspace_threshold_mode)"})
@@ -175,6 +175,12 @@ class BaFTConfig(MethodConfig):
             raise ValueError("num_bases must be >= 0")
 
 
+def normalize_gate_input(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``y·√d/‖y‖`` with ``y = (x − μ)/σ``: what normalised gates read."""
+    y = (x - center) / scale
+    return y * (y.shape[-1] ** 0.5 / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
 def baft_delta(x_read: torch.Tensor, read: torch.Tensor, write: torch.Tensor, bias: torch.Tensor,
                gate_bias: torch.Tensor, temperature: float, constant_gate: bool = False,
                gate_center: torch.Tensor | None = None, gate_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -186,11 +192,10 @@ def baft_delta(x_read: torch.Tensor, read: torch.Tensor, write: torch.Tensor, bi
     """
     n = write.shape[0]
     if gate_center is None or constant_gate:
-        z = x_read @ read.transpose(0, 1)
-        g, s, r = z.split(n, dim=-1)
+        g, s, r = (x_read @ read.transpose(0, 1)).split(n, dim=-1)
     else:
-        y = x_read - gate_center if gate_scale is None else (x_read - gate_center) / gate_scale
-        g = (y @ read[:n].transpose(0, 1)) * (y.shape[-1] ** 0.5 / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        scale = gate_scale if gate_scale is not None else torch.ones_like(gate_center)
+        g = normalize_gate_input(x_read, gate_center, scale) @ read[:n].transpose(0, 1)
         s, r = (x_read @ read[n:].transpose(0, 1)).split(n, dim=-1)
     diff = s + bias - r
     if not constant_gate:
@@ -392,8 +397,7 @@ class BaFT(Intervention):
         """What the gates read: ``(h−μ)·√d/‖h−μ‖`` (normalised) or the basis input."""
         if not self._normalized:
             return self._read_input(h)
-        y = (h - self.gate_center.to(h)) / self.gate_scale.to(h)
-        return y * (y.shape[-1] ** 0.5 / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+        return normalize_gate_input(h, self.gate_center.to(h), self.gate_scale.to(h))
 
     def _negative_prompts(self, session: Any, rng: random.Random) -> list[str]:
         cfg = self.config
@@ -437,7 +441,14 @@ class BaFT(Intervention):
         return self._corpus_subject_cache
 
     def _corpus_names(self, limit: int) -> list[str]:
-        """Capitalised names from the corpus (not sentence-initial): single words and pairs."""
+        """Capitalised names from the corpus (not sentence-initial): single words and pairs.
+        Read once per module and limit."""
+        cached = getattr(self, "_corpus_names_cache", None)
+        if cached is None or cached[0] != limit:
+            self._corpus_names_cache = (limit, self._read_corpus_names(limit))
+        return self._corpus_names_cache[1]
+
+    def _read_corpus_names(self, limit: int) -> list[str]:
         try:
             from repedit.methods.nullspace import corpus_sentences
 
@@ -471,7 +482,8 @@ class BaFT(Intervention):
         n = self.config.num_subject_negatives
         req_subjects = sorted({r.subject for r in session.all_requests if r.subject})[:n]
         corpus = self._corpus_names(n) if self.config.num_corpus_negatives > 0 else []
-        names = req_subjects + [c for c in corpus if c not in set(req_subjects)][: n - len(req_subjects)]
+        taken = set(req_subjects)
+        names = req_subjects + [c for c in corpus if c not in taken][: n - len(req_subjects)]
         site = (id(session.edited.model), att.layer, att.component, str(session.device))
         if _SUBJECT_CACHE.get("site") != site:  # per-name states of one (model, site) at a time
             _SUBJECT_CACHE.clear()
@@ -481,6 +493,7 @@ class BaFT(Intervention):
         if missing:
             from repedit.positions import last_true_index
 
+            found: dict[str, list[torch.Tensor]] = {}
             prompts = [(pre + name, name) for name in missing for pre in SUBJECT_PREFIXES]
             for i in range(0, len(prompts), 64):
                 chunk = prompts[i : i + 64]
@@ -491,9 +504,10 @@ class BaFT(Intervention):
                 rows = h[torch.arange(len(chunk), device=h.device), idx].float()
                 for (_, name), ok, row in zip(chunk, has, rows):
                     if ok:
-                        cache.setdefault(name, []).append(row)
+                        found.setdefault(name, []).append(row)
+            empty = torch.zeros(0, self.hidden_size, device=session.device)
             for name in missing:
-                cache[name] = torch.stack(cache[name]) if name in cache else torch.zeros(0, self.hidden_size, device=session.device)
+                cache[name] = torch.stack(found[name]) if name in found else empty
         out_names = [name for name in names for _ in range(cache[name].shape[0])]
         states = [cache[name] for name in names if cache[name].shape[0]]
         return out_names, (torch.cat(states) if states else torch.zeros(0, self.hidden_size, device=session.device))
@@ -585,19 +599,20 @@ class BaFT(Intervention):
             if att.positions.value in ("subject",) or subject_mode:
                 nmask = session.encode(neg_prompts).attention_mask.bool()
             negs.append(nh[nmask].float())
-        negs.append(self._corpus_negatives(session, att))
+        corpus_neg = self._corpus_negatives(session, att)
+        negs.append(corpus_neg)
+        own = {s.casefold() for s in subjects}  # the requests' own subjects are never negatives
         if subject_mode and cfg.num_subject_negatives > 0:
             names, states = self._subject_bank(session, att)
-            own = {s.casefold() for s in subjects}
             keep = torch.tensor([n.casefold() not in own for n in names], dtype=torch.bool, device=states.device)
             negs.append(states[keep])
         if cfg.incremental and cfg.earlier_negatives:
-            bank = [t for subj, t in self._earlier if subj not in subjects]
+            bank = [t for subj, t in self._earlier if (subj or "").casefold() not in own]
             if bank:
                 negs.append(torch.cat(bank).to(pos.device))
         neg = torch.cat(negs, 0) if negs else torch.zeros(0, self.hidden_size)
         if self._normalized and not bool(self.gate_center.any()):
-            self._set_gate_center(self._corpus_negatives(session, att), neg)
+            self._set_gate_center(corpus_neg, neg)
         st = {"pos": pos, "pos_owner": pos_owner, "neg": neg, "neg_prompts": neg_prompts}
         if cfg.incremental:
             m = cfg.rank * len(reqs)
@@ -737,15 +752,16 @@ class BaFT(Intervention):
             return {}
         with torch.no_grad():
             b = self.block
+            neg, pos = self._fixed_gate_inputs()
             out = {}
-            if st["pos"].shape[0] and "own" in st:
-                z = self._gate_logits(st["pos"], b.gate, b.gate_bias)
+            if pos.shape[0] and "own" in st:
+                z = (pos @ b.gate.T + b.gate_bias) / self.config.temperature
                 own = st["own"]
                 out["pos_min"] = float(z[own].min()) if bool(own.any()) else float("inf")
                 if bool((~own).any()):
                     out["other_max"] = float(z[~own].max())
-            if st["neg"].shape[0]:
-                out["neg_max"] = float(self._gate_logits(st["neg"], b.gate, b.gate_bias).max())
+            if neg.shape[0]:
+                out["neg_max"] = float(((neg @ b.gate.T + b.gate_bias) / self.config.temperature).max())
         return out
 
     def ready_to_stop(self, session: Any) -> bool:
@@ -782,13 +798,12 @@ class BaFT(Intervention):
                     if term is not None:
                         terms.append(term)
             else:
-                neg = st["neg"]
+                neg, pos = self._fixed_gate_inputs()
                 if cfg.locality_weight > 0 and neg.shape[0]:
-                    logits = (self._gate_input(neg) @ read[:m].T + gbias) / cfg.temperature
+                    logits = (neg @ read[:m].T + gbias) / cfg.temperature
                     terms.append(cfg.locality_weight * F.softplus(logits).mean())
-                pos = st["pos"]
                 if pos.shape[0] and cfg.balance_weight > 0:
-                    plog = (self._gate_input(pos) @ read[:m].T + gbias) / cfg.temperature
+                    plog = (pos @ read[:m].T + gbias) / cfg.temperature
                     # Switch-style m·Σ p̂_i q_i with p̂ the current share of gate mass per basis
                     # (scale-free: it moves mass between bases, it does not shut gates) and q
                     # the cumulative share including earlier edits' usage.
