@@ -18,7 +18,10 @@ Usage::
 
     python benchmarks/bench_baft.py --quick            # ~10 minutes on 2 cores
     python benchmarks/bench_baft.py                    # full: 200 single, 1000 sequential
-    python benchmarks/bench_baft.py --sweep            # the small default-selection sweep
+
+    # a long sequential run, resumable and split over processes (same command to resume):
+    python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods baft --checkpoint-dir ckpt
+    python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods loreft,baft,baft_ns --checkpoint-dir ckpt
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def measure_latency(model, tok, prompts, edited) -> dict:
     return latency_ratio(run, base, repeats=11)
 
 
-def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log):
+def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25):
     from repedit import Editor, EditorConfig
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
 
@@ -104,10 +107,23 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     outcomes, posts, seconds = [], [], 0.0
     lat = None
     if sequential:
-        t = time.perf_counter()
-        res = editor.edit(reqs, sequential=True)
-        seconds = time.perf_counter() - t
-        outcomes = res.outcomes
+        done, ck = 0, None
+        if checkpoint_dir:
+            from benchmarks.checkpoints import SequentialCheckpoint
+
+            ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
+                                      {"config": cfg_kwargs, "cases": [r.case_id for r in reqs]})
+            done, outcomes, seconds = ck.restore(edited, cfg.adapter)
+            if done:
+                log(f"  {name}: resumed after {done}/{len(reqs)} edits ({seconds:.0f} s of editing so far)")
+        if done < len(reqs):
+            t = time.perf_counter()
+            res = editor.edit(reqs, sequential=True, start=done,
+                              callback=ck.callback(edited, cfg.adapter, len(reqs)) if ck else None)
+            seconds += time.perf_counter() - t
+            outcomes = list(outcomes) + res.outcomes
+        else:
+            editor.attachments()  # the loaded adapter's interventions
         posts = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS, pre=pre)
         lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
         module = editor.attachments()[0].module
@@ -173,6 +189,11 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="save each sequential run's adapter and outcomes here every --checkpoint-every edits and "
+                        "resume from them (a finished run is only scored); methods can edit in separate processes "
+                        "with one --methods each, then one invocation with all of them writes the joint table")
+    p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
     p.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
     p.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
@@ -198,7 +219,15 @@ def main(argv=None) -> None:
     n_all = max(n_single, n_seq)
     reqs, data = select_requests(n_all, seed=args.seed, offset=args.offset, source=args.source)
     log(f"loaded model and {len(reqs)} requests")
-    pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
+    if args.checkpoint_dir:  # resumed or split runs score the unedited model once
+        from benchmarks.checkpoints import cached
+
+        ident = {"model": env.get("model"), "source": args.source, "protocols": PROTOCOLS,
+                 "cases": [r.case_id for r in reqs]}
+        pre = cached(args.checkpoint_dir, f"pre_{args.source}_{len(reqs)}", ident,
+                     lambda: evaluate_requests(model, tok, reqs, protocols=PROTOCOLS))
+    else:
+        pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
     unedited = {"method": "unedited", "setting": "–", **flat(summarize(build_case_records(reqs, pre, pre)))}
     unedited["locality"] = None
     log("scored the unedited model")
@@ -210,7 +239,8 @@ def main(argv=None) -> None:
             if n <= 0:
                 continue
             log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
-            row, det = run_setting(mname, ck, reqs[:n], pre[:n], model, tok, edited, sequential, log)
+            row, det = run_setting(mname, ck, reqs[:n], pre[:n], model, tok, edited, sequential, log,
+                                   checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every)
             rows.append(row)
             details[f"{mname}/{row['setting']}"] = det
             log(f"  -> {row}")

@@ -178,8 +178,10 @@ def save_adapter(
                 "config": cfg.to_dict(),
             }
         )
+        stored = getattr(att.module, "storage_dtypes", {})
         for key, value in att.module.state_dict().items():
-            tensors[f"{att.name}.{key}"] = value.detach().to("cpu").contiguous().clone()
+            value = value.detach().to("cpu", dtype=stored.get(key, value.dtype))
+            tensors[f"{att.name}.{key}"] = value.contiguous().clone()
     model = edited.model
     mcfg = getattr(model, "config", None)
     tmp_fd, tmp_weights = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=out)
@@ -312,6 +314,8 @@ def load_adapter(
                     f"intervention {iname!r}: tensor {key!r} has shape {tuple(value.shape)}, "
                     f"expected {tuple(expected[key].shape)}"
                 )
+        stored = getattr(module, "storage_dtypes", {})
+        state = {k: v.to(expected[k].dtype) if k in stored else v for k, v in state.items()}
         module.load_state_dict(state, strict=True)
         built.append((iname, module, layer, component, positions, bool(rec.get("active", True))))
     stray = sorted(set(tensors) - used)

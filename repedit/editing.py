@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -337,11 +337,33 @@ class Editor:
         return store["h"], store["mask"]
 
     # ------------------------------------------------------------ editing
-    def edit(self, requests: EditRequest | Sequence[EditRequest | dict], sequential: bool = False) -> EditResult:
+    def edit(
+        self,
+        requests: EditRequest | Sequence[EditRequest | dict],
+        sequential: bool = False,
+        start: int = 0,
+        callback: Callable[[int, list[RequestOutcome]], None] | None = None,
+    ) -> EditResult:
         """Train edits for one request or a batch; ``sequential=True`` applies them one
         after another (``batch_size`` at a time) while earlier edits keep working.
 
         Invalid requests are rejected before any training, and nothing changes.
+
+        Long sequential runs can be checkpointed and resumed: ``callback(done, outcomes)`` is
+        called after each chunk (``done`` requests of the list are applied; save the adapter
+        there), and ``start=k`` resumes a run whose first ``k`` requests are already applied
+        (its adapter loaded onto the model): training begins at ``requests[k]`` while the
+        earlier requests still serve as context (gate negatives, templates), so the result is
+        the same as an uninterrupted run. Example::
+
+            def checkpoint(done, outcomes):
+                if done % 100 == 0:
+                    editor.edited.save_pretrained(f"ckpt/{done}")
+
+            editor.edit(reqs, sequential=True, callback=checkpoint)
+            # later, in a new process, on the same base model and with the same config:
+            edited.load_adapter("ckpt/300")
+            Editor(edited, tok, config).edit(reqs, sequential=True, start=300)
         """
         if isinstance(requests, (EditRequest, dict)):
             requests = [requests]
@@ -349,23 +371,29 @@ class Editor:
         reqs = validate_requests(list(requests), tokenizer=self.tokenizer, max_length=max_len)
         if not reqs:
             raise ValueError("edit() needs at least one request")
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < len(reqs):
+            raise ValueError(f"start must be an int in [0, {len(reqs)}), got {start!r}")
+        if start and not sequential:
+            raise ValueError("start= resumes a sequential run; pass sequential=True")
         cfg = self.config
         chunks = (
-            [list(range(i, min(i + cfg.batch_size, len(reqs)))) for i in range(0, len(reqs), cfg.batch_size)]
+            [list(range(i, min(i + cfg.batch_size, len(reqs)))) for i in range(start, len(reqs), cfg.batch_size)]
             if sequential
             else [list(range(len(reqs)))]
         )
         outcomes: list[RequestOutcome] = []
-        start = time.perf_counter()
-        bar = tqdm(total=len(reqs), desc=f"editing ({cfg.method})", disable=not cfg.progress, unit="edit")
+        t0 = time.perf_counter()
+        bar = tqdm(total=len(reqs), initial=start, desc=f"editing ({cfg.method})", disable=not cfg.progress, unit="edit")
         with torch.random.fork_rng(devices=[]), self._frozen_base():
             torch.manual_seed(cfg.seed)
             self.attachments()
             for chunk in chunks:
                 outcomes.extend(self._train_chunk([reqs[i] for i in chunk], chunk, reqs))
                 bar.update(len(chunk))
+                if callback is not None:
+                    callback(chunk[-1] + 1, outcomes)
         bar.close()
-        return EditResult(outcomes, self.edited, time.perf_counter() - start)
+        return EditResult(outcomes, self.edited, time.perf_counter() - t0)
 
     def _prefixes(self) -> list[str]:
         if getattr(self, "_prefix_pool", None) is None:

@@ -73,6 +73,7 @@ separate the training positives from the negatives).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import random
@@ -118,7 +119,8 @@ class BaFTConfig(MethodConfig):
     kl_weight: float = field(default=0.0, metadata={"help": "weight of KL(base ‖ edited) of next-token distributions on negative prompts (one extra forward per step)"})
     balance_weight: float = field(default=0.01, metadata={"help": "incremental load balancing: penalise current gate usage of bases in proportion to their past usage"})
     num_negatives: int = field(default=24, metadata={"help": "negative prompts per edit: the request's relation with other subjects, earlier requests"})
-    earlier_negatives: bool = field(default=True, metadata={"help": "sequential editing: the gate positives of every earlier edit in this session (other subjects) are negatives of each new gate, so a new edit does not fire on an earlier subject (kept in memory, not saved)"})
+    earlier_negatives: bool = field(default=True, metadata={"help": "sequential editing: the gate positives of every earlier edit (other subjects) are negatives of each new gate, so a new edit does not fire on an earlier subject; the bank is saved with the adapter (float16, about 8 KB per edit), so editing continues the same after a reload"})
+    num_earlier: int = field(default=0, metadata={"help": "rows of the earlier-negatives bank held (set by export_config)"})
     num_subject_negatives: int = field(default=1000, metadata={"help": "entity negatives: the last-token states of up to this many other subjects (every other request's subject in the edit() call, then capitalised names from the corpus unless num_corpus_negatives is 0), each at a sentence start and after a short prefix; each name captured once per model and site, then cached"})
     num_corpus_negatives: int = field(default=1000, metadata={"help": "corpus sentences (first 16 words) whose every token is a gate negative (captured once per run; 0: no corpus negatives, no corpus names)"})
     nullspace: str = field(default="none", metadata={"help": "'none', 'read' (bases read P·h, no bias: Φ(h)=h on the preserved span) or 'write' (the change is projected)"})
@@ -175,6 +177,13 @@ class BaFTConfig(MethodConfig):
             raise ValueError("num_bases must be >= 0")
 
 
+def subject_key(subject: str | None) -> int:
+    """A stable 63-bit key of a subject (case-folded), stored with the earlier-negatives bank."""
+    if not subject:
+        return 0
+    return int.from_bytes(hashlib.sha256(subject.casefold().encode()).digest()[:8], "little") >> 1
+
+
 def normalize_gate_input(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``y·√d/‖y‖`` with ``y = (x − μ)/σ``: what normalised gates read."""
     y = (x - center) / scale
@@ -219,6 +228,8 @@ class _Block(nn.Module):
 class BaFT(Intervention):
     """Basis-level gated low-rank subspace intervention (reconstruction; see the module doc)."""
 
+    storage_dtypes = {"earlier_states": torch.float16}  # float16-rounded when stored
+
     def __init__(self, config: BaFTConfig, hidden_size: int):
         super().__init__(config, hidden_size)
         d, n = hidden_size, config.num_bases
@@ -232,6 +243,10 @@ class BaFT(Intervention):
         if self._normalized:
             self.register_buffer("gate_center", torch.zeros(d))
             self.register_buffer("gate_scale", torch.ones(d))
+        if config.incremental and config.earlier_negatives:
+            # gate positives of every finished edit (float16) and a hash of each one's subject
+            self.register_buffer("earlier_states", torch.zeros(config.num_earlier, d, dtype=torch.float16))
+            self.register_buffer("earlier_subject", torch.zeros(config.num_earlier, dtype=torch.long))
         self._gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
         self.block: _Block | None = None
         if not config.incremental:
@@ -245,8 +260,6 @@ class BaFT(Intervention):
         self._train_state: dict = {}
         self._corpus_neg: torch.Tensor | None = None
         self._fold_warned = False
-        #: (subject, gate-positive states) of the edits made by this module (earlier_negatives)
-        self._earlier: list[tuple[str | None, torch.Tensor]] = []
 
     # ----------------------------------------------------------------- shapes
     @property
@@ -267,8 +280,9 @@ class BaFT(Intervention):
         corpus = self.config.nullspace_corpus
         if isinstance(corpus, (list, tuple)):  # do not store a user corpus in the adapter
             corpus = f"<{len(corpus)} texts>"
+        num_earlier = self.earlier_states.shape[0] if hasattr(self, "earlier_states") else 0
         return dataclasses.replace(self.config, num_bases=self.num_frozen, nullspace_corpus=corpus,
-                                   nullspace_built=self.config.nullspace_built)
+                                   nullspace_built=self.config.nullspace_built, num_earlier=num_earlier)
 
     # ----------------------------------------------------------------- math
     def _block_mats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -606,17 +620,20 @@ class BaFT(Intervention):
             names, states = self._subject_bank(session, att)
             keep = torch.tensor([n.casefold() not in own for n in names], dtype=torch.bool, device=states.device)
             negs.append(states[keep])
-        if cfg.incremental and cfg.earlier_negatives:
-            bank = [t for subj, t in self._earlier if (subj or "").casefold() not in own]
-            if bank:
-                negs.append(torch.cat(bank).to(pos.device))
+        if cfg.incremental and cfg.earlier_negatives and self.earlier_states.shape[0]:
+            mine = torch.tensor([subject_key(s) for s in own], dtype=torch.long, device=self.earlier_subject.device)
+            keep = ~torch.isin(self.earlier_subject, mine)
+            negs.append(self.earlier_states[keep].to(device=pos.device, dtype=pos.dtype))
         neg = torch.cat(negs, 0) if negs else torch.zeros(0, self.hidden_size)
         if self._normalized and not bool(self.gate_center.any()):
             self._set_gate_center(corpus_neg, neg)
         st = {"pos": pos, "pos_owner": pos_owner, "neg": neg, "neg_prompts": neg_prompts}
         if cfg.incremental:
             m = cfg.rank * len(reqs)
-            self.block = _Block(self.hidden_size, m, self._gen).to(device=self.read_frozen.device, dtype=self.read_frozen.dtype)
+            # each edit's initial bases depend on the seed and on how many bases exist, not on
+            # the history of one generator, so a run resumed from a saved adapter is identical
+            gen = torch.Generator().manual_seed(cfg.seed * 1000003 + self.num_frozen) if cfg.seed is not None else None
+            self.block = _Block(self.hidden_size, m, gen).to(device=self.read_frozen.device, dtype=self.read_frozen.dtype)
             # own[t, i]: positive token t belongs to the request that basis i serves
             basis_owner = torch.arange(m, device=pos.device) // cfg.rank
             st["own"] = pos_owner[:, None] == basis_owner[None, :]
@@ -846,10 +863,12 @@ class BaFT(Intervention):
             self.gate_bias_frozen = torch.cat([self.gate_bias_frozen, gbias], 0)
             self.usage = torch.cat([self.usage, torch.ones(m, device=self.usage.device)], 0)
             if cfg.earlier_negatives and st and st["pos"].numel():
-                for j, req in enumerate(session.requests):
-                    own = st["pos"][st["pos_owner"] == j]
-                    if own.numel():
-                        self._earlier.append((req.subject, own.detach()))
+                keys = torch.tensor([subject_key(r.subject) for r in session.requests], dtype=torch.long,
+                                    device=st["pos_owner"].device)
+                # rounded through float16 (the bank's file precision), whatever the module's dtype
+                rows = st["pos"].detach().half().to(self.earlier_states)
+                self.earlier_states = torch.cat([self.earlier_states, rows], 0)
+                self.earlier_subject = torch.cat([self.earlier_subject, keys[st["pos_owner"]].to(self.earlier_subject.device)], 0)
             if cfg.nullspace == "read" and cfg.nullspace_fold_edits and st:
                 from repedit.methods.nullspace import deflate
 

@@ -59,6 +59,9 @@ class Intervention(nn.Module):
     """
 
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    #: state-dict entries written to adapter files in another dtype than they are held in
+    #: (e.g. a bank whose values are float16-exact anyway); loading casts them back
+    storage_dtypes: ClassVar[dict[str, torch.dtype]] = {}
 
     def __init__(self, config: MethodConfig, hidden_size: int):
         super().__init__()

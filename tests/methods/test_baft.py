@@ -343,13 +343,19 @@ def test_earlier_edits_positives_are_negatives_of_later_gates(tok, monkeypatch):
     editor = Editor(model, tok, cfg(method_config={"num_corpus_negatives": 0, "num_negatives": 0}))
     editor.edit(REQS, sequential=True)
     module = editor.attachments()[0].module
-    assert [s for s, _ in module._earlier] == [r.subject for r in REQS]
+    from repedit.methods.baft import subject_key
+
+    # the bank holds every edit's positives (float16) under its subject's key, in order
+    keys = torch.unique_consecutive(module.earlier_subject).tolist()
+    assert keys == [subject_key(r.subject) for r in REQS]
+    assert module.earlier_states.shape[0] == sum(p.shape[0] for p, _ in seen)
     for k in (1, 2):
         neg = seen[k][1]
         for j in range(k):
-            pos_j = seen[j][0]
+            pos_j = seen[j][0].half().float()
             # every earlier positive is a row of this edit's negatives
-            assert bool((torch.cdist(pos_j, neg).min(1).values < 1e-5).all())
+            dist = torch.cdist(pos_j, neg, compute_mode="donot_use_mm_for_euclid_dist")
+            assert bool((dist.min(1).values < 1e-5).all())
     # and with the option off they are not
     seen.clear()
     editor = Editor(tiny_model("llama", initializer_range=0.5), tok,
@@ -391,3 +397,58 @@ def test_other_subjects_are_gate_negatives(tok, monkeypatch):
         hit = torch.cdist(states, seen[k]).min(1).values < 1e-5
         for name, h in zip(names, hit.tolist()):
             assert h == (name != req.subject), (req.subject, name)
+
+
+@pytest.mark.parametrize("method_config", [{}, {"nullspace": "read", "nullspace_corpus": ["the cat sat on the mat",
+                                                                                       "a dog ran in the park today"]}])
+def test_sequential_run_resumed_from_checkpoint_equals_uninterrupted(tmp_path, tok, method_config):
+    """A sequential run checkpointed after each edit (callback) and resumed in a fresh model
+    from the saved adapter (start=k) ends with the same tensors as one uninterrupted run: the
+    earlier-negatives bank is saved, and each edit's initial bases depend on the seed and the
+    number of bases, not on one generator's history."""
+    reqs = REQS + [EditRequest(prompt="the mona lisa hangs in", target_new="london", subject="mona lisa")]
+    mc = {"num_corpus_negatives": 0, "seed": 0, **method_config}
+    config = cfg(positions="prompt", augment=1, augment_corpus=["the cat sat on the mat today"], max_steps=40,
+                 method_config=mc)
+
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, config)
+    seen = []
+
+    def checkpoint(done, outcomes):
+        seen.append((done, len(outcomes)))
+        if done == 2:
+            editor.edited.save_pretrained(str(tmp_path / "ckpt2"))
+
+    full = editor.edit(reqs, sequential=True, callback=checkpoint)
+    assert seen == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    want = {k: v.clone() for k, v in editor.attachments()[0].module.state_dict().items()}
+    assert want["earlier_states"].shape[0] > 0
+
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "ckpt2" / "adapter_model.safetensors"))
+    bank = [k for k in saved if k.endswith(".earlier_states")]
+    assert bank and all(saved[k].dtype == torch.float16 and saved[k].shape[0] > 0 for k in bank)  # stored as float16
+    model2 = tiny_model("llama", initializer_range=0.5)  # the same random base, fresh wrapper
+    edited2 = EditableModel(model2, tok)
+    edited2.load_adapter(str(tmp_path / "ckpt2"))
+    editor2 = Editor(edited2, tok, config)
+    rest = editor2.edit(reqs, sequential=True, start=2)
+    assert [o.index for o in rest.outcomes] == [2, 3]
+    assert [(o.steps, o.loss) for o in rest.outcomes] == [(o.steps, o.loss) for o in full.outcomes[2:]]
+    got = editor2.attachments()[0].module.state_dict()
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
+def test_edit_start_is_validated(tok):
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = Editor(model, tok, cfg())
+    for bad in (-1, 3, 1.5, True):
+        with pytest.raises(ValueError, match="start"):
+            editor.edit(REQS, sequential=True, start=bad)
+    with pytest.raises(ValueError, match="sequential"):
+        editor.edit(REQS, start=1)
+    assert editor.edited.attachments() == []

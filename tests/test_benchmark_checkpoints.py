@@ -1,0 +1,84 @@
+"""benchmarks/checkpoints.py: an interrupted sequential run resumed from its checkpoint ends
+where an uninterrupted run ends; a checkpoint of other requests or another config is refused."""
+
+import json
+
+import pytest
+import torch
+
+from benchmarks.checkpoints import CheckpointMismatch, SequentialCheckpoint, cached
+from repedit import EditRequest, Editor, EditorConfig
+from repedit.hooks import EditableModel
+
+from conftest import tiny_model
+
+REQS = [
+    EditRequest(prompt="the capital of france is", target_new="rome", subject="france"),
+    EditRequest(prompt="danielle darrieux speaks", target_new="german", subject="danielle darrieux"),
+    EditRequest(prompt="the eiffel tower is located in", target_new="madrid", subject="eiffel tower"),
+]
+CFG = dict(method="baft", layers=[1], positions="prompt", augment=0, lr=5e-2, max_steps=30, stop_prob=0.5,
+           method_config={"num_corpus_negatives": 0, "seed": 0})
+CONFIGS = {"baft": CFG, "loreft": dict(CFG, method="loreft", positions="last_prompt", method_config={"rank": 2})}
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["baft", "loreft"])
+def test_interrupted_run_resumes_to_the_same_adapter(tmp_path, tok, method):
+    CFG = dict(CONFIGS[method])
+    ident = {"config": CFG, "cases": [0, 1, 2]}
+    full = Editor(tiny_model("llama", initializer_range=0.5), tok, EditorConfig(**CFG))
+    full_res = full.edit(REQS, sequential=True)
+    want = full.attachments()[0].module.state_dict()
+
+    # first process: checkpoints every edit, killed after the second one
+    ed1 = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
+    ck = SequentialCheckpoint(tmp_path, "baft", every=1, identity=ident)
+    assert ck.restore(ed1, "default") == (0, [], 0.0)
+    save = ck.callback(ed1, "default", len(REQS))
+
+    def cb(done, outcomes):
+        save(done, outcomes)
+        if done == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Editor(ed1, tok, EditorConfig(**CFG)).edit(REQS, sequential=True, callback=cb)
+    state = json.loads((tmp_path / "baft" / "state.json").read_text())
+    assert state["done"] == 2 and state["step_dir"] == "step_000002"
+    assert sorted(p.name for p in (tmp_path / "baft").glob("step_*")) == ["step_000002"]  # older ones dropped
+
+    # second process: restore, continue from edit 2
+    ed2 = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
+    ck2 = SequentialCheckpoint(tmp_path, "baft", every=1, identity=ident)
+    done, outcomes, seconds = ck2.restore(ed2, "default")
+    assert done == 2 and [o.index for o in outcomes] == [0, 1] and seconds > 0
+    editor2 = Editor(ed2, tok, EditorConfig(**CFG))
+    res = editor2.edit(REQS, sequential=True, start=done, callback=ck2.callback(ed2, "default", len(REQS)))
+    assert [o.steps for o in outcomes + res.outcomes] == [o.steps for o in full_res.outcomes]
+    got = editor2.attachments()[0].module.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    final = json.loads((tmp_path / "baft" / "state.json").read_text())
+    assert final["done"] == 3 and len(final["outcomes"]) == 3
+
+    # a checkpoint written for other requests is refused, and nothing is loaded
+    ed3 = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
+    with pytest.raises(CheckpointMismatch, match="other requests"):
+        SequentialCheckpoint(tmp_path, "baft", every=1, identity={"config": CFG, "cases": [5, 6, 7]}).restore(ed3, "default")
+    assert ed3.attachments() == []
+
+
+def test_cached_reuses_only_a_matching_identity(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"n": len(calls)}
+
+    assert cached(tmp_path, "pre", {"cases": [1, 2]}, compute) == {"n": 1}
+    assert cached(tmp_path, "pre", {"cases": (1, 2)}, compute) == {"n": 1}  # tuple == list after JSON
+    assert cached(tmp_path, "pre", {"cases": [1, 3]}, compute) == {"n": 2}
+    assert len(calls) == 2
