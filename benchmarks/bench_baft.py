@@ -1,4 +1,12 @@
-"""Benchmark LoReFT, BaFT and BaFT + null-space projection on dev CounterFact.
+"""Benchmark LoReFT, BaFT, BaFT + null-space projection, codebooks and their combinations.
+
+Methods (``--methods``, ``all`` for every one), on the same requests with the same protocols
+in one run: ``loreft``, ``baft``, ``baft_ns`` (BaFT with a read-mode null space), ``grace``
+(codebook, GRACE-style fixed radii), ``balancedit`` (codebook, BalancEdit radii) and two
+combinations: ``balancedit_lowrank`` (a BalancEdit codebook whose values are LoReFT/BaFT-form
+low-rank updates of h, gated by the codebook's lookup) and ``balancedit_ns`` (a BalancEdit
+codebook whose values lie in the null space of preserved corpus states). Dev data:
+CounterFact (default) or zsRE (``--source``); model: ``--model``.
 
 Settings (the targets of issue 4):
 
@@ -20,7 +28,7 @@ Usage::
     python benchmarks/bench_baft.py                    # full: 200 single, 1000 sequential
 
     # a long sequential run, resumable and split over processes (same command to resume):
-    python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods baft --checkpoint-dir ckpt
+    python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods baft --checkpoint-dir ckpt --edit-only
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods loreft,baft,baft_ns --checkpoint-dir ckpt
 """
 
@@ -41,6 +49,7 @@ import torch  # noqa: E402
 from benchmarks.common import environment, latency_ratio, select_requests, set_threads, write_results  # noqa: E402
 
 PROTOCOLS = ["teacher_forced", "probability", "generation"]
+METHODS = ["loreft", "baft", "baft_ns", "grace", "balancedit", "balancedit_lowrank", "balancedit_ns"]
 
 
 def method_configs(args) -> dict:
@@ -61,6 +70,16 @@ def method_configs(args) -> dict:
                         method_config=dict(baft, nullspace="read", nullspace_threshold=args.ns_threshold,
                                            nullspace_texts=args.ns_texts)),
     }
+    # codebooks (GRACE-style fixed radii, BalancEdit radii) and the combinations a user would
+    # try: a codebook whose values are LoReFT/BaFT-form low-rank updates (the codebook's
+    # key/radius match gates an affine rank-r map of h, where BaFT gates with a sigmoid), and
+    # a codebook whose values are projected into the null space of preserved states
+    codebook = dict(common, method="codebook", lr=args.cb_lr, max_steps=args.cb_max_steps)
+    for key, mc in (("grace", {"radius_mode": "grace"}), ("balancedit", {"radius_mode": "balanced"}),
+                    ("balancedit_lowrank", {"radius_mode": "balanced", "value": "lowrank"}),
+                    ("balancedit_ns", {"radius_mode": "balanced", "null_space": True})):
+        out[key] = dict(codebook, method_config=mc, adapter=key)
+
     return {k: out[k] for k in args.methods.split(",")}
 
 
@@ -124,6 +143,9 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             outcomes = list(outcomes) + res.outcomes
         else:
             editor.attachments()  # the loaded adapter's interventions
+        if pre is None:  # --edit-only: the checkpoint is the result; a later invocation scores it
+            editor.reset()
+            return None, None
         posts = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS, pre=pre)
         lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
         module = editor.attachments()[0].module
@@ -164,7 +186,10 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="8 single + 16 sequential edits per method (~10 min on 2 cores)")
     p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 8)")
     p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 16)")
-    p.add_argument("--methods", default="loreft,baft,baft_ns")
+    p.add_argument("--methods", default="loreft,baft,baft_ns",
+                   help=f"comma list of {','.join(METHODS)} (all: every one)")
+    p.add_argument("--cb-lr", type=float, default=0.1, help="learning rate of the codebook methods' values")
+    p.add_argument("--cb-max-steps", type=int, default=50, help="max steps of the codebook methods")
     p.add_argument("--layer", type=int, default=None, help="edited layer (default: the method's default_layers)")
     p.add_argument("--loreft-layer", type=int, default=9, help="layer of LoReFT")
     p.add_argument("--counts", default="", help="per-method single-edit counts overriding --single, e.g. loreft=50,baft_ns=50")
@@ -194,10 +219,17 @@ def main(argv=None) -> None:
                         "resume from them (a finished run is only scored); methods can edit in separate processes "
                         "with one --methods each, then one invocation with all of them writes the joint table")
     p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--edit-only", action="store_true",
+                   help="with --checkpoint-dir: only edit (and checkpoint), score nothing; run again without it to score")
     p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
     p.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
     p.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
     args = p.parse_args(argv)
+    if args.methods == "all":
+        args.methods = ",".join(METHODS)
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if unknown:
+        p.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     n_single = args.single if args.single is not None else (8 if args.quick else 200)
     n_seq = args.sequential if args.sequential is not None else (16 if args.quick else 1000)
     name = args.name or ("baft_quick" if args.quick else "baft_full")
@@ -219,7 +251,11 @@ def main(argv=None) -> None:
     n_all = max(n_single, n_seq)
     reqs, data = select_requests(n_all, seed=args.seed, offset=args.offset, source=args.source)
     log(f"loaded model and {len(reqs)} requests")
-    if args.checkpoint_dir:  # resumed or split runs score the unedited model once
+    if args.edit_only:
+        if not args.checkpoint_dir or n_single:
+            raise SystemExit("--edit-only needs --checkpoint-dir and --single 0")
+        pre = [None] * len(reqs)
+    elif args.checkpoint_dir:  # resumed or split runs score the unedited model once
         from benchmarks.checkpoints import cached
 
         ident = {"model": env.get("model"), "source": args.source, "protocols": PROTOCOLS,
@@ -228,19 +264,23 @@ def main(argv=None) -> None:
                      lambda: evaluate_requests(model, tok, reqs, protocols=PROTOCOLS))
     else:
         pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
-    unedited = {"method": "unedited", "setting": "–", **flat(summarize(build_case_records(reqs, pre, pre)))}
-    unedited["locality"] = None
-    log("scored the unedited model")
+    if not args.edit_only:
+        unedited = {"method": "unedited", "setting": "–", **flat(summarize(build_case_records(reqs, pre, pre)))}
+        unedited["locality"] = None
+        log("scored the unedited model")
 
-    rows, details = [unedited], {}
+    rows, details = ([] if args.edit_only else [unedited]), {}
     for mname, ck in method_configs(args).items():
         counts = dict(kv.split("=") for kv in args.counts.split(",") if kv)
         for sequential, n in ((False, int(counts.get(mname, n_single))), (True, n_seq)):
             if n <= 0:
                 continue
             log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
-            row, det = run_setting(mname, ck, reqs[:n], pre[:n], model, tok, edited, sequential, log,
-                                   checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every)
+            row, det = run_setting(mname, ck, reqs[:n], None if args.edit_only else pre[:n], model, tok, edited,
+                                   sequential, log, checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every)
+            if row is None:
+                log(f"  {mname}: {n} edits checkpointed in {args.checkpoint_dir} (--edit-only: not scored)")
+                continue
             rows.append(row)
             details[f"{mname}/{row['setting']}"] = det
             log(f"  -> {row}")

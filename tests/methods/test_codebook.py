@@ -400,3 +400,62 @@ def test_null_space_values_avoid_preserved_directions(tok):
     plain.edit(REQS, sequential=True)
     v2 = plain.attachments()[0].module.values
     assert ((torch.eye(d) - P) @ v2.T).abs().max() > 1e-2 * v2.abs().max()
+
+
+def test_lowrank_values_edit_save_load_delete_and_merge(tok, tmp_path):
+    """value='lowrank' (the combination 'codebook whose values are LoReFT/BaFT-form updates'):
+    edits take, the low-rank maps are trained and saved, and delete/merge keep them aligned."""
+    ed = make_editor(tok, value="lowrank", value_rank=2)
+    res = ed.edit(REQS[:2], sequential=True)
+    assert all(o.success for o in res.outcomes)
+    cb = ed.attachments()[0].module
+    assert cb.value_u.shape == (2, cb.hidden_size, 2) and cb.value_v.shape == (2, 2, cb.hidden_size)
+    assert float(cb.value_u.abs().sum()) > 0 and float(cb.value_v.abs().sum()) > 0  # trained, not left at init
+    # the low-rank term changes the output: zeroing it changes the edited logits
+    lg, b = logits(ed.edited.model, tok, [REQS[0].prompt], conts=[" rome"])
+    saved_u = cb.value_u.clone()
+    with torch.no_grad():
+        cb.value_u.zero_()
+    lg0, _ = logits(ed.edited.model, tok, [REQS[0].prompt], conts=[" rome"])
+    with torch.no_grad():
+        cb.value_u.copy_(saved_u)
+    assert not torch.allclose(lg, lg0)
+    ed.edited.save_pretrained(str(tmp_path / "a"))
+    fresh = EditableModel.from_pretrained(tiny_model("llama", initializer_range=0.5), str(tmp_path / "a"), tokenizer=tok)
+    after, _ = logits(fresh.model, tok, [REQS[0].prompt], conts=[" rome"])
+    assert torch.equal(lg, after)
+    other = fresh.attachments()[0].module
+    manage.delete_entry(fresh, 0)
+    assert torch.equal(other.value_u[0], saved_u[1]) and other.value_v.shape[0] == 1
+    merged = manage.merge(cb, other)
+    assert merged.n_entries == 2 and torch.equal(merged.value_v[1], cb.value_v[1])
+
+
+def test_corpus_bank_is_captured_once_per_site(tok, tmp_path, monkeypatch):
+    """Single edits in a loop (a fresh codebook each) capture the corpus bank once; the
+    statistics and bank are the same as a fresh computation's."""
+    corpus = tmp_path / "wiki.raw"
+    corpus.write_text("\n".join(f" the {w} sat on the mat near the river today ." for w in
+                                ("cat", "dog", "bird", "horse", "king", "queen")) + "\n")
+    model = tiny_model("llama", initializer_range=0.5)
+    edited = EditableModel(model, tok)
+    calls = []
+    orig = Codebook._hidden
+
+    def counting(self, session, att, prompts, subjects):
+        calls.append(len(prompts))
+        return orig(self, session, att, prompts, subjects)
+
+    monkeypatch.setattr(Codebook, "_hidden", counting)
+    cfg = EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=5,
+                       method_config=dict(corpus_sentences=6, corpus_path=str(corpus), known_facts_path="/nonexistent/k.json"))
+    stats = []
+    for req in REQS[:2]:
+        ed = Editor(edited, tok, cfg)
+        ed.edit(req)
+        cb = ed.attachments()[0].module
+        stats.append((cb.stat_mean.clone(), cb.stat_std.clone(), cb._bank["vecs"]))
+        ed.reset()
+    assert calls.count(6) == 1  # the 6 corpus sentences: captured by the first codebook only
+    assert torch.equal(stats[0][0], stats[1][0]) and torch.equal(stats[0][1], stats[1][1])
+    assert stats[1][2] is stats[0][2]

@@ -39,6 +39,10 @@ def _first_token(ctx: Any, device) -> torch.Tensor:
     return first[:, ctx.past_len:]
 
 
+#: the last site's corpus bank, statistics and null-space projector (see Codebook._ensure_bank)
+_BANK_CACHE: dict = {}
+
+
 class Codebook(Intervention):
     """GRACE / BalancEdit-style codebook as a representation intervention.
 
@@ -351,10 +355,26 @@ class Codebook(Intervention):
         return list(R.site_hidden(session.edited, att.layer, att.component, session.tokenizer, prompts, subjects))
 
     def _ensure_bank(self, session, att) -> None:
-        """Corpus statistics (first use) and the nearest-neighbour negative bank (cached)."""
+        """Corpus statistics (first use) and the nearest-neighbour negative bank (cached per
+        module, and for one site across modules, so single edits in a loop, each on a fresh
+        codebook, capture the corpus once)."""
         if self._bank is not None:
             return
         cfg = self.config
+        key = (id(session.edited.model), att.layer, att.component, str(session.device), cfg.corpus_path,
+               cfg.corpus_sentences, cfg.key_positions, cfg.normalize, cfg.null_space, cfg.null_space_threshold)
+        hit = _BANK_CACHE.get(key)
+        if hit is not None and (not cfg.has_stats or (torch.equal(self.stat_mean, hit["stat_mean"].to(self.stat_mean))
+                                                      and torch.equal(self.stat_std, hit["stat_std"].to(self.stat_std)))):
+            if not cfg.has_stats:
+                with torch.no_grad():
+                    self.stat_mean.copy_(hit["stat_mean"])
+                    self.stat_std.copy_(hit["stat_std"])
+                cfg.has_stats = True
+            if "projector" in hit:
+                self._null_projector = hit["projector"]
+            self._bank = hit["bank"]
+            return
         sents = list(S.corpus_sentences(cfg.corpus_path, cfg.corpus_sentences))
         bank: dict = {"sentences": sents, "vecs": None, "sent_id": None}
         if not sents:
@@ -369,6 +389,7 @@ class Codebook(Intervention):
             base = b * 32
             ids.append((torch.arange(h.shape[0], device=h.device)[:, None] + base).expand_as(pm)[pm])
         allh = torch.cat(rows)
+        own_stats = not cfg.has_stats
         if not cfg.has_stats:
             with torch.no_grad():
                 self.stat_mean.copy_(allh.mean(0).to(self.stat_mean))
@@ -392,6 +413,13 @@ class Codebook(Intervention):
                 bank["vecs"] = self.normalize(torch.cat(pooled))
                 bank["sent_id"] = torch.arange(len(sents), device=bank["vecs"].device)
         self._bank = bank
+        if not own_stats or not sents:  # cache only banks of a corpus, with statistics computed from it
+            return
+        _BANK_CACHE.clear()  # one site at a time
+        _BANK_CACHE[key] = {"bank": bank, "stat_mean": self.stat_mean.detach().clone(),
+                            "stat_std": self.stat_std.detach().clone()}
+        if cfg.null_space:
+            _BANK_CACHE[key]["projector"] = self._null_projector
 
     def _sample_distances(self, session, att, prompts, subjects, key_n: torch.Tensor) -> torch.Tensor:
         """What the lookup would measure from ``key_n`` for each prompt (inf: no query)."""
