@@ -49,8 +49,11 @@ def synthetic(method: str, n_edits: int, hidden: int, rank: int = 2):
     g = torch.Generator().manual_seed(0)
     if method == "baft":
         nb = n_edits * rank
-        mod = build("baft", {"rank": rank, "num_bases": nb}, hidden)
+        # 7 earlier-negative rows per edit: the subject token of the prompt, its 2 augmented
+        # copies and 4 relation templates (the defaults)
+        mod = build("baft", {"rank": rank, "num_bases": nb, "num_earlier": 7 * n_edits}, hidden)
         with torch.no_grad():
+            mod.earlier_states.copy_(torch.randn(7 * n_edits, hidden, generator=g).half())
             mod.read_frozen.copy_(torch.randn(3 * nb, hidden, generator=g) / hidden ** 0.5)
             mod.write_frozen.copy_(torch.nn.functional.normalize(torch.randn(nb, hidden, generator=g), dim=-1))
             mod.gate_bias_frozen.fill_(-30.0)  # gates off on unrelated prompts, as trained gates are

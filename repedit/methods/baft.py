@@ -228,7 +228,7 @@ class _Block(nn.Module):
 class BaFT(Intervention):
     """Basis-level gated low-rank subspace intervention (reconstruction; see the module doc)."""
 
-    storage_dtypes = {"earlier_states": torch.float16}  # float16-rounded when stored
+    storage_dtypes = {"earlier_states": torch.float16}  # the bank stays float16 in memory and on disk
 
     def __init__(self, config: BaFTConfig, hidden_size: int):
         super().__init__(config, hidden_size)
@@ -865,8 +865,7 @@ class BaFT(Intervention):
             if cfg.earlier_negatives and st and st["pos"].numel():
                 keys = torch.tensor([subject_key(r.subject) for r in session.requests], dtype=torch.long,
                                     device=st["pos_owner"].device)
-                # rounded through float16 (the bank's file precision), whatever the module's dtype
-                rows = st["pos"].detach().half().to(self.earlier_states)
+                rows = st["pos"].detach().to(self.earlier_states)  # float16
                 self.earlier_states = torch.cat([self.earlier_states, rows], 0)
                 self.earlier_subject = torch.cat([self.earlier_subject, keys[st["pos_owner"]].to(self.earlier_subject.device)], 0)
             if cfg.nullspace == "read" and cfg.nullspace_fold_edits and st:

@@ -59,9 +59,17 @@ class Intervention(nn.Module):
     """
 
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
-    #: state-dict entries written to adapter files in another dtype than they are held in
-    #: (e.g. a bank whose values are float16-exact anyway); loading casts them back
+    #: buffers held and saved in a fixed dtype whatever the compute dtype (e.g. a large bank
+    #: whose values are float16-rounded when made): ``.to(dtype)`` leaves them as they are
     storage_dtypes: ClassVar[dict[str, torch.dtype]] = {}
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "Intervention":
+        super()._apply(fn, recurse)
+        for name, dtype in self.storage_dtypes.items():
+            buf = self._buffers.get(name)
+            if buf is not None and buf.dtype != dtype:
+                self._buffers[name] = buf.to(dtype)
+        return self
 
     def __init__(self, config: MethodConfig, hidden_size: int):
         super().__init__()

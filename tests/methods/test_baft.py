@@ -424,6 +424,7 @@ def test_sequential_run_resumed_from_checkpoint_equals_uninterrupted(tmp_path, t
     assert seen == [(1, 1), (2, 2), (3, 3), (4, 4)]
     want = {k: v.clone() for k, v in editor.attachments()[0].module.state_dict().items()}
     assert want["earlier_states"].shape[0] > 0
+    assert want["earlier_states"].dtype == torch.float16  # kept float16 though the module runs in float32
 
     from safetensors.torch import load_file
 
