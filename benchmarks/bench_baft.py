@@ -24,8 +24,8 @@ edited model to the unedited one (same process, same prompts, median of repeats)
 
 Usage::
 
-    python benchmarks/bench_baft.py --quick            # ~10 minutes on 2 cores
-    python benchmarks/bench_baft.py                    # full: 200 single, 1000 sequential
+    python benchmarks/bench_baft.py --quick            # 8 single + 16 sequential per method
+    python benchmarks/bench_baft.py                    # full: 200 single, 1000 sequential (days on a CPU)
 
     # a long sequential run, resumable and split over processes (same command to resume):
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods baft --checkpoint-dir ckpt --edit-only
@@ -183,11 +183,10 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="8 single + 16 sequential edits per method (~10 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="8 single + 16 sequential edits per method (~30 min on 2 cores for all methods)")
     p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 8)")
     p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 16)")
-    p.add_argument("--methods", default="loreft,baft,baft_ns",
-                   help=f"comma list of {','.join(METHODS)} (all: every one)")
+    p.add_argument("--methods", default="all", help=f"comma list of {','.join(METHODS)} (default all: every one)")
     p.add_argument("--cb-lr", type=float, default=0.1, help="learning rate of the codebook methods' values")
     p.add_argument("--cb-max-steps", type=int, default=50, help="max steps of the codebook methods")
     p.add_argument("--layer", type=int, default=None, help="edited layer (default: the method's default_layers)")
