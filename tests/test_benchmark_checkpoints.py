@@ -19,14 +19,17 @@ REQS = [
 ]
 CFG = dict(method="baft", layers=[1], positions="prompt", augment=0, lr=5e-2, max_steps=30, stop_prob=0.5,
            method_config={"num_corpus_negatives": 0, "seed": 0})
-CONFIGS = {"baft": CFG, "loreft": dict(CFG, method="loreft", positions="last_prompt", method_config={"rank": 2})}
+CONFIGS = {"baft": CFG, "loreft": dict(CFG, method="loreft", positions="last_prompt", method_config={"rank": 2}),
+           "codebook": dict(CFG, method="codebook", positions="last_prompt", lr=0.1,
+                            method_config={"corpus_sentences": 0, "known_facts_path": "/nonexistent/k.json",
+                                           "value": "lowrank", "value_rank": 2})}
 
 
 class Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("method", ["baft", "loreft"])
+@pytest.mark.parametrize("method", ["baft", "loreft", "codebook"])
 def test_interrupted_run_resumes_to_the_same_adapter(tmp_path, tok, method):
     CFG = dict(CONFIGS[method])
     ident = {"config": CFG, "cases": [0, 1, 2]}
