@@ -128,7 +128,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     if sequential:
         done, ck = 0, None
         if checkpoint_dir:
-            from benchmarks.checkpoints import SequentialCheckpoint
+            from repedit.checkpoints import SequentialCheckpoint
 
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
                                       {"config": cfg_kwargs, "cases": [r.case_id for r in reqs]})

@@ -130,18 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method options as a JSON object, or @file.json (e.g. '{\"rank\": 8}')")
     g.add_argument("--layers", default=None, help="comma list of decoder layers (default: the method's choice)")
     g.add_argument("--component", default="block_output", help="block_output, mlp_output or attention_output")
-    g.add_argument("--positions", default="last_prompt", help="last_prompt, subject, prompt or all")
+    g.add_argument("--positions", default=None, help="last_prompt, subject, prompt or all (default: the method's: "
+                   "prompt for baft, whose gates pick the subject token; last_prompt otherwise)")
     g = p.add_argument_group("training")
     g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-3)")
     g.add_argument("--max-steps", type=int, default=None, help="most steps per edit (default 100)")
     g.add_argument("--stop-prob", type=float, default=None, help="early-stop target probability (default 0.9)")
     g.add_argument("--sequential", action="store_true", help="edit the requests one after another (else as one batch)")
     g.add_argument("--batch-size", type=int, default=1, help="requests per sequential step (default 1)")
-    g.add_argument("--augment", type=int, default=0, help="extra training copies per request with random prefixes")
+    g.add_argument("--augment", type=int, default=None,
+                   help="extra training copies per request with random prefixes (default: the method's: 2 for baft, else 0)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="adapter directory to write")
     g.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help=(
+        "with --sequential: save the adapter and progress to <out>/checkpoint every N edits (removed once the "
+        "final adapter is saved)"))
+    g.add_argument("--resume", action="store_true", help=(
+        "continue an interrupted --sequential run from <out>/checkpoint (same data, model and options); "
+        "the result equals an uninterrupted run"))
     g.add_argument("--evaluate", choices=("none", "immediate", "final"), default="none", help=(
         "with --sequential: also score the edits, right after each edit (immediate) or after the last (final); "
         "metrics go to <out>/metrics_<protocol>.json"))
@@ -469,7 +477,19 @@ def cmd_edit(args: argparse.Namespace) -> int:
           f"({'sequential' if args.sequential else 'one batch'})")
     t0 = time.perf_counter()
     reports = {}
-    if args.evaluate != "none":
+    ck = _edit_checkpoint(args, cfg, recorded, reqs, editor, out)
+    if ck is not None:
+        from repedit.editing import EditResult
+
+        done, prior, prior_seconds = ck.restore(editor.edited, cfg.adapter) if args.resume else (0, [], 0.0)
+        if done:
+            _note(f"resuming after {done}/{len(reqs)} edits from {ck.dir}")
+        new = []
+        if done < len(reqs):
+            new = editor.edit(reqs, sequential=True, start=done,
+                              callback=ck.callback(editor.edited, cfg.adapter, len(reqs))).outcomes
+        outcome = EditResult(prior + new, editor.edited, prior_seconds + time.perf_counter() - t0).summary()
+    elif args.evaluate != "none":
         from repedit.eval.harness import run_sequential_protocols
 
         reports = run_sequential_protocols(editor, ds, (args.evaluate,), _protocols(args.protocols),
@@ -484,6 +504,8 @@ def cmd_edit(args: argparse.Namespace) -> int:
     metadata = {"data": recorded, "editor": editor_cfg, "sequential": args.sequential, "outcome": outcome,
                 "seconds": seconds, "model": model_name, "command": "repedit " + " ".join(sys.argv[1:])}
     editor.edited.save_pretrained(str(out), adapter=cfg.adapter, metadata=metadata)
+    if ck is not None:
+        ck.clear()
     for sp, rep in reports.items():
         path = rep.save(out / f"metrics_{sp}.json")
         _say(rep.table())
@@ -492,6 +514,31 @@ def cmd_edit(args: argparse.Namespace) -> int:
     _say(f"saved {len(editor.attachments())} intervention(s) to {out} "
          f"({len(reqs)} edits, success rate {sr if sr is None else f'{sr:.3f}'}, {seconds:.1f} s)")
     return 0
+
+
+def _edit_checkpoint(args: argparse.Namespace, cfg: Any, recorded: Any, reqs: list, editor: Any, out: Path) -> Any:
+    """The run's checkpoint (``--checkpoint-every`` / ``--resume``), or None; checks the options."""
+    if args.checkpoint_every is None and not args.resume:
+        return None
+    if not args.sequential:
+        raise CLIError("--checkpoint-every/--resume need --sequential")
+    if args.evaluate != "none":
+        raise CLIError("--checkpoint-every/--resume do not combine with --evaluate; score the adapter with `repedit eval`")
+    if args.checkpoint_every is not None and args.checkpoint_every < 1:
+        raise CLIError("--checkpoint-every must be >= 1")
+    from repedit.adapters import fingerprint
+    from repedit.checkpoints import SequentialCheckpoint
+
+    editor_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress",)}
+    identity = {"editor": editor_cfg, "data": recorded, "cases": [r.case_id for r in reqs],
+                "requests": len(reqs), "model": fingerprint(editor.edited.model)}
+    ck = SequentialCheckpoint(out, "checkpoint", every=args.checkpoint_every or len(reqs), identity=identity)
+    if ck.exists() and not args.resume:
+        raise CLIError(f"{ck.dir} holds a checkpoint of an interrupted run; pass --resume to continue it "
+                       "(or delete it to start over)")
+    if args.resume and not ck.exists():
+        raise CLIError(f"--resume: no checkpoint in {ck.dir}")
+    return ck
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import tiny_model, tiny_tokenizer
 from repedit.cli import build_parser, main
@@ -197,3 +198,44 @@ def test_console_script_exit_code_in_a_subprocess(tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1
     assert "repedit inspect: error:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_interrupted_sequential_edit_resumes_to_the_same_adapter(files, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file
+
+    from repedit.checkpoints import SequentialCheckpoint
+
+    base = ["edit", "--model", files["model"], "--data", files["reqs"], "--method", "baft", "--layers", "1",
+            "--method-config", '{"seed": 0, "num_corpus_negatives": 0}', "--lr", "0.05", "--max-steps", "20",
+            "--sequential", "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "full")]) == 0
+    out = tmp_path / "run"
+    orig = SequentialCheckpoint.save
+
+    def save_then_die(self, *a, **kw):
+        orig(self, *a, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SequentialCheckpoint, "save", save_then_die)
+    assert main(base + ["--checkpoint-every", "1", "--out", str(out)]) == 130  # killed after the first edit
+    monkeypatch.setattr(SequentialCheckpoint, "save", orig)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["done"] == 1 and not (out / "adapter_config.json").exists()
+    capsys.readouterr()
+    assert main(base + ["--checkpoint-every", "1", "--out", str(out)]) == 1  # refuses to start over silently
+    assert "--resume" in capsys.readouterr().err
+    assert main(base + ["--checkpoint-every", "1", "--resume", "--out", str(out)]) == 0
+    assert "resuming after 1/2 edits" in capsys.readouterr().err
+    assert not (out / "checkpoint").exists()
+    want = load_file(str(tmp_path / "full" / "adapter_model.safetensors"))
+    got = load_file(str(out / "adapter_model.safetensors"))
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    meta = json.loads((out / "adapter_config.json").read_text())["metadata"]
+    assert meta["outcome"]["edits"] == 2  # the outcomes before and after the interruption
+    # other options than the checkpoint's are refused
+    monkeypatch.setattr(SequentialCheckpoint, "save", save_then_die)
+    assert main(base + ["--checkpoint-every", "1", "--out", str(tmp_path / "r2")]) == 130
+    monkeypatch.setattr(SequentialCheckpoint, "save", orig)
+    capsys.readouterr()
+    assert main(base[:-2] + ["--max-steps", "21", "--sequential", "--no-progress", "--resume", "--out", str(tmp_path / "r2")]) == 1
+    assert "other requests or another config" in capsys.readouterr().err

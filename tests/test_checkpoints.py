@@ -1,12 +1,13 @@
-"""benchmarks/checkpoints.py: an interrupted sequential run resumed from its checkpoint ends
-where an uninterrupted run ends; a checkpoint of other requests or another config is refused."""
+"""repedit.checkpoints: an interrupted sequential run resumed from its checkpoint ends where an
+uninterrupted run ends; a checkpoint of other requests or another config is refused."""
 
 import json
 
 import pytest
 import torch
 
-from benchmarks.checkpoints import CheckpointMismatch, SequentialCheckpoint, cached
+from benchmarks.checkpoints import cached
+from repedit.checkpoints import CheckpointMismatch, SequentialCheckpoint
 from repedit import EditRequest, Editor, EditorConfig
 from repedit.hooks import EditableModel
 
