@@ -213,6 +213,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto: cuda when available)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="save each sequential run's adapter and outcomes here every --checkpoint-every edits and "
                         "resume from them (a finished run is only scored); methods can edit in separate processes "
@@ -243,7 +244,8 @@ def main(argv=None) -> None:
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
     from repedit.hooks import EditableModel
 
-    model, tok = models.load(args.model)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, tok = models.load(args.model, device=device)
     model.eval()
     edited = EditableModel(model, tok)
     env = environment(model, args.model)
@@ -257,8 +259,9 @@ def main(argv=None) -> None:
     elif args.checkpoint_dir:  # resumed or split runs score the unedited model once
         from benchmarks.checkpoints import cached
 
+        # the device too: locality compares argmax ids, and CPU and GPU kernels can break near-ties differently
         ident = {"model": env.get("model"), "source": args.source, "protocols": PROTOCOLS,
-                 "cases": [r.case_id for r in reqs]}
+                 "cases": [r.case_id for r in reqs], "device": torch.device(device).type}
         pre = cached(args.checkpoint_dir, f"pre_{args.source}_{len(reqs)}", ident,
                      lambda: evaluate_requests(model, tok, reqs, protocols=PROTOCOLS))
     else:

@@ -136,9 +136,12 @@ def environment(model: Any = None, model_name: str | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
-        "git_commit": _git("rev-parse", "HEAD"),
+        # a run from a copy of the tree without .git names its commit in REPEDIT_GIT_COMMIT
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("REPEDIT_GIT_COMMIT"),
         "git_dirty": bool(_git("status", "--porcelain")),
     }
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -163,6 +166,10 @@ def environment(model: Any = None, model_name: str | None = None) -> dict:
         from repedit.adapters import fingerprint
 
         env["model"] = {"name": model_name, "fingerprint": fingerprint(model)}
+        try:
+            env["model"]["device"] = str(next(model.parameters()).device)
+        except (StopIteration, AttributeError):
+            pass
     return env
 
 
@@ -201,7 +208,8 @@ def write_results(name: str, payload: Mapping[str, Any], table: Sequence[Mapping
     md += ["Command:", "", "```", data["command"], "```", ""]
     env = data.get("environment")
     if env:
-        md += [f"Machine: {env.get('cpu_model')} ({env.get('cpu_count')} CPUs, torch threads {env.get('torch_threads')}), "
+        gpu = f", GPU {env['gpu']}" if env.get("gpu") else ""
+        md += [f"Machine: {env.get('cpu_model')} ({env.get('cpu_count')} CPUs, torch threads {env.get('torch_threads')}{gpu}), "
                f"torch {env.get('torch')}, transformers {env.get('transformers')}, repedit {env.get('repedit')}, "
                f"git {str(env.get('git_commit'))[:10]}{' (dirty)' if env.get('git_dirty') else ''}.", ""]
     mp.write_text("\n".join(md))
