@@ -1,7 +1,8 @@
 """Draw the generality-locality Pareto plot from the JSON files in benchmarks/results/.
 
-Codebook runs contribute one curve per radius mode (their radius-scale sweep); BaFT/LoReFT
-runs contribute one point per method and setting.
+Codebook runs contribute one curve per radius mode (their radius-scale sweep); the runs of
+``bench_baft.py`` (every method, single and sequential) one point per method and setting.
+Two panels: the whole square and a zoom on the top-right corner.
 
     python benchmarks/plot_pareto.py [--out benchmarks/results/pareto.png]
 """
@@ -32,7 +33,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default=str(RESULTS / "pareto.png"))
     args = parser.parse_args(argv)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    # two panels: the whole square, and a zoom on the corner where most methods land; one
+    # legend below them (no in-plot labels, which overlap there)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 7.5))
+    zoom = (0.85, 1.005, 0.6, 1.02)
+    series = []  # (kind, xs, ys, label, radius scales or None, marker)
     for path in sorted(RESULTS.glob("codebook_*.json")):
         data = json.loads(path.read_text())
         if not _default_setting(path, data):
@@ -42,14 +47,12 @@ def main(argv: list[str] | None = None) -> Path:
             rows = sorted(res.get("sweep", []), key=lambda r: r["radius_scale"])
             if not rows:
                 continue
-            xs = [r["locality"] for r in rows]
-            ys = [r["paraphrase"] for r in rows]
-            label = f"codebook ({'BalancEdit' if mode.startswith('balanced') else 'GRACE-style'} radii), {n} seq. ({path.stem})"
-            ax.plot(xs, ys, marker="o", label=label)
-            for r, x, y in zip(rows, xs, ys):
-                ax.annotate(f"×{r['radius_scale']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    # BaFT/LoReFT: the benchmark runs, not the default-selection sweeps and probes
-    for path in [RESULTS / f"baft_{n}.json" for n in ("quick", "single200", "full")]:
+            label = f"codebook ({'BalancEdit' if mode.startswith('balanced') else 'GRACE-style'} radii), {n} seq., radius-scale sweep ({path.stem})"
+            series.append(("line", [r["locality"] for r in rows], [r["paraphrase"] for r in rows], label,
+                           [r["radius_scale"] for r in rows], "o"))
+    # single runs of every method: the benchmark runs, not the sweeps and probes
+    for path, marker in ((RESULTS / "baft_quick.json", "s"), (RESULTS / "baft_single200.json", "D"),
+                         (RESULTS / "baft_seq100.json", "^"), (RESULTS / "baft_full.json", "v")):
         if not path.exists():
             continue
         data = json.loads(path.read_text())
@@ -58,17 +61,35 @@ def main(argv: list[str] | None = None) -> Path:
         for row in data.get("rows", []):
             if row.get("method") == "unedited" or row.get("locality") is None:
                 continue
-            ax.scatter([row["locality"]], [row["paraphrase"]], marker="s")
-            ax.annotate(f"{row['method']} {row['setting']} ({path.stem})", (row["locality"], row["paraphrase"]),
-                        textcoords="offset points", xytext=(4, -10), fontsize=7)
-    ax.set_xlabel("Locality: share of neighbourhood-answer tokens unchanged from the unedited model")
-    ax.set_ylabel("Generality: paraphrases where P(new) > P(true) (ROME)")
-    ax.set_title("SmolLM2-135M, dev CounterFact: generality vs locality")
-    ax.set_xlim(0, 1.05)
-    ax.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+            series.append(("point", [row["locality"]], [row["paraphrase"]],
+                           f"{row['method']}, {row['setting']} ({path.stem})", None, marker))
+    colors = plt.cm.tab20.colors
+    for k, (kind, xs, ys, label, scales, marker) in enumerate(series):
+        color = colors[k % len(colors)]
+        for i, ax in enumerate(axes):
+            lab = label if i == 0 else None
+            if kind == "line":
+                ax.plot(xs, ys, marker=marker, color=color, label=lab, markersize=4)
+                if i == 1:
+                    for sc, x, y in zip(scales, xs, ys):
+                        if zoom[0] <= x <= zoom[1] and zoom[2] <= y <= zoom[3]:
+                            ax.annotate(f"×{sc:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+            else:
+                ax.scatter(xs, ys, marker=marker, color=color, label=lab, s=40, edgecolors="black", linewidths=0.4)
+    for i, ax in enumerate(axes):
+        ax.set_xlabel("Locality: neighbourhood-answer tokens unchanged from the unedited model")
+        ax.set_ylabel("Generality: paraphrases with P(new) > P(true) (ROME)")
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.set_xlim(0, 1.05)
+            ax.set_ylim(0, 1.05)
+            ax.set_title("SmolLM2-135M, dev CounterFact")
+        else:
+            ax.set_xlim(zoom[0], zoom[1])
+            ax.set_ylim(zoom[2], zoom[3])
+            ax.set_title("zoom (overlapping points: see the result tables)")
+    fig.legend(loc="lower center", ncol=3, fontsize=6.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.26, 1, 1))
     out = Path(args.out)
     fig.savefig(out, dpi=120)
     print(out)
