@@ -30,6 +30,7 @@ Usage::
     # a long sequential run, resumable and split over processes (same command to resume):
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods baft --checkpoint-dir ckpt --edit-only
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods loreft,baft,baft_ns --checkpoint-dir ckpt
+    # (the unedited scores and each finished run's scores are kept in ckpt/ and reused)
 """
 
 from __future__ import annotations
@@ -146,7 +147,16 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         if pre is None:  # --edit-only: the checkpoint is the result; a later invocation scores it
             editor.reset()
             return None, None
-        posts = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS, pre=pre)
+        score = lambda: evaluate_requests(model, tok, reqs, protocols=PROTOCOLS, pre=pre)  # noqa: E731
+        if ck is not None:  # scores of a finished checkpoint are kept, so a joint table can reuse them
+            from benchmarks.checkpoints import cached
+
+            state = ck.state()
+            posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}",
+                           {"checkpoint": ck.identity, "done": state["done"], "saved_at": state["saved_at"],
+                            "protocols": PROTOCOLS, "device": str(next(model.parameters()).device.type)}, score)
+        else:
+            posts = score()
         lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
         module = editor.attachments()[0].module
         extra = {"num_bases": getattr(module, "num_bases", None)}

@@ -54,7 +54,10 @@ class SequentialCheckpoint:
         """Remove the checkpoint (after the run's final adapter is saved)."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def _state(self) -> dict | None:
+    def state(self) -> dict | None:
+        """The saved ``state.json`` (``done``, ``seconds``, ``step_dir``, ``outcomes``,
+        ``saved_at``), or None when there is no checkpoint; raises :class:`CheckpointMismatch`
+        when it was written for other requests or another config."""
         path = self.dir / STATE
         if not path.is_file():
             return None
@@ -70,7 +73,7 @@ class SequentialCheckpoint:
         from repedit.adapters import load_adapter
         from repedit.editing import RequestOutcome
 
-        state = self._state()
+        state = self.state()
         if state is None:
             return 0, [], 0.0
         load_adapter(edited, self.dir / state["step_dir"], adapter=adapter)

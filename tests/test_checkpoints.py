@@ -86,3 +86,36 @@ def test_cached_reuses_only_a_matching_identity(tmp_path):
     assert cached(tmp_path, "pre", {"cases": (1, 2)}, compute) == {"n": 1}  # tuple == list after JSON
     assert cached(tmp_path, "pre", {"cases": [1, 3]}, compute) == {"n": 2}
     assert len(calls) == 2
+
+
+def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch):
+    """bench_baft keeps the post-edit scores of a finished sequential checkpoint, so the joint
+    table of several long runs re-scores none of them."""
+    from dataclasses import replace
+
+    from benchmarks import bench_baft
+    from repedit.eval import metrics
+    from repedit.requests import LocalityPrompt
+
+    reqs = [replace(r, case_id=i, rephrase_prompts=[r.prompt.replace("the ", "so the ")],
+                    locality_prompts=[LocalityPrompt("the capital of spain is", "madrid")])
+            for i, r in enumerate(REQS)]
+    model = tiny_model("llama", initializer_range=0.5)
+    edited = EditableModel(model, tok)
+    monkeypatch.setattr(bench_baft, "PROTOCOLS", ["teacher_forced", "probability"])
+    pre = metrics.evaluate_requests(model, tok, reqs, protocols=bench_baft.PROTOCOLS)
+    calls, real = [], metrics.evaluate_requests
+    monkeypatch.setattr(metrics, "evaluate_requests", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(cfg):
+        return bench_baft.run_setting("baft", cfg, reqs, pre, model, tok, edited, True, lambda m: None,
+                                      checkpoint_dir=tmp_path, every=1)[0]
+
+    first = run(CFG)
+    assert len(calls) == 1 and (tmp_path / "post_baft_seq3.json").is_file()
+    again = run(CFG)  # restored from the finished checkpoint: scores reused
+    assert len(calls) == 1
+    assert {k: again[k] for k in ("efficacy", "rewrite_acc", "locality")} == \
+        {k: first[k] for k in ("efficacy", "rewrite_acc", "locality")}
+    with pytest.raises(CheckpointMismatch):  # another config's run is not mistaken for this one
+        run(dict(CFG, lr=1e-2))
