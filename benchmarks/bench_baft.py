@@ -81,7 +81,7 @@ def method_configs(args) -> dict:
                     ("balancedit_ns", {"radius_mode": "balanced", "null_space": True})):
         out[key] = dict(codebook, method_config=mc, adapter=key)
 
-    return {k: out[k] for k in args.methods.split(",")}
+    return {k: out[k] for k in args.methods.split(",") if k != "none"}
 
 
 def flat(summary: dict, side: str = "post") -> dict:
@@ -196,7 +196,8 @@ def main(argv=None) -> None:
     p.add_argument("--quick", action="store_true", help="8 single + 16 sequential edits per method (~30 min on 2 cores for all methods)")
     p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 8)")
     p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 16)")
-    p.add_argument("--methods", default="all", help=f"comma list of {','.join(METHODS)} (default all: every one)")
+    p.add_argument("--methods", default="all", help=f"comma list of {','.join(METHODS)} (default all: every one; none: only score the "
+                        "unedited model into --checkpoint-dir, e.g. while long runs still edit)")
     p.add_argument("--cb-lr", type=float, default=0.1, help="learning rate of the codebook methods' values")
     p.add_argument("--cb-max-steps", type=int, default=50, help="max steps of the codebook methods")
     p.add_argument("--layer", type=int, default=None, help="edited layer (default: the method's default_layers)")
@@ -237,7 +238,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.methods == "all":
         args.methods = ",".join(METHODS)
-    unknown = sorted(set(args.methods.split(",")) - set(METHODS))
+    if args.methods == "none" and not args.checkpoint_dir:
+        p.error("--methods none (score the unedited model only) needs --checkpoint-dir to keep the scores")
+    unknown = sorted(set(args.methods.split(",")) - set(METHODS) - {"none"})
     if unknown:
         p.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     n_single = args.single if args.single is not None else (8 if args.quick else 200)
