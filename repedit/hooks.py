@@ -263,8 +263,10 @@ class EditableModel(nn.Module):
     ) -> Intervention:
         """Attach an intervention (a module, or a registered method name plus config).
 
-        The module is moved to its layer's device and to the compute dtype; several
-        interventions may share a site, and run in the order they were added.
+        The module is moved to its layer's device and to the compute dtype, and put in eval
+        mode (inference knobs such as BaFT's ``gate_shift`` apply; the Editor switches it to
+        training mode only while it trains); several interventions may share a site, and run
+        in the order they were added.
         """
         from repedit.methods import build, get_method
 
@@ -285,6 +287,7 @@ class EditableModel(nn.Module):
         method = type(intervention).config_cls.method or get_method_name(intervention)
         device, dtype = self._site_device_dtype(layer, component)
         intervention.to(device=device, dtype=torch.float32 if self.compute_dtype == "float32" else dtype)
+        intervention.eval()
         att = Attachment(name, intervention, method, layer, component, Positions.parse(positions), adapter)
         self.interventions[name] = intervention
         self._attachments[name] = att

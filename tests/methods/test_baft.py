@@ -273,7 +273,7 @@ def test_trained_gates_veto_early_stop_until_separated(tok):
     assert all(not a for a, _ in answers[:-1])  # ... and not before
 
 
-def test_gate_shift_knob_moves_scope_without_retraining(tok):
+def test_gate_shift_knob_moves_scope_without_retraining(tok, tmp_path):
     """gate_shift (a sweep knob) adds to every gate logit at inference: a large negative shift
     switches a trained edit off (the base prediction returns), 0 restores it exactly."""
     from repedit.eval.sweep import get_knob, knobs, set_knob
@@ -299,6 +299,17 @@ def test_gate_shift_knob_moves_scope_without_retraining(tok):
     set_knob(att, "gate_shift", 0.0)
     with torch.no_grad():
         assert torch.equal(model(**x).logits, edited_logits)
+    # the knob works on a loaded adapter too (its module was once left in training mode,
+    # where the shift is ignored)
+    editor.edited.save_pretrained(str(tmp_path / "a"))
+    other = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
+    other.load_adapter(str(tmp_path / "a"))
+    att2 = other.attachments()[0]
+    assert not att2.module.training
+    with torch.no_grad():
+        assert torch.allclose(other.model(**x).logits, edited_logits, atol=1e-5)
+        set_knob(att2, "gate_shift", -60.0)
+        assert torch.allclose(other.model(**x).logits, base_logits, atol=1e-5)
     with pytest.raises(ValueError, match="temperature"):
         set_knob(att, "temperature", 0.0)
     with pytest.raises(ValueError, match="finite"):
