@@ -60,6 +60,8 @@ def method_configs(args) -> dict:
                 temperature=args.temperature, trigger=args.trigger, gate_margin=args.gate_margin,
                 gate_margin_weight=args.gate_margin_weight, gate_fit_steps=args.gate_fit_steps,
                 train_gates=args.train_gates, gate_templates=args.gate_templates)
+    if args.gate_shift is not None:
+        baft["gate_shift"] = args.gate_shift
     out = {
         # LoReFT keeps pyreft's usual setting (one layer, last prompt token: with no gate it
         # would edit every token of every prompt at "prompt" positions); BaFT and BaFT + null
@@ -82,6 +84,29 @@ def method_configs(args) -> dict:
         out[key] = dict(codebook, method_config=mc, adapter=key)
 
     return {k: out[k] for k in args.methods.split(",") if k != "none"}
+
+
+#: BaFT settings used only at inference (``_shift()`` is 0 in training): a checkpoint made
+#: with one value is the same edit under any other, so they stay out of its identity
+INFERENCE_KNOBS = ("gate_shift",)
+
+
+def training_config(cfg_kwargs: dict) -> dict:
+    """``cfg_kwargs`` without the inference-only knobs (a checkpoint's identity)."""
+    mc = {k: v for k, v in (cfg_kwargs.get("method_config") or {}).items() if k not in INFERENCE_KNOBS}
+    return dict(cfg_kwargs, method_config=mc)
+
+
+def set_inference_knobs(edited, cfg_kwargs: dict) -> None:
+    """Give restored BaFT modules this run's inference knobs (the method's default where the
+    run sets none): an adapter keeps the knob it was saved with."""
+    from repedit.methods.baft import BaFT, BaFTConfig
+
+    mc = cfg_kwargs.get("method_config") or {}
+    for att in edited.attachments():
+        if isinstance(att.module, BaFT):
+            for k in INFERENCE_KNOBS:
+                att.module.set_knob(k, float(mc.get(k, getattr(BaFTConfig(), k))))
 
 
 def flat(summary: dict, side: str = "post") -> dict:
@@ -132,8 +157,10 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             from repedit.checkpoints import SequentialCheckpoint
 
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
-                                      {"config": cfg_kwargs, "cases": [r.case_id for r in reqs]})
+                                      {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs]})
             done, outcomes, seconds = ck.restore(edited, cfg.adapter)
+            if done:  # inference knobs are not part of a checkpoint: use this run's
+                set_inference_knobs(edited, cfg_kwargs)
             if done:
                 log(f"  {name}: resumed after {done}/{len(reqs)} edits ({seconds:.0f} s of editing so far)")
         if done < len(reqs):
@@ -159,7 +186,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             posts = score()
         lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
         module = editor.attachments()[0].module
-        extra = {"num_bases": getattr(module, "num_bases", None)}
+        extra = {"num_bases": getattr(module, "num_bases", None),
+                 "gate_shift": getattr(getattr(module, "config", None), "gate_shift", None)}
         if hasattr(module, "projector"):
             extra["nullspace_dim_final"] = float(torch.trace(module.projector))
         editor.reset()
@@ -212,6 +240,8 @@ def main(argv=None) -> None:
     p.add_argument("--locality-weight", type=float, default=1.0)
     p.add_argument("--gate-positive-weight", type=float, default=0.1)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--gate-shift", type=float, default=None,
+                   help="BaFT's inference gate shift (default: BaFTConfig's); not part of a checkpoint's identity")
     p.add_argument("--trigger", default="subject", help="BaFT gate trigger: subject or positions")
     p.add_argument("--gate-margin", type=float, default=2.0)
     p.add_argument("--gate-margin-weight", type=float, default=1.0)

@@ -119,3 +119,20 @@ def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch
         {k: first[k] for k in ("efficacy", "rewrite_acc", "locality")}
     with pytest.raises(CheckpointMismatch):  # another config's run is not mistaken for this one
         run(dict(CFG, lr=1e-2))
+
+
+def test_bench_baft_inference_knobs_are_not_part_of_a_checkpoint(tmp_path, tok):
+    """A checkpoint saved with one gate_shift resumes under another (the shift acts only at
+    inference), and the restored module takes the run's value, not the saved one."""
+    from benchmarks import bench_baft
+
+    ident_a = bench_baft.training_config(dict(CFG, method_config=dict(CFG["method_config"], gate_shift=0.0)))
+    ident_b = bench_baft.training_config(CFG)
+    assert ident_a == ident_b and "gate_shift" not in ident_a["method_config"]
+    ed = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
+    Editor(ed, tok, EditorConfig(**dict(CFG, method_config=dict(CFG["method_config"], gate_shift=0.0)))).edit(REQS[0])
+    assert ed.attachments()[0].module.config.gate_shift == 0.0
+    bench_baft.set_inference_knobs(ed, CFG)  # CFG sets none: BaFT's default
+    assert ed.attachments()[0].module.config.gate_shift == -4.0
+    bench_baft.set_inference_knobs(ed, dict(CFG, method_config=dict(CFG["method_config"], gate_shift=-7.0)))
+    assert ed.attachments()[0].module.config.gate_shift == -7.0

@@ -64,8 +64,11 @@ unedited states, ``gate_fit_steps``) to fire on the subject's last token only: p
 that token in the edit prompt, its augmented copies and the subject put into other requests'
 relation templates; negatives are every other token of those prompts, other subjects in the
 request's relation, other requests' prompts, corpus tokens, an entity bank (the last token of
-every other request's subject and of corpus names, ``num_subject_negatives``) and, in
-sequential editing, every earlier edit's positives (``earlier_negatives``). No subject mark is needed at
+every other request's subject and of corpus names, ``num_subject_negatives``), look-alikes
+of the subject itself (its word suffixes and the subject with its leading words replaced,
+``subject_variants``: without them a gate keyed on "Chilean Football Federation" fired on
+"Venezuelan Football Federation") and, in sequential editing, every earlier edit's positives
+(``earlier_negatives``). No subject mark is needed at
 inference. The gates then stay fixed while W, b and R are trained (``train_gates=True``
 trains them too, and the Editor's early stop waits, via ``ready_to_stop``, until they
 separate the training positives from the negatives).
@@ -112,7 +115,7 @@ class BaFTConfig(MethodConfig):
     gate: str = field(default="sigmoid", metadata={"help": "'sigmoid': w_i = σ((⟨u_i,h⟩+c_i)/τ); 'constant': w_i = 1 (LoReFT)"})
     gate_input: str = field(default="normalized", metadata={"help": "what the gates read: 'normalized' = the centred, scaled, normalised state y·√d/‖y‖ with y = (h−μ)/σ (μ, σ: per-coordinate median and spread of corpus states at the site, fixed at the first edit), so a gate fires inside a cone around its subject's direction whatever the token's norm; 'raw' = h (P·h with a read-mode null space), as in the formula"})
     temperature: float = field(default=1.0, metadata={"help": "gate temperature τ"})
-    gate_shift: float = field(default=0.0, metadata={"help": "added to every gate logit before /τ at inference (a sweep knob, no retraining): > 0 widens each edit's scope (generality), < 0 narrows it (locality)"})
+    gate_shift: float = field(default=-4.0, metadata={"help": "added to every gate logit before /τ at inference, not in training (a sweep knob, no retraining): > 0 widens each edit's scope (generality), < 0 narrows it (locality). The default −4 shuts the sigmoid tails of gates fitted to ≤ −2 on negatives, which add up over hundreds of edits: at 650 sequential dev edits locality 0.83 → 0.96 with efficacy/paraphrase 0.99/0.95 (from 0.99/0.95); own gates sit near +13, so single edits keep their scope (docs/results.md)"})
     gate_init_sharpness: float = field(default=4.0, metadata={"help": "data-driven gate init: logit at the request's prompt (and −logit mirrored at the negatives' boundary)"})
     locality_weight: float = field(default=1.0, metadata={"help": "weight of the gate locality term: mean softplus(gate logit) of the new bases on negative inputs (pushes w_i → 0)"})
     gate_positive_weight: float = field(default=0.1, metadata={"help": "weight of −log w_i on the request's own positions (keeps the gate on)"})
@@ -122,6 +125,8 @@ class BaFTConfig(MethodConfig):
     earlier_negatives: bool = field(default=True, metadata={"help": "sequential editing: the gate positives of every earlier edit (other subjects) are negatives of each new gate, so a new edit does not fire on an earlier subject; the bank is saved with the adapter (float16, about 8 KB per edit), so editing continues the same after a reload"})
     num_earlier: int = field(default=0, metadata={"help": "rows of the earlier-negatives bank held (set by export_config)"})
     num_subject_negatives: int = field(default=1000, metadata={"help": "entity negatives: the last-token states of up to this many other subjects (every other request's subject in the edit() call, then capitalised names from the corpus unless num_corpus_negatives is 0), each at a sentence start and after a short prefix; each name captured once per model and site, then cached"})
+    subject_variants: int = field(default=8, metadata={"help": "subject trigger: hard gate negatives built from each request's own subject: its proper word suffixes ('Football Federation', 'Federation' for 'Chilean Football Federation') and this many look-alikes with the leading words replaced by corpus names ('Romanian Football Federation', 'George Harrison' for 'William Henry Harrison'), so a gate keys on the whole name rather than its last word (0: off)"})
+    variant_weight: float = field(default=1.0, metadata={"help": "weight of the subject-variant negatives in the gate fit, as a group of their own (the thousands of easy negatives would otherwise drown them)"})
     num_corpus_negatives: int = field(default=1000, metadata={"help": "corpus sentences (first 16 words) whose every token is a gate negative (captured once per run; 0: no corpus negatives, no corpus names)"})
     nullspace: str = field(default="none", metadata={"help": "'none', 'read' (bases read P·h, no bias: Φ(h)=h on the preserved span) or 'write' (the change is projected)"})
     nullspace_threshold: float = field(default=1e-3, metadata={"help": "relative threshold for the null space (see nullspace_threshold_mode)"})
@@ -498,12 +503,17 @@ class BaFT(Intervention):
         corpus = self._corpus_names(n) if self.config.num_corpus_negatives > 0 else []
         taken = set(req_subjects)
         names = req_subjects + [c for c in corpus if c not in taken][: n - len(req_subjects)]
+        return self._name_states(session, att, names)
+
+    def _name_states(self, session: Any, att: Any, names: list[str]) -> tuple[list[str], torch.Tensor]:
+        """Last-token states of ``names``, each at a sentence start and after a short prefix:
+        ((S,) names, (S, d) states). Each name is captured once per (model, site) and cached."""
         site = (id(session.edited.model), att.layer, att.component, str(session.device))
         if _SUBJECT_CACHE.get("site") != site:  # per-name states of one (model, site) at a time
             _SUBJECT_CACHE.clear()
             _SUBJECT_CACHE["site"] = site
         cache: dict = _SUBJECT_CACHE.setdefault("states", {})
-        missing = [name for name in names if name not in cache]
+        missing = list(dict.fromkeys(name for name in names if name not in cache))
         if missing:
             from repedit.positions import last_true_index
 
@@ -525,6 +535,25 @@ class BaFT(Intervention):
         out_names = [name for name in names for _ in range(cache[name].shape[0])]
         states = [cache[name] for name in names if cache[name].shape[0]]
         return out_names, (torch.cat(states) if states else torch.zeros(0, self.hidden_size, device=session.device))
+
+    def _subject_variants(self, session: Any, att: Any, rng: random.Random) -> torch.Tensor:
+        """Hard negatives from the requests' own subjects (``subject_variants``): the proper word
+        suffixes of each subject and look-alikes whose leading words are corpus names, never one
+        of the requests' subjects: (V, d) last-token states."""
+        k = self.config.subject_variants
+        own = {r.subject.casefold() for r in session.requests if r.subject}
+        pool = [c for c in self._corpus_names(max(self.config.num_subject_negatives, 200)) if c.casefold() not in own]
+        names: list[str] = []
+        for req in session.requests:
+            words = (req.subject or "").split()
+            if len(words) < 2:
+                continue
+            names += [" ".join(words[j:]) for j in range(1, len(words))]
+            for other in rng.sample(pool, min(k, len(pool))):
+                tail = words[-1:] if rng.random() < 0.5 or len(words) < 3 else words[1:]
+                names.append(" ".join([other.split()[0], *tail]))
+        names = [n for n in dict.fromkeys(names) if n.casefold() not in own]
+        return self._name_states(session, att, names)[1]
 
     def _corpus_negatives(self, session: Any, att: Any) -> torch.Tensor:
         key = (id(session.edited.model), att.layer, att.component, self.config.num_corpus_negatives, str(session.device))
@@ -620,6 +649,9 @@ class BaFT(Intervention):
             names, states = self._subject_bank(session, att)
             keep = torch.tensor([n.casefold() not in own for n in names], dtype=torch.bool, device=states.device)
             negs.append(states[keep])
+        hard = None
+        if subject_mode and cfg.subject_variants > 0 and cfg.variant_weight > 0:
+            hard = self._subject_variants(session, att, rng)
         if cfg.incremental and cfg.earlier_negatives and self.earlier_states.shape[0]:
             mine = torch.tensor([subject_key(s) for s in own], dtype=torch.long, device=self.earlier_subject.device)
             keep = ~torch.isin(self.earlier_subject, mine)
@@ -628,6 +660,8 @@ class BaFT(Intervention):
         if self._normalized and not bool(self.gate_center.any()):
             self._set_gate_center(corpus_neg, neg)
         st = {"pos": pos, "pos_owner": pos_owner, "neg": neg, "neg_prompts": neg_prompts}
+        if hard is not None and hard.shape[0]:
+            st["hard"] = hard.to(device=pos.device, dtype=pos.dtype)
         if cfg.incremental:
             m = cfg.rank * len(reqs)
             # each edit's initial bases depend on the seed and on how many bases exist, not on
@@ -704,6 +738,8 @@ class BaFT(Intervention):
         if "gate_in" not in st:
             with torch.no_grad():
                 st["gate_in"] = tuple(self._gate_input(t) if t.shape[0] else t for t in (st["neg"], st["pos"]))
+                if "hard" in st:
+                    st["hard_in"] = self._gate_input(st["hard"])
         return st["gate_in"]
 
     def _gate_loss(self, gate: torch.Tensor, gate_bias: torch.Tensor) -> torch.Tensor | None:
@@ -721,6 +757,12 @@ class BaFT(Intervention):
                 terms.append(cfg.locality_weight * F.softplus(z).mean())
             if cfg.gate_margin_weight > 0:
                 terms.append(cfg.gate_margin_weight * F.relu(z + m).mean())
+        if "hard_in" in st and cfg.variant_weight > 0:  # a group of its own: not drowned by easy negatives
+            z = (st["hard_in"] @ gate.T + gate_bias) / cfg.temperature
+            if cfg.locality_weight > 0:
+                terms.append(cfg.variant_weight * cfg.locality_weight * F.softplus(z).mean())
+            if cfg.gate_margin_weight > 0:
+                terms.append(cfg.variant_weight * cfg.gate_margin_weight * F.relu(z + m).mean())
         if pos.shape[0] and "own" in st:
             z = (pos @ gate.T + gate_bias) / cfg.temperature
             own = st["own"].to(z.dtype)
@@ -777,8 +819,9 @@ class BaFT(Intervention):
                 out["pos_min"] = float(z[own].min()) if bool(own.any()) else float("inf")
                 if bool((~own).any()):
                     out["other_max"] = float(z[~own].max())
-            if neg.shape[0]:
-                out["neg_max"] = float(((neg @ b.gate.T + b.gate_bias) / self.config.temperature).max())
+            if neg.shape[0] or "hard_in" in st:
+                hard = st.get("hard_in", neg[:0])
+                out["neg_max"] = float(((torch.cat([neg, hard]) @ b.gate.T + b.gate_bias) / self.config.temperature).max())
         return out
 
     def ready_to_stop(self, session: Any) -> bool:

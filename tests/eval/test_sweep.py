@@ -163,7 +163,7 @@ def test_live_config_knob_of_a_codebook():
     with pytest.raises(ValueError, match="radius_scale must be >= 0"):  # the module's own validation
         set_knob(att, "radius_scale", -1.0)
     edited.add("bf", "baft", layer=1)
-    assert knobs(edited)["bf"] == {"scale": 1.0, "temperature": 1.0, "gate_shift": 0.0}
+    assert knobs(edited)["bf"] == {"scale": 1.0, "temperature": 1.0, "gate_shift": -4.0}  # BaFT's default
     with knob_setting(edited, "temperature", 0.5, attachments=["bf"]):
         assert edited.attachments()[1].module.config.temperature == 0.5
     assert edited.attachments()[1].module.config.temperature == 1.0

@@ -236,7 +236,9 @@ def test_subject_trigger_gates_fire_on_subject_token_only(tok):
     req = REQS[2]  # subject "eiffel tower"
     editor = Editor(model, tok, EditorConfig(method="baft", layers=[0], lr=1e-1, max_steps=250, stop_prob=0.5,
                                              augment_corpus=["the cat sat on the mat today", "rome is a city in italy"],
-                                             method_config={"num_corpus_negatives": 0, "seed": 0}))
+                                             # the fit itself, without the inference shift (a
+                                             # 2-layer toy's positives sit nearer the boundary)
+                                             method_config={"num_corpus_negatives": 0, "seed": 0, "gate_shift": 0.0}))
     assert editor.config.positions == "prompt" and editor.config.augment == 2
     res = editor.edit(REQS[:1] + [req], sequential=True)
     assert all(o.success for o in res.outcomes)
@@ -275,7 +277,7 @@ def test_trained_gates_veto_early_stop_until_separated(tok):
 
 def test_gate_shift_knob_moves_scope_without_retraining(tok, tmp_path):
     """gate_shift (a sweep knob) adds to every gate logit at inference: a large negative shift
-    switches a trained edit off (the base prediction returns), 0 restores it exactly."""
+    switches a trained edit off (the base prediction returns), the default restores it exactly."""
     from repedit.eval.sweep import get_knob, knobs, set_knob
 
     model = tiny_model("llama", initializer_range=0.5)
@@ -288,7 +290,7 @@ def test_gate_shift_knob_moves_scope_without_retraining(tok, tmp_path):
     x = tok([REQS[0].prompt], return_tensors="pt")
     with torch.no_grad():
         edited_logits = model(**x).logits
-    assert knobs(editor.edited)[att.name]["gate_shift"] == 0.0
+    assert knobs(editor.edited)[att.name]["gate_shift"] == BaFTConfig().gate_shift == -4.0  # the default
     set_knob(att, "gate_shift", -60.0)
     assert get_knob(att, "gate_shift") == -60.0
     with torch.no_grad(), editor.edited.disabled():
@@ -296,7 +298,7 @@ def test_gate_shift_knob_moves_scope_without_retraining(tok, tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(**x).logits, base_logits, atol=1e-5)
     assert argmax_next(model, tok, REQS[0].prompt) == base_pred
-    set_knob(att, "gate_shift", 0.0)
+    set_knob(att, "gate_shift", -4.0)
     with torch.no_grad():
         assert torch.equal(model(**x).logits, edited_logits)
     # the knob works on a loaded adapter too (its module was once left in training mode,
@@ -464,3 +466,67 @@ def test_edit_start_is_validated(tok):
     with pytest.raises(ValueError, match="sequential"):
         editor.edit(REQS, start=1)
     assert editor.edited.attachments() == []
+
+
+def test_subject_variants_are_hard_gate_negatives(tok, monkeypatch):
+    """subject_variants: the subject's word suffixes and look-alikes with other leading words
+    ('london tower' for 'eiffel tower') are negatives of the edit's gates, in a group of their
+    own, so the gates key on the whole name rather than its last word."""
+    monkeypatch.setattr(BaFT, "_corpus_names", lambda self, limit: ["london", "paris", "berlin city", "madrid"])
+    req = EditRequest(prompt="the eiffel tower is located in", target_new="madrid", subject="eiffel tower")
+    probe = "london tower is located in"
+
+    def run(variants):
+        seen = {}
+        orig = BaFT._fit_gates
+
+        def record(self):
+            seen["hard"] = self._train_state.get("hard")
+            return orig(self)
+
+        monkeypatch.setattr(BaFT, "_fit_gates", record)
+        editor = Editor(tiny_model("llama", initializer_range=0.5), tok,
+                        cfg(layers=[0], positions="prompt", augment=0, max_steps=20,
+                            method_config={"num_corpus_negatives": 0, "subject_variants": variants, "seed": 0,
+                                           "gate_templates": 0}))
+        editor.edit(req)
+        mod = editor.attachments()[0].module
+        tower = tok.convert_tokens_to_ids("tower")
+
+        def gate_at_tower(text):
+            x = tok([text], return_tensors="pt")
+            with torch.no_grad(), editor.edited.disabled():
+                h = editor.edited.model(**x, output_hidden_states=True).hidden_states[1][0]  # layer 0's output
+            at = x["input_ids"][0].tolist().index(tower)
+            return mod.weights(h[at]).max().item()
+
+        return seen["hard"], gate_at_tower(probe), gate_at_tower(req.prompt)
+
+    hard, w_probe, w_own = run(4)
+    # suffix 'tower' and look-alikes 'london tower', 'paris tower', 'berlin tower', 'madrid tower'
+    # (in any order; each at a sentence start and after a prefix)
+    assert hard is not None and hard.shape[0] >= 2 * 2
+    assert w_own > 0.5 and w_probe < 0.05
+    none, w_probe0, _ = run(0)
+    assert none is None
+    assert w_probe0 > 5 * w_probe  # without them the look-alike half-opens the gate (0.37 against 0.002)
+
+
+def test_subject_variant_names(monkeypatch):
+    """Which names are built: proper word suffixes and look-alikes, never a request's own subject."""
+    import random
+    import types
+
+    monkeypatch.setattr(BaFT, "_corpus_names", lambda self, limit: ["George", "Romanian Club", "Chilean Football Federation"])
+    mod = BaFT(BaFTConfig(subject_variants=3), 8)
+    got = {}
+    monkeypatch.setattr(BaFT, "_name_states", lambda self, s, a, names: (got.setdefault("names", names), torch.zeros(0, 8)))
+    session = types.SimpleNamespace(requests=[EditRequest(prompt="Chilean Football Federation is a member of",
+                                                          target_new="FIFA", subject="Chilean Football Federation"),
+                                              EditRequest(prompt="Norway is in", target_new="Asia", subject="Norway")])
+    mod._subject_variants(session, None, random.Random(0))
+    names = got["names"]
+    assert {"Football Federation", "Federation"} <= set(names)
+    assert "Chilean Football Federation" not in names and "Norway" not in names
+    rest = [n for n in names if n not in ("Football Federation", "Federation")]
+    assert len(rest) == 2 and all(n.split()[0] in ("George", "Romanian") and n.endswith("Federation") for n in rest)
