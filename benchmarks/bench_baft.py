@@ -205,6 +205,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             if i == len(reqs) - 1:
                 lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
                 module = editor.attachments()[0].module
+                if hasattr(getattr(module, "config", None), "gate_shift"):
+                    extra["gate_shift"] = module.config.gate_shift
                 if hasattr(module, "nullspace_info"):
                     extra["nullspace"] = {k: v for k, v in module.nullspace_info.items() if k != "path"}
             if (i + 1) % 10 == 0:
