@@ -181,7 +181,9 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             state = ck.state()
             posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}",
                            {"checkpoint": ck.identity, "done": state["done"], "saved_at": state["saved_at"],
-                            "protocols": PROTOCOLS, "device": str(next(model.parameters()).device.type)}, score)
+                            "protocols": PROTOCOLS, "device": str(next(model.parameters()).device.type),
+                            "knobs": {a.name: {k: getattr(a.module.config, k, None) for k in INFERENCE_KNOBS}
+                                      for a in edited.attachments()}}, score)
         else:
             posts = score()
         lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)

@@ -117,6 +117,10 @@ def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch
     assert len(calls) == 1
     assert {k: again[k] for k in ("efficacy", "rewrite_acc", "locality")} == \
         {k: first[k] for k in ("efficacy", "rewrite_acc", "locality")}
+    run(dict(CFG, method_config=dict(CFG["method_config"], gate_shift=-60.0)))
+    assert len(calls) == 2  # same checkpoint, another inference knob: scored anew
+    run(CFG)
+    assert len(calls) == 3  # one cached score per checkpoint: the knob's last value
     with pytest.raises(CheckpointMismatch):  # another config's run is not mistaken for this one
         run(dict(CFG, lr=1e-2))
 
