@@ -31,12 +31,19 @@ Usage::
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods baft --checkpoint-dir ckpt --edit-only
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods loreft,baft,baft_ns --checkpoint-dir ckpt
     # (the unedited scores and each finished run's scores are kept in ckpt/ and reused)
+
+    # single edits with --checkpoint-dir keep each edit's outcome and scores (ckpt/single_<method>_<config hash>/),
+    # so an interrupted run, or a joint table of methods run in separate processes, reuses them:
+    python benchmarks/bench_baft.py --single 200 --sequential 0 --methods baft --checkpoint-dir ckpt
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import sys
@@ -143,6 +150,7 @@ def measure_latency(model, tok, prompts, edited) -> dict:
 
 def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25):
     from repedit import Editor, EditorConfig
+    from repedit.editing import RequestOutcome
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
 
     # progress bars on (benchmarks are interactive): the Editor's over a sequential run, one
@@ -197,14 +205,32 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         extra = {}
         from tqdm.auto import tqdm
 
-        for i, req in enumerate(tqdm(reqs, desc=f"{name} single", unit="edit", mininterval=10)):
+        def one(i, req):  # edit one request on the unedited model and score it
             editor.reset()
             t = time.perf_counter()
             res = editor.edit(req)
-            seconds += time.perf_counter() - t
-            outcomes.extend(res.outcomes)
-            posts.extend(evaluate_requests(model, tok, [req], protocols=PROTOCOLS, pre=[pre[i]]))
+            took = time.perf_counter() - t
+            post = evaluate_requests(model, tok, [req], protocols=PROTOCOLS, pre=[pre[i]])[0]
+            return {"outcome": dataclasses.asdict(res.outcomes[0]), "post": post, "seconds": took}
+
+        ident = None
+        if checkpoint_dir:  # each single edit's result is kept, so a long run resumes where it stopped
+            from benchmarks.checkpoints import cached
+
+            ident = {"config": copy.deepcopy(cfg_kwargs), "protocols": PROTOCOLS,
+                     "device": str(next(model.parameters()).device.type)}
+            key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for i, req in enumerate(tqdm(reqs, desc=f"{name} single", unit="edit", mininterval=10)):
+            fresh = []
+            compute = lambda: fresh.append(1) or one(i, req)  # noqa: E731
+            rec = compute() if ident is None else cached(
+                checkpoint_dir, f"single_{name}_{key}/{i:05d}", dict(ident, case=req.case_id), compute)
+            seconds += rec["seconds"]
+            outcomes.append(RequestOutcome(**dict(rec["outcome"], index=i)))
+            posts.append(rec["post"])
             if i == len(reqs) - 1:
+                if not fresh:  # the last edit came from the cache: apply it again for the latency measurement
+                    one(i, req)
                 lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
                 module = editor.attachments()[0].module
                 if hasattr(getattr(module, "config", None), "gate_shift"):
@@ -261,7 +287,8 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto: cuda when available)")
     p.add_argument("--checkpoint-dir", default=None,
                    help="save each sequential run's adapter and outcomes here every --checkpoint-every edits and "
-                        "resume from them (a finished run is only scored); methods can edit in separate processes "
+                        "resume from them (a finished run is only scored), and each single edit's outcome and "
+                        "scores (reused by a later run of the same config); methods can edit in separate processes "
                         "with one --methods each, then one invocation with all of them writes the joint table")
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--edit-only", action="store_true",

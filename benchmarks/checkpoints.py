@@ -15,7 +15,7 @@ __all__ = ["CheckpointMismatch", "SequentialCheckpoint", "cached"]
 
 def cached(root: str | os.PathLike, name: str, identity: dict[str, Any], compute: Callable[[], Any]) -> Any:
     """``compute()``'s JSON-serialisable result, stored as ``root/<name>.json`` with its
-    ``identity`` and reused while the identity matches (e.g. the unedited model's scores of a
+    ``identity`` and reused while the identity matches (``name`` may hold a subfolder, ``a/b``) (e.g. the unedited model's scores of a
     resumed run's requests, which every invocation would otherwise recompute)."""
     path = Path(root) / f"{name}.json"
     ident = json.loads(json.dumps(identity, sort_keys=True, default=str))
@@ -25,7 +25,7 @@ def cached(root: str | os.PathLike, name: str, identity: dict[str, Any], compute
             return saved["value"]
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
     with os.fdopen(fd, "w") as f:
         json.dump({"identity": ident, "value": value}, f)
     os.replace(tmp, path)

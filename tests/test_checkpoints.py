@@ -140,3 +140,41 @@ def test_bench_baft_inference_knobs_are_not_part_of_a_checkpoint(tmp_path, tok):
     assert ed.attachments()[0].module.config.gate_shift == -4.0
     bench_baft.set_inference_knobs(ed, dict(CFG, method_config=dict(CFG["method_config"], gate_shift=-7.0)))
     assert ed.attachments()[0].module.config.gate_shift == -7.0
+
+
+def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypatch):
+    """With a checkpoint dir, each single edit's outcome and scores are kept: a rerun (an
+    interrupted run, or the joint table) edits only the last request again (for the latency
+    measurement) and gives the same row; another config edits everything anew."""
+    from dataclasses import replace
+
+    from benchmarks import bench_baft
+    from repedit.eval import metrics
+    from repedit.requests import LocalityPrompt
+
+    reqs = [replace(r, case_id=i, rephrase_prompts=[r.prompt.replace("the ", "so the ")],
+                    locality_prompts=[LocalityPrompt("the capital of spain is", "madrid")])
+            for i, r in enumerate(REQS)]
+    model = tiny_model("llama", initializer_range=0.5)
+    edited = EditableModel(model, tok)
+    monkeypatch.setattr(bench_baft, "PROTOCOLS", ["teacher_forced", "probability"])
+    pre = metrics.evaluate_requests(model, tok, reqs, protocols=bench_baft.PROTOCOLS)
+    edits, real = [], Editor.edit
+    monkeypatch.setattr(Editor, "edit", lambda self, *a, **k: edits.append(1) or real(self, *a, **k))
+
+    def run(cfg, n=3):
+        return bench_baft.run_setting("baft", cfg, reqs[:n], pre[:n], model, tok, edited, False, lambda m: None,
+                                      checkpoint_dir=tmp_path)[0]
+
+    part = run(CFG, n=2)  # "interrupted" after two edits
+    assert len(edits) == 2
+    first = run(CFG)
+    assert len(edits) == 3  # only the third is edited
+    again = run(CFG)
+    assert len(edits) == 4  # all cached; the last one is applied again for the latency measurement
+    keys = ("efficacy", "paraphrase", "locality", "rewrite_acc", "success_rate", "mean_steps", "s_per_edit")
+    assert {k: again[k] for k in keys} == {k: first[k] for k in keys}
+    assert part["s_per_edit"] * 2 < first["s_per_edit"] * 3
+    run(dict(CFG, lr=1e-2))
+    assert len(edits) == 7  # another config: every edit anew
+    assert len(list(tmp_path.glob("single_baft_*/*.json"))) == 6
