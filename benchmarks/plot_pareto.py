@@ -1,7 +1,8 @@
 """Draw the generality-locality Pareto plot from the JSON files in benchmarks/results/.
 
-Codebook runs contribute one curve per radius mode (their radius-scale sweep); the runs of
-``bench_baft.py`` (every method, single and sequential) one point per method and setting.
+Codebook runs contribute one curve per radius mode (their radius-scale sweep), BaFT's
+gate-shift sweeps (``bench_gate_shift.py``) one curve each; the runs of ``bench_baft.py``
+(every method, single and sequential) one point per method and setting.
 Two panels: the whole square and a zoom on the top-right corner.
 
     python benchmarks/plot_pareto.py [--out benchmarks/results/pareto.png]
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> Path:
     # legend below them (no in-plot labels, which overlap there)
     fig, axes = plt.subplots(1, 2, figsize=(13, 7.5))
     zoom = (0.85, 1.005, 0.6, 1.02)
-    series = []  # (kind, xs, ys, label, radius scales or None, marker)
+    series = []  # (kind, xs, ys, label, point annotations or None, marker)
     for path in sorted(RESULTS.glob("codebook_*.json")):
         data = json.loads(path.read_text())
         if not _default_setting(path, data):
@@ -49,10 +50,22 @@ def main(argv: list[str] | None = None) -> Path:
                 continue
             label = f"codebook ({'BalancEdit' if mode.startswith('balanced') else 'GRACE-style'} radii), {n} seq., radius-scale sweep ({path.stem})"
             series.append(("line", [r["locality"] for r in rows], [r["paraphrase"] for r in rows], label,
-                           [r["radius_scale"] for r in rows], "o"))
+                           [f"×{r['radius_scale']:g}" for r in rows], "o"))
+    # BaFT's inference gate shift swept on one sequential checkpoint (bench_gate_shift.py)
+    for path in sorted(RESULTS.glob("gate_shift_*.json")):
+        data = json.loads(path.read_text())
+        if not _default_setting(path, data):
+            continue
+        rows = sorted(data.get("rows", []), key=lambda r: -r["gate_shift"])
+        if rows:
+            label = f"BaFT, {rows[0]['edits']} seq., gate-shift sweep ({path.stem})"
+            series.append(("line", [r["locality"] for r in rows], [r["paraphrase"] for r in rows], label,
+                           [f"{r['gate_shift']:+g}" for r in rows], "P"))
     # single runs of every method: the benchmark runs, not the sweeps and probes
     for path, marker in ((RESULTS / "baft_quick.json", "s"), (RESULTS / "baft_single200.json", "D"),
-                         (RESULTS / "baft_seq100.json", "^"), (RESULTS / "baft_full.json", "v")):
+                         (RESULTS / "baft_single50.json", "d"), (RESULTS / "baft_seq100.json", "^"),
+                         (RESULTS / "baft_seq1000.json", "v"), (RESULTS / "baft_seq1000_baft.json", "v"),
+                         (RESULTS / "baft_full.json", "X")):
         if not path.exists():
             continue
         data = json.loads(path.read_text())
@@ -71,9 +84,9 @@ def main(argv: list[str] | None = None) -> Path:
             if kind == "line":
                 ax.plot(xs, ys, marker=marker, color=color, label=lab, markersize=4)
                 if i == 1:
-                    for sc, x, y in zip(scales, xs, ys):
+                    for note, x, y in zip(scales, xs, ys):
                         if zoom[0] <= x <= zoom[1] and zoom[2] <= y <= zoom[3]:
-                            ax.annotate(f"×{sc:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+                            ax.annotate(note, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
             else:
                 ax.scatter(xs, ys, marker=marker, color=color, label=lab, s=40, edgecolors="black", linewidths=0.4)
     for i, ax in enumerate(axes):

@@ -72,6 +72,7 @@ class EditorConfig:
     augment: int | None = field(default=None, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off; None: the method's default, else 0"})
     augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a WikiText-2 sentence start)"})
     augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (WikiText-2 test sentences), a path, or a list of strings"})
+    verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
 
     #: values used for fields left at None when no method default applies
     FALLBACKS = {"positions": "last_prompt", "augment": 0}
@@ -513,7 +514,31 @@ class Editor:
             hook = getattr(att.module, "finish_edit", None)
             if hook is not None:
                 hook(session, outcomes)
+        if cfg.verify and opt is not None:
+            self._verify(outcomes, inputs, batch, owner_t, target, valid, sliced)
         return outcomes
+
+    def _verify(self, outcomes: list[RequestOutcome], inputs: dict, batch: EncodedBatch, owner_t: torch.Tensor,
+                target: torch.Tensor, valid: torch.Tensor, sliced: bool) -> None:
+        """Re-check the finished edits in inference mode (one forward, no gradient): an edit
+        took if every training row of its request still predicts the target (the same
+        criterion as the early stop). Training is untouched, so runs stay reproducible."""
+        cfg = self.config
+        n = len(outcomes)
+        with torch.no_grad(), batch.info():
+            out = self.edited.model(**inputs)
+        if sliced:
+            _, row_correct, row_prob = _target_stats(out.logits, target, valid)
+        else:
+            _, row_correct, row_prob = target_nll(out.logits, batch.labels)
+        row_ok = (row_correct & (row_prob >= cfg.stop_prob)).cpu()
+        ok = torch.zeros(n, dtype=torch.long).index_add_(0, owner_t, (~row_ok).long()) == 0
+        probs = row_prob[:n].float().cpu()
+        for i, o in enumerate(outcomes):
+            o.flags["trained"] = o.success
+            o.flags["trained_target_prob"] = o.target_prob
+            o.success = bool(ok[i])
+            o.target_prob = float(probs[i])
 
 
 class _CaptureDone(Exception):

@@ -318,6 +318,29 @@ def test_gate_shift_knob_moves_scope_without_retraining(tok, tmp_path):
         BaFTConfig(gate_shift=float("nan"))
 
 
+def test_success_is_checked_as_the_edit_runs_at_inference(tok):
+    """The Editor re-checks each finished edit in eval mode: an edit that reached its target in
+    training but is switched off at inference (a huge negative gate shift) is reported as not
+    taken, with the training verdict kept in flags; verify=False reports the training verdict."""
+    mc = {"num_corpus_negatives": 0, "gate_shift": -60.0}
+    out = Editor(tiny_model("llama", initializer_range=0.5), tok, cfg(method_config=mc)).edit(REQS[0]).outcomes[0]
+    assert out.flags["trained"] and out.flags["trained_target_prob"] >= 0.5
+    assert not out.success and out.target_prob < 0.5
+    out = Editor(tiny_model("llama", initializer_range=0.5), tok,
+                 cfg(method_config=mc, verify=False)).edit(REQS[0]).outcomes[0]
+    assert out.success and "trained" not in out.flags
+    out = Editor(tiny_model("llama", initializer_range=0.5), tok, cfg()).edit(REQS[0]).outcomes[0]
+    assert out.success and out.flags["trained"] and out.target_prob >= 0.5
+    # the check changes nothing: a sequential run trains the same tensors with and without it
+    states = []
+    for verify in (True, False):
+        ed = Editor(tiny_model("llama", initializer_range=0.5), tok, cfg(verify=verify))
+        ed.edit(REQS[:2], sequential=True)
+        states.append(ed.attachments()[0].module.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
 def test_gate_init_scale_is_bounded_for_inseparable_requests():
     """A request whose positives barely clear the negatives along the init direction must not
     get a huge gate scale (it once gave logits ~1e9 that fired on every high-norm token)."""
