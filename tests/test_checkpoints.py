@@ -88,9 +88,9 @@ def test_cached_reuses_only_a_matching_identity(tmp_path):
     assert len(calls) == 2
 
 
-def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch):
-    """bench_baft keeps the post-edit scores of a finished sequential checkpoint, so the joint
-    table of several long runs re-scores none of them."""
+def _bench_setup(tok, monkeypatch):
+    """Three scorable requests, a tiny model, its EditableModel and the unedited scores, with
+    bench_baft's protocols cut to the fast ones."""
     from dataclasses import replace
 
     from benchmarks import bench_baft
@@ -101,9 +101,15 @@ def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch
                     locality_prompts=[LocalityPrompt("the capital of spain is", "madrid")])
             for i, r in enumerate(REQS)]
     model = tiny_model("llama", initializer_range=0.5)
-    edited = EditableModel(model, tok)
     monkeypatch.setattr(bench_baft, "PROTOCOLS", ["teacher_forced", "probability"])
     pre = metrics.evaluate_requests(model, tok, reqs, protocols=bench_baft.PROTOCOLS)
+    return bench_baft, metrics, reqs, model, EditableModel(model, tok), pre
+
+
+def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch):
+    """bench_baft keeps the post-edit scores of a finished sequential checkpoint, so the joint
+    table of several long runs re-scores none of them."""
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
     calls, real = [], metrics.evaluate_requests
     monkeypatch.setattr(metrics, "evaluate_requests", lambda *a, **k: calls.append(1) or real(*a, **k))
 
@@ -146,19 +152,7 @@ def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypa
     """With a checkpoint dir, each single edit's outcome and scores are kept: a rerun (an
     interrupted run, or the joint table) edits only the last request again (for the latency
     measurement) and gives the same row; another config edits everything anew."""
-    from dataclasses import replace
-
-    from benchmarks import bench_baft
-    from repedit.eval import metrics
-    from repedit.requests import LocalityPrompt
-
-    reqs = [replace(r, case_id=i, rephrase_prompts=[r.prompt.replace("the ", "so the ")],
-                    locality_prompts=[LocalityPrompt("the capital of spain is", "madrid")])
-            for i, r in enumerate(REQS)]
-    model = tiny_model("llama", initializer_range=0.5)
-    edited = EditableModel(model, tok)
-    monkeypatch.setattr(bench_baft, "PROTOCOLS", ["teacher_forced", "probability"])
-    pre = metrics.evaluate_requests(model, tok, reqs, protocols=bench_baft.PROTOCOLS)
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
     edits, real = [], Editor.edit
     monkeypatch.setattr(Editor, "edit", lambda self, *a, **k: edits.append(1) or real(self, *a, **k))
 
