@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--augment", type=int, default=None,
                    help="extra training copies per request with random prefixes (default: the method's: 2 for baft, else 0)")
     g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    g.add_argument("--no-verify", action="store_true", help=(
+        "report the training-time verdict of each edit instead of re-checking it as it runs at inference"))
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="adapter directory to write")
     g.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
@@ -466,7 +468,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
     cfg = EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
                        positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-                       progress=args.progress, **kw)
+                       progress=args.progress, verify=not args.no_verify, **kw)
     ds, recorded = _load_data(spec)
     from repedit.eval.data import to_requests
 

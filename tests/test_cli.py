@@ -239,3 +239,23 @@ def test_interrupted_sequential_edit_resumes_to_the_same_adapter(files, tmp_path
     capsys.readouterr()
     assert main(base[:-2] + ["--max-steps", "21", "--sequential", "--no-progress", "--resume", "--out", str(tmp_path / "r2")]) == 1
     assert "other requests or another config" in capsys.readouterr().err
+
+
+def test_edit_reports_success_as_the_edit_runs_at_inference(files, tmp_path, capsys):
+    """`repedit edit` records the Editor's inference-mode check (a BaFT edit switched off by a
+    huge gate shift did not take); --no-verify records the training verdict instead."""
+    model_dir = tmp_path / "tiny05"  # larger weights than the fixture's model: BaFT edits it in a few steps
+    tiny_model("llama", initializer_range=0.5).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    rates = {}
+    for flag in ([], ["--no-verify"]):
+        out = tmp_path / f"baft{len(flag)}"
+        rc = main(["edit", "--model", str(model_dir), "--data", files["reqs"], "--limit", "1", "--method", "baft",
+                   "--layers", "1", "--positions", "last_prompt", "--augment", "0", "--lr", "0.05", "--max-steps", "150",
+                   "--stop-prob", "0.5", "--method-config", '{"num_corpus_negatives": 0, "gate_shift": -60}',
+                   "--out", str(out), "--no-progress", *flag])
+        assert rc == 0
+        meta = json.loads((out / "adapter_config.json").read_text())["metadata"]
+        assert meta["editor"]["verify"] is not bool(flag)
+        rates[bool(flag)] = meta["outcome"]["success_rate"]
+    assert rates == {False: 0.0, True: 1.0}
