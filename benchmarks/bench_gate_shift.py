@@ -70,10 +70,20 @@ def main(argv: list[str] | None = None) -> None:
     if [r.case_id for r in reqs] != state["identity"]["cases"]:
         raise SystemExit("the checkpoint was made on other records (--source/--seed/--offset)")
     pre_file = Path(args.checkpoint_dir) / f"pre_{args.source}_{n_total}.json"
-    pre = json.loads(pre_file.read_text())["value"] if pre_file.is_file() else None
+    pre = None
+    if pre_file.is_file():  # the unedited scores bench_baft cached, if they were made the same way
+        saved = json.loads(pre_file.read_text())
+        ident = saved.get("identity", {})
+        if (ident.get("cases") == state["identity"]["cases"] and ident.get("protocols") == PROTOCOLS
+                and ident.get("device", "cpu") == next(model.parameters()).device.type):
+            pre = saved["value"]
     idx = list(range(0, done, args.stride))
     reqs = [reqs[i] for i in idx]
-    pre = [pre[i] for i in idx] if pre is not None else evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
+    if pre is not None:
+        pre = [pre[i] for i in idx]
+    else:  # the unedited model: the loaded adapter switched off
+        with edited.disabled():
+            pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
     rows = []
     for shift in [float(s) for s in args.shifts.split(",")]:
         for m in mods:

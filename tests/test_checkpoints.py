@@ -172,3 +172,30 @@ def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypa
     run(dict(CFG, lr=1e-2))
     assert len(edits) == 7  # another config: every edit anew
     assert len(list(tmp_path.glob("single_baft_*/*.json"))) == 6
+
+
+def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, monkeypatch):
+    """bench_gate_shift loads a sequential checkpoint once and scores it at every shift: a huge
+    negative shift gives back the unedited model's predictions; cached unedited scores made
+    with other protocols are not reused."""
+    import json
+
+    from benchmarks import bench_gate_shift, common
+    import repedit.models
+
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
+    ck = tmp_path / "ck"
+    bench_baft.run_setting("baft", dict(CFG, method_config=dict(CFG["method_config"], gate_shift=0.0)), reqs, pre,
+                           model, tok, edited, True, lambda m: None, checkpoint_dir=ck, every=1)
+    (ck / "pre_counterfact_3.json").write_text(json.dumps(  # other protocols: must be ignored
+        {"identity": {"cases": [0, 1, 2], "protocols": ["generation"]}, "value": [{}, {}, {}]}))
+    monkeypatch.setattr(repedit.models, "load", lambda *a, **k: (tiny_model("llama", initializer_range=0.5), tok))
+    monkeypatch.setattr(bench_gate_shift, "select_requests", lambda n, **k: (reqs[:n], {"source": "test"}))
+    real = common.write_results
+    monkeypatch.setattr(bench_gate_shift, "write_results", lambda *a, **k: real(*a, directory=tmp_path / "res", **k))
+    bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "baft_seq3", "--shifts", "0,-60", "--stride", "1"])
+    rows = json.loads((tmp_path / "res" / "gate_shift_baft_seq3.json").read_text())["rows"]
+    base = bench_baft.flat(metrics.summarize(metrics.build_case_records(reqs, pre, pre)))
+    assert [r["gate_shift"] for r in rows] == [0.0, -60.0] and rows[0]["scored"] == 3
+    assert rows[1]["locality"] == 1.0 and rows[1]["rewrite_acc"] == base["rewrite_acc"]
+    assert rows[0]["rewrite_acc"] > base["rewrite_acc"]
