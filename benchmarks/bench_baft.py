@@ -217,7 +217,9 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         if checkpoint_dir:  # each single edit's result is kept, so a long run resumes where it stopped
             from benchmarks.checkpoints import cached
 
-            ident = {"config": copy.deepcopy(cfg_kwargs), "protocols": PROTOCOLS,
+            from repedit.adapters import fingerprint
+
+            ident = {"config": copy.deepcopy(cfg_kwargs), "protocols": PROTOCOLS, "model": fingerprint(model),
                      "device": str(next(model.parameters()).device.type)}
             key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
         for i, req in enumerate(tqdm(reqs, desc=f"{name} single", unit="edit", mininterval=10)):

@@ -151,7 +151,7 @@ def test_bench_baft_inference_knobs_are_not_part_of_a_checkpoint(tmp_path, tok):
 def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypatch):
     """With a checkpoint dir, each single edit's outcome and scores are kept: a rerun (an
     interrupted run, or the joint table) edits only the last request again (for the latency
-    measurement) and gives the same row; another config edits everything anew."""
+    measurement) and gives the same row; another config or base model edits everything anew."""
     bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
     edits, real = [], Editor.edit
     monkeypatch.setattr(Editor, "edit", lambda self, *a, **k: edits.append(1) or real(self, *a, **k))
@@ -172,6 +172,11 @@ def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypa
     run(dict(CFG, lr=1e-2))
     assert len(edits) == 7  # another config: every edit anew
     assert len(list(tmp_path.glob("single_baft_*/*.json"))) == 6
+    model = tiny_model("llama", initializer_range=0.3)  # another base model: anew too
+    edited = EditableModel(model, tok)
+    pre = metrics.evaluate_requests(model, tok, reqs, protocols=bench_baft.PROTOCOLS)
+    run(CFG)
+    assert len(edits) == 10
 
 
 def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, monkeypatch):
