@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint-dir", required=True, help="folder of bench_baft.py --checkpoint-dir")
     p.add_argument("--key", default="baft_seq1000", help="the run's subfolder (<method>_seq<N>)")
-    p.add_argument("--adapter", default=None, help="adapter name in the checkpoint (default: the only one)")
+    p.add_argument("--adapter", default=None, help="adapter name in the checkpoint (default: the only one; "
+                   "bench_baft's baft_ns run saves adapter 'ns')")
     p.add_argument("--shifts", default="0,-2,-4,-7")
     p.add_argument("--stride", type=int, default=2, help="score every k-th edited request")
     p.add_argument("--model", default="smollm2-135m")
@@ -62,7 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     model, tok = models.load(args.model)
     model.eval()
     edited = EditableModel(model, tok)
-    load_adapter(edited, run / state["step_dir"], adapter=args.adapter)
+    step = run / state["step_dir"]
+    adapter = args.adapter
+    if adapter is None and not (step / "adapter_config.json").is_file():  # a named adapter sits in a subfolder
+        named = [d.name for d in step.iterdir() if (d / "adapter_config.json").is_file()]
+        if len(named) != 1:
+            raise SystemExit(f"{step} holds adapters {named}: pick one with --adapter")
+        adapter = named[0]
+    load_adapter(edited, step, adapter=adapter)
     mods = [a.module for a in edited.attachments() if isinstance(a.module, BaFT)]
     if not mods:
         raise SystemExit(f"{run} holds no BaFT intervention")

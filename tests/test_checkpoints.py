@@ -179,7 +179,8 @@ def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypa
     assert len(edits) == 10
 
 
-def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, monkeypatch):
+@pytest.mark.parametrize("adapter", ["default", "ns"])
+def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, monkeypatch, adapter):
     """bench_gate_shift loads a sequential checkpoint once and scores it at every shift: a huge
     negative shift gives back the unedited model's predictions; cached unedited scores made
     with other protocols are not reused."""
@@ -190,8 +191,8 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
 
     bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
     ck = tmp_path / "ck"
-    bench_baft.run_setting("baft", dict(CFG, method_config=dict(CFG["method_config"], gate_shift=0.0)), reqs, pre,
-                           model, tok, edited, True, lambda m: None, checkpoint_dir=ck, every=1)
+    cfg = dict(CFG, adapter=adapter, method_config=dict(CFG["method_config"], gate_shift=0.0))
+    bench_baft.run_setting("baft", cfg, reqs, pre, model, tok, edited, True, lambda m: None, checkpoint_dir=ck, every=1)
     (ck / "pre_counterfact_3.json").write_text(json.dumps(  # other protocols: must be ignored
         {"identity": {"cases": [0, 1, 2], "protocols": ["generation"]}, "value": [{}, {}, {}]}))
     monkeypatch.setattr(repedit.models, "load", lambda *a, **k: (tiny_model("llama", initializer_range=0.5), tok))
