@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> Path:
             continue
         rows = sorted(data.get("rows", []), key=lambda r: -r["gate_shift"])
         if rows:
-            label = f"BaFT, {rows[0]['edits']} seq., gate-shift sweep ({path.stem})"
+            key = data.get("checkpoint", {}).get("key", "baft")
+            method = "BaFT + null space" if key.startswith("baft_ns") else "BaFT"
+            label = f"{method}, {rows[0]['edits']} seq., gate-shift sweep ({path.stem})"
             series.append(("line", [r["locality"] for r in rows], [r["paraphrase"] for r in rows], label,
                            [f"{r['gate_shift']:+g}" for r in rows], "P"))
     # single runs of every method: the benchmark runs, not the sweeps and probes
