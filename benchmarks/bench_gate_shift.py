@@ -14,7 +14,8 @@ cached there are reused)::
 
 Writes ``benchmarks/results/<name>.{json,md}``: efficacy / paraphrase / locality (and the
 teacher-forced accuracies) at each shift, on every ``--stride``-th edited request, all edits
-applied.
+applied. ``--shifts ''`` scores a checkpoint as saved: an interim score of any method's
+unfinished sequential run (copy its step folder and ``state.json`` first while it runs).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--key", default="baft_seq1000", help="the run's subfolder (<method>_seq<N>)")
     p.add_argument("--adapter", default=None, help="adapter name in the checkpoint (default: the only one; "
                    "bench_baft's baft_ns run saves adapter 'ns')")
-    p.add_argument("--shifts", default="0,-2,-4,-7")
+    p.add_argument("--shifts", default="0,-2,-4,-7",
+                   help="comma list (write --shifts=-4,0 when it starts with a minus); '' scores the checkpoint "
+                        "as saved, which also works for other methods (an interim score of a LoReFT run)")
     p.add_argument("--stride", type=int, default=2, help="score every k-th edited request")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--source", default="counterfact")
@@ -72,8 +75,9 @@ def main(argv: list[str] | None = None) -> None:
         adapter = named[0]
     load_adapter(edited, step, adapter=adapter)
     mods = [a.module for a in edited.attachments() if isinstance(a.module, BaFT)]
-    if not mods:
-        raise SystemExit(f"{run} holds no BaFT intervention")
+    shifts = [float(v) for v in args.shifts.split(",") if v.strip()] or [None]
+    if not mods and shifts != [None]:
+        raise SystemExit(f"{run} holds no BaFT intervention: pass --shifts '' to score it as saved")
     reqs, data = select_requests(n_total, seed=args.seed, offset=args.offset, source=args.source)
     if [r.case_id for r in reqs] != state["identity"]["cases"]:
         raise SystemExit("the checkpoint was made on other records (--source/--seed/--offset)")
@@ -93,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         with edited.disabled():
             pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
     rows = []
-    for shift in [float(s) for s in args.shifts.split(",")]:
-        for m in mods:
+    for shift in shifts:  # None: as saved
+        for m in mods if shift is not None else []:
             m.set_knob("gate_shift", shift)
         t = time.perf_counter()
         posts = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS, pre=pre)

@@ -205,3 +205,7 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     assert [r["gate_shift"] for r in rows] == [0.0, -60.0] and rows[0]["scored"] == 3
     assert rows[1]["locality"] == 1.0 and rows[1]["rewrite_acc"] == base["rewrite_acc"]
     assert rows[0]["rewrite_acc"] > base["rewrite_acc"]
+    bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "baft_seq3", "--shifts", "", "--stride", "1",
+                           "--name", "as_saved"])  # as saved: the run's own shift (0 here)
+    (row,) = json.loads((tmp_path / "res" / "as_saved.json").read_text())["rows"]
+    assert row["gate_shift"] is None and row["rewrite_acc"] == rows[0]["rewrite_acc"]
