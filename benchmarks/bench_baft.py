@@ -116,6 +116,14 @@ def set_inference_knobs(edited, cfg_kwargs: dict) -> None:
                 att.module.set_knob(k, float(mc.get(k, getattr(BaFTConfig(), k))))
 
 
+def unedited_cache(env: dict, source: str, protocols: list[str], reqs: list, device: str) -> tuple[str, dict]:
+    """Name and identity of the unedited model's scores kept in a checkpoint folder (shared by
+    bench_baft's runs and bench_gate_shift). The device is part of it: locality compares
+    argmax ids, and CPU and GPU kernels can break near-ties differently."""
+    return f"pre_{source}_{len(reqs)}", {"model": env.get("model"), "source": source, "protocols": list(protocols),
+                                         "cases": [r.case_id for r in reqs], "device": device}
+
+
 def flat(summary: dict, side: str = "post") -> dict:
     s = summary.get(side, {})
     g = lambda k: s.get(k)  # noqa: E731
@@ -169,7 +177,6 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             done, outcomes, seconds = ck.restore(edited, cfg.adapter)
             if done:  # inference knobs are not part of a checkpoint: use this run's
                 set_inference_knobs(edited, cfg_kwargs)
-            if done:
                 log(f"  {name}: resumed after {done}/{len(reqs)} edits ({seconds:.0f} s of editing so far)")
         if done < len(reqs):
             t = time.perf_counter()
@@ -205,13 +212,16 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         extra = {}
         from tqdm.auto import tqdm
 
-        def one(i, req):  # edit one request on the unedited model and score it
+        def apply(req):  # one request edited alone on the unedited model
             editor.reset()
             t = time.perf_counter()
             res = editor.edit(req)
-            took = time.perf_counter() - t
+            return res.outcomes[0], time.perf_counter() - t
+
+        def one(i, req):  # ... and scored
+            outcome, took = apply(req)
             post = evaluate_requests(model, tok, [req], protocols=PROTOCOLS, pre=[pre[i]])[0]
-            return {"outcome": dataclasses.asdict(res.outcomes[0]), "post": post, "seconds": took}
+            return {"outcome": dataclasses.asdict(outcome), "post": post, "seconds": took}
 
         ident = None
         if checkpoint_dir:  # each single edit's result is kept, so a long run resumes where it stopped
@@ -232,7 +242,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             posts.append(rec["post"])
             if i == len(reqs) - 1:
                 if not fresh:  # the last edit came from the cache: apply it again for the latency measurement
-                    one(i, req)
+                    apply(req)
                 lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
                 module = editor.attachments()[0].module
                 if hasattr(getattr(module, "config", None), "gate_shift"):
@@ -335,10 +345,7 @@ def main(argv=None) -> None:
     elif args.checkpoint_dir:  # resumed or split runs score the unedited model once
         from benchmarks.checkpoints import cached
 
-        # the device too: locality compares argmax ids, and CPU and GPU kernels can break near-ties differently
-        ident = {"model": env.get("model"), "source": args.source, "protocols": PROTOCOLS,
-                 "cases": [r.case_id for r in reqs], "device": torch.device(device).type}
-        pre = cached(args.checkpoint_dir, f"pre_{args.source}_{len(reqs)}", ident,
+        pre = cached(args.checkpoint_dir, *unedited_cache(env, args.source, PROTOCOLS, reqs, torch.device(device).type),
                      lambda: evaluate_requests(model, tok, reqs, protocols=PROTOCOLS))
     else:
         pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)

@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_baft import flat  # noqa: E402
+from benchmarks.bench_baft import flat, unedited_cache  # noqa: E402
+from benchmarks.checkpoints import lookup  # noqa: E402
 from benchmarks.common import environment, select_requests, set_threads, write_results  # noqa: E402
 
 PROTOCOLS = ["teacher_forced", "probability"]
@@ -81,17 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     reqs, data = select_requests(n_total, seed=args.seed, offset=args.offset, source=args.source)
     if [r.case_id for r in reqs] != state["identity"]["cases"]:
         raise SystemExit("the checkpoint was made on other records (--source/--seed/--offset)")
-    pre_file = Path(args.checkpoint_dir) / f"pre_{args.source}_{n_total}.json"
-    pre = None
-    if pre_file.is_file():  # the unedited scores bench_baft cached, if they were made the same way
-        saved = json.loads(pre_file.read_text())
-        ident = saved.get("identity", {})
-        if (ident.get("cases") == state["identity"]["cases"] and ident.get("protocols") == PROTOCOLS
-                and ident.get("device", "cpu") == next(model.parameters()).device.type):
-            pre = saved["value"]
+    env = environment(model, args.model)
+    # the unedited scores bench_baft kept there, if made the same way (read only: this script
+    # scores a subset, and must not replace the cache of a full run)
+    found, pre = lookup(args.checkpoint_dir, *unedited_cache(env, args.source, PROTOCOLS, reqs,
+                                                              next(model.parameters()).device.type))
     idx = list(range(0, done, args.stride))
     reqs = [reqs[i] for i in idx]
-    if pre is not None:
+    if found:
         pre = [pre[i] for i in idx]
     else:  # the unedited model: the loaded adapter switched off
         with edited.disabled():
@@ -108,11 +106,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         write_results(args.name or f"gate_shift_{args.key}",
-                      {"rows": rows, "args": vars(args), "data": data, "environment": environment(model, args.model),
+                      {"rows": rows, "args": vars(args), "data": data, "environment": env,
                        "checkpoint": {"key": args.key, "done": done, "of": n_total}},
                       table=rows, columns=["gate_shift", "edits", "scored", "efficacy", "paraphrase", "locality",
                                            "neighborhood", "rewrite_acc", "rephrase_acc"],
-                      notes=(f"BaFT's inference gate shift swept on one sequential run ({args.key}, {done} of "
+                      notes=(("BaFT's inference gate shift swept on" if mods and shifts != [None] else "Scored as saved:")
+                             + f" one sequential run ({args.key}, {done} of "
                              f"{n_total} edits applied; every {args.stride}th edited request scored). "
                              "efficacy/paraphrase/neighborhood: ROME probability success; locality: EasyEdit "
                              "argmax agreement with the unedited model on neighbourhood prompts; rewrite_acc/"

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> Path:
         data = json.loads(path.read_text())
         if not _default_setting(path, data):
             continue
-        rows = sorted(data.get("rows", []), key=lambda r: -r["gate_shift"])
+        rows = sorted((r for r in data.get("rows", []) if r.get("gate_shift") is not None), key=lambda r: -r["gate_shift"])
         if rows:
             key = data.get("checkpoint", {}).get("key", "baft")
             method = "BaFT + null space" if key.startswith("baft_ns") else "BaFT"

@@ -460,7 +460,7 @@ class Editor:
         owner_t = torch.tensor(owners)
         best_steps = [cfg.max_steps] * n
         done = torch.zeros(n, dtype=torch.bool)
-        nll = correct = prob = None
+        nll = prob = None
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
         positions, target, valid = target_positions(batch.labels)
         inputs = batch.model_inputs()
@@ -473,14 +473,8 @@ class Editor:
                 session.step = step
                 with batch.info():
                     out = self.edited.model(**inputs)
-                if sliced:
-                    row_nll, row_correct, row_prob = _target_stats(out.logits, target, valid)
-                else:
-                    row_nll, row_correct, row_prob = target_nll(out.logits, batch.labels)
-                nll, correct, prob = row_nll[:n], row_correct[:n], row_prob[:n]
-                row_ok = (row_correct & (row_prob >= cfg.stop_prob)).cpu()
-                # a request is reached once its prompt and every augmented copy are
-                reached = torch.zeros(n, dtype=torch.long).index_add_(0, owner_t, (~row_ok).long()) == 0
+                row_nll, row_prob, reached = self._row_stats(out, batch, target, valid, sliced, owner_t, n)
+                nll, prob = row_nll[:n], row_prob[:n]
                 for i in torch.nonzero(reached & ~done).flatten().tolist():
                     best_steps[i] = step
                 done |= reached
@@ -515,30 +509,35 @@ class Editor:
             if hook is not None:
                 hook(session, outcomes)
         if cfg.verify and opt is not None:
-            self._verify(outcomes, inputs, batch, owner_t, target, valid, sliced)
+            # re-check the finished edits as they run at inference (eval mode, one forward, no
+            # gradient, no RNG: training is untouched, so runs stay reproducible)
+            with torch.no_grad(), batch.info():
+                out = self.edited.model(**inputs)
+            _, row_prob, ok = self._row_stats(out, batch, target, valid, sliced, owner_t, n)
+            _mark_verified(outcomes, ok, row_prob[:n].float().cpu())
         return outcomes
 
-    def _verify(self, outcomes: list[RequestOutcome], inputs: dict, batch: EncodedBatch, owner_t: torch.Tensor,
-                target: torch.Tensor, valid: torch.Tensor, sliced: bool) -> None:
-        """Re-check the finished edits in inference mode (one forward, no gradient): an edit
-        took if every training row of its request still predicts the target (the same
-        criterion as the early stop). Training is untouched, so runs stay reproducible."""
-        cfg = self.config
-        n = len(outcomes)
-        with torch.no_grad(), batch.info():
-            out = self.edited.model(**inputs)
+    def _row_stats(self, out: Any, batch: EncodedBatch, target: torch.Tensor, valid: torch.Tensor, sliced: bool,
+                   owner_t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(per-row target NLL, per-row target probability, per-request reached): a request is
+        reached once its prompt and every augmented copy predict the target with probability
+        at least ``stop_prob``."""
         if sliced:
-            _, row_correct, row_prob = _target_stats(out.logits, target, valid)
+            row_nll, row_correct, row_prob = _target_stats(out.logits, target, valid)
         else:
-            _, row_correct, row_prob = target_nll(out.logits, batch.labels)
-        row_ok = (row_correct & (row_prob >= cfg.stop_prob)).cpu()
-        ok = torch.zeros(n, dtype=torch.long).index_add_(0, owner_t, (~row_ok).long()) == 0
-        probs = row_prob[:n].float().cpu()
-        for i, o in enumerate(outcomes):
-            o.flags["trained"] = o.success
-            o.flags["trained_target_prob"] = o.target_prob
-            o.success = bool(ok[i])
-            o.target_prob = float(probs[i])
+            row_nll, row_correct, row_prob = target_nll(out.logits, batch.labels)
+        row_ok = (row_correct & (row_prob >= self.config.stop_prob)).cpu()
+        reached = torch.zeros(n, dtype=torch.long).index_add_(0, owner_t, (~row_ok).long()) == 0
+        return row_nll, row_prob, reached
+
+
+def _mark_verified(outcomes: list[RequestOutcome], ok: torch.Tensor, probs: torch.Tensor) -> None:
+    """Report the inference-mode verdict; the training verdict moves to ``flags``."""
+    for i, o in enumerate(outcomes):
+        o.flags["trained"] = o.success
+        o.flags["trained_target_prob"] = o.target_prob
+        o.success = bool(ok[i])
+        o.target_prob = float(probs[i])
 
 
 class _CaptureDone(Exception):

@@ -209,3 +209,15 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
                            "--name", "as_saved"])  # as saved: the run's own shift (0 here)
     (row,) = json.loads((tmp_path / "res" / "as_saved.json").read_text())["rows"]
     assert row["gate_shift"] is None and row["rewrite_acc"] == rows[0]["rewrite_acc"]
+    # unedited scores kept the way bench_baft keeps them are reused: only the edited model is scored
+    from benchmarks.checkpoints import cached
+
+    env = common.environment(model, "smollm2-135m")
+    cached(ck, *bench_baft.unedited_cache(env, "counterfact", bench_gate_shift.PROTOCOLS, reqs, "cpu"), lambda: pre)
+    calls, real_eval = [], metrics.evaluate_requests
+    monkeypatch.setattr(metrics, "evaluate_requests", lambda *a, **k: calls.append(1) or real_eval(*a, **k))
+    bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "baft_seq3", "--shifts", "", "--stride", "1",
+                           "--name", "as_saved_cached"])
+    assert len(calls) == 1
+    (again,) = json.loads((tmp_path / "res" / "as_saved_cached.json").read_text())["rows"]
+    assert again["rewrite_acc"] == row["rewrite_acc"] and again["locality"] == row["locality"]
