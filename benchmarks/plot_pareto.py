@@ -64,10 +64,11 @@ def main(argv: list[str] | None = None) -> Path:
             series.append(("line", [r["locality"] for r in rows], [r["paraphrase"] for r in rows], label,
                            [f"{r['gate_shift']:+g}" for r in rows], "P"))
     # single runs of every method: the benchmark runs, not the sweeps and probes
+    plotted: set[tuple[str, str]] = set()
     for path, marker in ((RESULTS / "baft_quick.json", "s"), (RESULTS / "baft_single200.json", "D"),
                          (RESULTS / "baft_single50.json", "d"), (RESULTS / "baft_seq100.json", "^"),
                          (RESULTS / "baft_seq1000.json", "v"), (RESULTS / "baft_seq1000_baft.json", "v"),
-                         (RESULTS / "baft_full.json", "X")):
+                         (RESULTS / "baft_seq1000_baft_ns.json", "v"), (RESULTS / "baft_full.json", "X")):
         if not path.exists():
             continue
         data = json.loads(path.read_text())
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> Path:
         for row in data.get("rows", []):
             if row.get("method") == "unedited" or row.get("locality") is None:
                 continue
+            if (row["method"], row["setting"]) in plotted:  # a joint table and a per-method run of one checkpoint
+                continue
+            plotted.add((row["method"], row["setting"]))
             series.append(("point", [row["locality"]], [row["paraphrase"]],
                            f"{row['method']}, {row['setting']} ({path.stem})", None, marker))
     colors = plt.cm.tab20.colors
