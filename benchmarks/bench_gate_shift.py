@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint-dir", required=True, help="folder of bench_baft.py --checkpoint-dir")
     p.add_argument("--key", default="baft_seq1000", help="the run's subfolder (<method>_seq<N>)")
-    p.add_argument("--adapter", default=None, help="adapter name in the checkpoint (default: the only one; "
-                   "bench_baft's baft_ns run saves adapter 'ns')")
+    p.add_argument("--adapter", default=None, help="adapter name in the checkpoint (default: the one the run "
+                   "recorded, e.g. 'ns' for bench_baft's baft_ns)")
     p.add_argument("--shifts", default="0,-2,-4,-7",
                    help="comma list (write --shifts=-4,0 when it starts with a minus); '' scores the checkpoint "
                         "as saved, which also works for other methods (an interim score of a LoReFT run)")
@@ -67,14 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     model, tok = models.load(args.model)
     model.eval()
     edited = EditableModel(model, tok)
-    step = run / state["step_dir"]
-    adapter = args.adapter
-    if adapter is None and not (step / "adapter_config.json").is_file():  # a named adapter sits in a subfolder
-        named = [d.name for d in step.iterdir() if (d / "adapter_config.json").is_file()]
-        if len(named) != 1:
-            raise SystemExit(f"{step} holds adapters {named}: pick one with --adapter")
-        adapter = named[0]
-    load_adapter(edited, step, adapter=adapter)
+    # the run's adapter name is part of its identity (bench_baft's baft_ns saves 'ns')
+    adapter = args.adapter or state["identity"].get("config", {}).get("adapter")
+    load_adapter(edited, run / state["step_dir"], adapter=adapter)
     mods = [a.module for a in edited.attachments() if isinstance(a.module, BaFT)]
     shifts = [float(v) for v in args.shifts.split(",") if v.strip()] or [None]
     if not mods and shifts != [None]:
