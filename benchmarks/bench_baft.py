@@ -35,6 +35,9 @@ Usage::
     # single edits with --checkpoint-dir keep each edit's outcome and scores (ckpt/single_<method>_<config hash>/),
     # so an interrupted run, or a joint table of methods run in separate processes, reuses them:
     python benchmarks/bench_baft.py --single 200 --sequential 0 --methods baft --checkpoint-dir ckpt
+    # ... or split over processes (each keeps its share; the plain command then writes the table):
+    python benchmarks/bench_baft.py --single 200 --sequential 0 --methods baft --checkpoint-dir ckpt --shard 0/2
+    python benchmarks/bench_baft.py --single 200 --sequential 0 --methods baft --checkpoint-dir ckpt --shard 1/2
 """
 
 from __future__ import annotations
@@ -156,7 +159,10 @@ def measure_latency(model, tok, prompts, edited) -> dict:
     return latency_ratio(run, base, repeats=11)
 
 
-def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25):
+def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25,
+                shard=None):
+    """One method in one setting: ``(row, details)``, or ``(None, None)`` when the run only
+    checkpoints (``--edit-only``, or a ``shard=(k, n)`` of single edits: those with index ≡ k mod n)."""
     from repedit import Editor, EditorConfig
     from repedit.editing import RequestOutcome
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
@@ -233,6 +239,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
                      "device": str(next(model.parameters()).device.type)}
             key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
         for i, req in enumerate(tqdm(reqs, desc=f"{name} single", unit="edit", mininterval=10)):
+            if shard is not None and i % shard[1] != shard[0]:
+                continue  # another process's share
             fresh = []
             compute = lambda: fresh.append(1) or one(i, req)  # noqa: E731
             rec = compute() if ident is None else cached(
@@ -240,7 +248,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             seconds += rec["seconds"]
             outcomes.append(RequestOutcome(**dict(rec["outcome"], index=i)))
             posts.append(rec["post"])
-            if i == len(reqs) - 1:
+            if i == len(reqs) - 1 and shard is None:
                 if not fresh:  # the last edit came from the cache: apply it again for the latency measurement
                     apply(req)
                 lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
@@ -249,9 +257,11 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
                     extra["gate_shift"] = module.config.gate_shift
                 if hasattr(module, "nullspace_info"):
                     extra["nullspace"] = {k: v for k, v in module.nullspace_info.items() if k != "path"}
-            if (i + 1) % 10 == 0:
-                log(f"  {name} single {i + 1}/{len(reqs)} ({seconds / (i + 1):.2f} s/edit)")
+            if len(posts) % 10 == 0:
+                log(f"  {name} single {i + 1}/{len(reqs)} ({seconds / len(posts):.2f} s/edit)")
         editor.reset()
+        if shard is not None:  # a share of the edits is kept in checkpoint_dir; the plain run scores them all
+            return None, None
     summary = summarize(build_case_records(reqs, pre, posts))
     row = {"method": name, "setting": f"{len(reqs)} {'sequential' if sequential else 'single'}", **flat(summary)}
     row["success_rate"] = sum(o.success for o in outcomes) / len(outcomes)
@@ -305,6 +315,9 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--edit-only", action="store_true",
                    help="with --checkpoint-dir: only edit (and checkpoint), score nothing; run again without it to score")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="with --checkpoint-dir and --sequential 0: edit (and keep) only the single edits whose index "
+                        "is K mod N, e.g. 0/2 and 1/2 in two processes; run again without it for the table")
     p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
     p.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
     p.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
@@ -318,6 +331,16 @@ def main(argv=None) -> None:
         p.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     n_single = args.single if args.single is not None else (8 if args.quick else 200)
     n_seq = args.sequential if args.sequential is not None else (16 if args.quick else 1000)
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = tuple(int(x) for x in args.shard.split("/"))
+            if len(shard) != 2 or not 0 <= shard[0] < shard[1]:
+                raise ValueError
+        except ValueError:
+            p.error(f"--shard takes K/N with 0 <= K < N, got {args.shard!r}")
+        if not args.checkpoint_dir or n_seq or args.edit_only:
+            p.error("--shard needs --checkpoint-dir and --sequential 0 (single edits only), without --edit-only")
     name = args.name or ("baft_quick" if args.quick else "baft_full")
     PROTOCOLS[:] = args.protocols.split(",")
 
@@ -362,9 +385,11 @@ def main(argv=None) -> None:
                 continue
             log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
             row, det = run_setting(mname, ck, reqs[:n], None if args.edit_only else pre[:n], model, tok, edited,
-                                   sequential, log, checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every)
+                                   sequential, log, checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every,
+                                   shard=shard)
             if row is None:
-                log(f"  {mname}: {n} edits checkpointed in {args.checkpoint_dir} (--edit-only: not scored)")
+                why = f"shard {args.shard}: no table" if shard else "--edit-only: not scored"
+                log(f"  {mname}: {n} edits checkpointed in {args.checkpoint_dir} ({why})")
                 continue
             rows.append(row)
             details[f"{mname}/{row['setting']}"] = det

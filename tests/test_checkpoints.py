@@ -179,6 +179,32 @@ def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypa
     assert len(edits) == 10
 
 
+def test_bench_baft_single_edit_shards_fill_one_cache(tmp_path, tok, monkeypatch):
+    """Two shards (0/2, 1/2) edit disjoint halves of the single edits and write no row; the
+    plain run then edits only the last request again (latency) and gives the unsharded row."""
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
+    edited_ids, real = [], Editor.edit
+    monkeypatch.setattr(Editor, "edit", lambda self, r, *a, **k: edited_ids.append(r.case_id) or real(self, r, *a, **k))
+
+    def run(shard=None, ck=tmp_path):
+        return bench_baft.run_setting("baft", CFG, reqs[:3], pre[:3], model, tok, edited, False, lambda m: None,
+                                      checkpoint_dir=ck, shard=shard)
+
+    assert run((0, 2)) == (None, None)
+    assert edited_ids == [reqs[0].case_id, reqs[2].case_id]
+    assert run((1, 2)) == (None, None)
+    assert edited_ids[2:] == [reqs[1].case_id]
+    row, _ = run()
+    assert edited_ids[3:] == [reqs[2].case_id]  # all cached; the last applied again for the latency
+    plain, _ = run(ck=tmp_path / "plain")
+    keys = ("efficacy", "paraphrase", "locality", "rewrite_acc", "success_rate", "mean_steps")
+    assert {k: row[k] for k in keys} == {k: plain[k] for k in keys}
+    with pytest.raises(SystemExit):
+        bench_baft.main(["--single", "3", "--sequential", "0", "--shard", "2/2", "--checkpoint-dir", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        bench_baft.main(["--single", "3", "--sequential", "4", "--shard", "0/2", "--checkpoint-dir", str(tmp_path)])
+
+
 @pytest.mark.parametrize("adapter", ["default", "ns"])
 def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, monkeypatch, adapter):
     """bench_gate_shift loads a sequential checkpoint once and scores it at every shift: a huge
