@@ -157,7 +157,34 @@ def measure_latency(model, tok, prompts, edited) -> dict:
         with edited.disabled():
             run()
 
-    return latency_ratio(run, base, repeats=LATENCY_REPEATS)
+    lat = latency_ratio(run, base, repeats=LATENCY_REPEATS)
+    lat["hook_share"] = hook_seconds(model, edited, run, repeats=5) / lat["base_s"]
+    return lat
+
+
+def hook_seconds(model, edited, run, repeats: int = 5) -> float:
+    """Seconds per ``run()`` spent inside the edit's site hooks: a timer starts in a forward
+    hook put before them and stops in one put after them. Over the unedited forward time this
+    is the edit's own share of the forward, which wall-clock ratios on a shared machine cannot
+    resolve below a few percent."""
+    spent, started, handles = [0.0], {}, []
+
+    def tic(mod, args, out):
+        started[mod] = time.perf_counter()
+
+    def toc(mod, args, out):
+        spent[0] += time.perf_counter() - started.pop(mod)
+
+    try:
+        for site in {a.site for a in edited.attachments()}:
+            mod = edited.layout.component(model, *site)
+            handles += [mod.register_forward_hook(tic, prepend=True), mod.register_forward_hook(toc)]
+        for _ in range(repeats):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return spent[0] / repeats
 
 
 def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25,
@@ -270,6 +297,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     row["s_per_edit"] = seconds / len(reqs)
     row["latency_ratio"] = lat["ratio"] if lat else None
     row["latency_min"] = lat["min_ratio"] if lat else None
+    row["hook_share"] = lat["hook_share"] if lat else None
     return row, {"summary": summary, "latency": lat, "config": cfg_kwargs, **extra}
 
 
@@ -403,14 +431,15 @@ def main(argv=None) -> None:
             write_results(name, payload, table=rows, columns=[
                 "method", "setting", "efficacy", "paraphrase", "locality", "neighborhood", "rewrite_acc",
                 "rephrase_acc", "gen_rewrite", "gen_rephrase", "gen_loc_agree", "success_rate", "mean_steps",
-                "s_per_edit", "latency_ratio", "latency_min"],
+                "s_per_edit", "latency_ratio", "latency_min", "hook_share"],
                 notes=("efficacy/paraphrase/neighborhood: ROME probability success (`probability/rome`); "
                        "locality: EasyEdit argmax agreement with the unedited model on neighbourhood prompts; "
                        "rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy; gen_*: greedy-generation "
                        "exact match / neighbourhood text agreement (`generation/mirage`). Model "
                        f"{args.model}, dev {args.source}, seed {args.seed}, offset {args.offset}. "
                        f"Latency ratio: edited/unedited forward, 16 prompts, median of {LATENCY_REPEATS} interleaved repeats "
-                       "(latency_min: ratio of the fastest runs)."))
+                       "(latency_min: ratio of the fastest runs; hook_share: time inside the edit's hooks over the unedited "
+                       "forward time)."))
     log("done")
 
 

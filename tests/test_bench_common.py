@@ -15,3 +15,33 @@ def test_latency_ratio_reports_median_and_fastest_run_ratios():
     assert out["repeats"] == 5
     for k in ("ratio", "median_pair_ratio", "min_ratio"):
         assert 1.5 < out[k] < 2.5, (k, out)
+
+
+def test_hook_seconds_times_only_the_edit_hooks_and_removes_its_timers(tok):
+    """bench_baft's hook share: the time inside the edit's site hooks (here a deliberately slow
+    intervention: ≥ its sleep per forward), nothing when no edit is attached, and its timer
+    hooks are gone afterwards."""
+    import time
+
+    import torch
+
+    from benchmarks.bench_baft import hook_seconds
+    from conftest import tiny_model
+    from repedit.hooks import EditableModel
+
+    model = tiny_model("llama")
+    edited = EditableModel(model, tok)
+    ids = tok(["a b c"], return_tensors="pt")
+
+    def run():
+        with torch.no_grad():
+            edited(**ids)
+
+    assert hook_seconds(model, edited, run, repeats=2) == 0.0
+    phi = edited.add("e", "loreft", layer=1, positions="all", config={"seed": 0})
+    slow = phi.forward
+    phi.forward = lambda *a, **k: time.sleep(0.01) or slow(*a, **k)
+    site = edited.layout.component(model, 1, "block_output")
+    before = dict(site._forward_hooks)
+    assert hook_seconds(model, edited, run, repeats=3) >= 0.01
+    assert dict(site._forward_hooks) == before
