@@ -61,7 +61,8 @@ from benchmarks.common import environment, latency_ratio, select_requests, set_t
 
 PROTOCOLS = ["teacher_forced", "probability", "generation"]
 METHODS = ["loreft", "baft", "baft_ns", "grace", "balancedit", "balancedit_lowrank", "balancedit_ns"]
-LATENCY_REPEATS = 31  # interleaved pairs of forwards; on the shared 2-core machine 11 scattered by ±4%
+LATENCY_REPEATS = 31  # interleaved pairs of forwards; on the shared 2-core machine 11 scattered by ±4%,
+# and 31 still by ±2% (the unedited model timed against itself: 0.98–1.02)
 
 
 def method_configs(args) -> dict:
@@ -159,6 +160,8 @@ def measure_latency(model, tok, prompts, edited) -> dict:
 
     lat = latency_ratio(run, base, repeats=LATENCY_REPEATS)
     lat["hook_share"] = hook_seconds(model, edited, run, repeats=5) / lat["base_s"]
+    # the noise floor: the same measurement with the unedited model on both sides
+    lat["aa_ratio"] = latency_ratio(base, base, repeats=LATENCY_REPEATS)["ratio"]
     return lat
 
 
@@ -298,6 +301,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     row["latency_ratio"] = lat["ratio"] if lat else None
     row["latency_min"] = lat["min_ratio"] if lat else None
     row["hook_share"] = lat["hook_share"] if lat else None
+    row["latency_aa"] = lat["aa_ratio"] if lat else None
     return row, {"summary": summary, "latency": lat, "config": cfg_kwargs, **extra}
 
 
@@ -431,15 +435,16 @@ def main(argv=None) -> None:
             write_results(name, payload, table=rows, columns=[
                 "method", "setting", "efficacy", "paraphrase", "locality", "neighborhood", "rewrite_acc",
                 "rephrase_acc", "gen_rewrite", "gen_rephrase", "gen_loc_agree", "success_rate", "mean_steps",
-                "s_per_edit", "latency_ratio", "latency_min", "hook_share"],
+                "s_per_edit", "latency_ratio", "latency_min", "latency_aa", "hook_share"],
                 notes=("efficacy/paraphrase/neighborhood: ROME probability success (`probability/rome`); "
                        "locality: EasyEdit argmax agreement with the unedited model on neighbourhood prompts; "
                        "rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy; gen_*: greedy-generation "
                        "exact match / neighbourhood text agreement (`generation/mirage`). Model "
                        f"{args.model}, dev {args.source}, seed {args.seed}, offset {args.offset}. "
                        f"Latency ratio: edited/unedited forward, 16 prompts, median of {LATENCY_REPEATS} interleaved repeats "
-                       "(latency_min: ratio of the fastest runs; hook_share: time inside the edit's hooks over the unedited "
-                       "forward time)."))
+                       "(latency_min: ratio of the fastest runs; latency_aa: the same measurement of the unedited model "
+                       "against itself, the run's noise floor; hook_share: time inside the edit's hooks over the "
+                       "unedited forward time)."))
     log("done")
 
 

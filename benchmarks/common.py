@@ -100,15 +100,15 @@ def latency_ratio(run_edited: Callable[[], Any], run_base: Callable[[], Any], re
         run_edited()
     base, edited, ratios = [], [], []
     for i in range(repeats):
-        order = (run_base, run_edited) if i % 2 == 0 else (run_edited, run_base)
-        t = {}
-        for fn in order:
+        t = []
+        for fn in ((run_base, run_edited) if i % 2 == 0 else (run_edited, run_base)):
             s = time.perf_counter()
             fn()
-            t[fn] = time.perf_counter() - s
-        base.append(t[run_base])
-        edited.append(t[run_edited])
-        ratios.append(t[run_edited] / t[run_base])
+            t.append(time.perf_counter() - s)
+        tb, te = t if i % 2 == 0 else t[::-1]  # (the same callable on both sides is an A/A test)
+        base.append(tb)
+        edited.append(te)
+        ratios.append(te / tb)
     mb, me = statistics.median(base), statistics.median(edited)
     return {"base_s": mb, "edited_s": me, "ratio": me / mb, "median_pair_ratio": statistics.median(ratios),
             "min_ratio": min(edited) / min(base), "repeats": repeats}

@@ -45,3 +45,16 @@ def test_hook_seconds_times_only_the_edit_hooks_and_removes_its_timers(tok):
     before = dict(site._forward_hooks)
     assert hook_seconds(model, edited, run, repeats=3) >= 0.01
     assert dict(site._forward_hooks) == before
+
+
+def test_latency_ratio_of_one_callable_against_itself_times_both_sides():
+    """An A/A measurement (the noise floor) passes one callable as both sides: each call is
+    timed on its own (first call: the base, second: the edited side)."""
+    import time
+
+    from benchmarks.common import latency_ratio
+
+    sleeps = iter([0.002, 0.008])
+    f = lambda: time.sleep(next(sleeps))  # noqa: E731
+    out = latency_ratio(f, f, repeats=1, warmup=0)
+    assert out["base_s"] < 0.006 < out["edited_s"] and out["ratio"] > 2
