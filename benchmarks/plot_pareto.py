@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> Path:
     # single runs of every method: the benchmark runs, not the sweeps and probes
     plotted: set[tuple[str, str]] = set()
     for path, marker in ((RESULTS / "baft_quick.json", "s"), (RESULTS / "baft_single200.json", "D"),
-                         (RESULTS / "baft_single50.json", "d"), (RESULTS / "baft_seq100.json", "^"),
+                         (RESULTS / "baft_seq100.json", "^"),
                          (RESULTS / "baft_seq1000.json", "v"), (RESULTS / "baft_seq1000_baft.json", "v"),
                          (RESULTS / "baft_seq1000_baft_ns.json", "v"), (RESULTS / "baft_full.json", "X")):
         if not path.exists():
