@@ -85,6 +85,8 @@ def method_configs(args) -> dict:
                         method_config=dict(baft, nullspace="read", nullspace_threshold=args.ns_threshold,
                                            nullspace_texts=args.ns_texts)),
     }
+    if args.ns_fold is not None:  # only when given, so runs without the flag keep their checkpoints' identity
+        out["baft_ns"]["method_config"]["nullspace_fold_edits"] = args.ns_fold == "on"
     # codebooks (GRACE-style fixed radii, BalancEdit radii) and the combinations a user would
     # try: a codebook whose values are LoReFT/BaFT-form low-rank updates (the codebook's
     # key/radius match gates an affine rank-r map of h, where BaFT gates with a sigmoid), and
@@ -337,6 +339,8 @@ def main(argv=None) -> None:
     p.add_argument("--protocols", default="teacher_forced,probability,generation", help="evaluation protocols (sweeps drop generation)")
     p.add_argument("--ns-threshold", type=float, default=1e-3)
     p.add_argument("--ns-texts", type=int, default=1000, help="WikiText-2 sentences used to build P")
+    p.add_argument("--ns-fold", choices=["on", "off"], default=None,
+                   help="baft_ns: fold each finished edit's keys into the null space (default: BaFT's, on)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
     p.add_argument("--threads", type=int, default=1)
