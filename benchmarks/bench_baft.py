@@ -171,13 +171,17 @@ def hook_seconds(model, edited, run, repeats: int = 5) -> float:
     """Seconds per ``run()`` spent inside the edit's site hooks: a timer starts in a forward
     hook put before them and stops in one put after them. Over the unedited forward time this
     is the edit's own share of the forward, which wall-clock ratios on a shared machine cannot
-    resolve below a few percent."""
+    resolve below a few percent. On a GPU the timers synchronise (a measurement, not the edit's
+    forward path), so the hooks' kernels are counted and not only their launch."""
     spent, started, handles = [0.0], {}, []
+    sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
 
     def tic(mod, args, out):
+        sync()
         started[mod] = time.perf_counter()
 
     def toc(mod, args, out):
+        sync()
         spent[0] += time.perf_counter() - started.pop(mod)
 
     try:
