@@ -61,8 +61,8 @@ from benchmarks.common import environment, latency_ratio, select_requests, set_t
 
 PROTOCOLS = ["teacher_forced", "probability", "generation"]
 METHODS = ["loreft", "baft", "baft_ns", "grace", "balancedit", "balancedit_lowrank", "balancedit_ns"]
-LATENCY_REPEATS = 31  # interleaved pairs of forwards; on the shared 2-core machine 11 scattered by ±4%,
-# and 31 still by ±2% (the unedited model timed against itself: 0.98–1.02)
+LATENCY_REPEATS = 31  # interleaved pairs of forwards (--quick: 11); on the shared 2-core machine 11
+# scattered by ±4%, and 31 still by ±2% (the unedited model timed against itself: 0.98–1.02)
 
 
 def method_configs(args) -> dict:
@@ -147,7 +147,7 @@ def flat(summary: dict, side: str = "post") -> dict:
     }
 
 
-def measure_latency(model, tok, prompts, edited) -> dict:
+def measure_latency(model, tok, prompts, edited, repeats: int = LATENCY_REPEATS) -> dict:
     from repedit.positions import encode
 
     batch = encode(tok, prompts, padding_side="right")
@@ -160,10 +160,10 @@ def measure_latency(model, tok, prompts, edited) -> dict:
         with edited.disabled():
             run()
 
-    lat = latency_ratio(run, base, repeats=LATENCY_REPEATS)
+    lat = latency_ratio(run, base, repeats=repeats)
     lat["hook_share"] = hook_seconds(model, edited, run, repeats=5) / lat["base_s"]
     # the noise floor: the same measurement with the unedited model on both sides
-    lat["aa_ratio"] = latency_ratio(base, base, repeats=LATENCY_REPEATS)["ratio"]
+    lat["aa_ratio"] = latency_ratio(base, base, repeats=repeats)["ratio"]
     return lat
 
 
@@ -197,7 +197,7 @@ def hook_seconds(model, edited, run, repeats: int = 5) -> float:
 
 
 def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25,
-                shard=None):
+                shard=None, latency_repeats=LATENCY_REPEATS):
     """One method in one setting: ``(row, details)``, or ``(None, None)`` when the run only
     checkpoints (``--edit-only``, or a ``shard=(k, n)`` of single edits: those with index ≡ k mod n)."""
     from repedit import Editor, EditorConfig
@@ -210,6 +210,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     editor = Editor(edited, tok, cfg)
     outcomes, posts, seconds = [], [], 0.0
     lat = None
+    latency_prompts = [r.locality_prompts[0].prompt for r in reqs[:16]]  # timed with the edits attached
     if sequential:
         done, ck = 0, None
         if checkpoint_dir:
@@ -244,7 +245,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
                                       for a in edited.attachments()}}, score)
         else:
             posts = score()
-        lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
+        lat = measure_latency(model, tok, latency_prompts, edited, latency_repeats)
         module = editor.attachments()[0].module
         extra = {"num_bases": getattr(module, "num_bases", None),
                  "gate_shift": getattr(getattr(module, "config", None), "gate_shift", None)}
@@ -288,7 +289,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             if i == len(reqs) - 1 and shard is None:
                 if not fresh:  # the last edit came from the cache: apply it again for the latency measurement
                     apply(req)
-                lat = measure_latency(model, tok, [r.locality_prompts[0].prompt for r in reqs[:16]], edited)
+                lat = measure_latency(model, tok, latency_prompts, edited, latency_repeats)
                 module = editor.attachments()[0].module
                 if hasattr(getattr(module, "config", None), "gate_shift"):
                     extra["gate_shift"] = module.config.gate_shift
@@ -360,6 +361,8 @@ def main(argv=None) -> None:
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="with --checkpoint-dir and --sequential 0: edit (and keep) only the single edits whose index "
                         "is K mod N, e.g. 0/2 and 1/2 in two processes; run again without it for the table")
+    p.add_argument("--latency-repeats", type=int, default=None,
+                   help=f"interleaved pairs of forwards per latency ratio (default {LATENCY_REPEATS}; 11 with --quick)")
     p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
     p.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
     p.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
@@ -384,6 +387,7 @@ def main(argv=None) -> None:
         if not args.checkpoint_dir or n_seq or args.edit_only:
             p.error("--shard needs --checkpoint-dir and --sequential 0 (single edits only), without --edit-only")
     name = args.name or ("baft_quick" if args.quick else "baft_full")
+    latency_repeats = args.latency_repeats or (11 if args.quick else LATENCY_REPEATS)
     PROTOCOLS[:] = args.protocols.split(",")
 
     set_threads(args.threads)
@@ -428,7 +432,7 @@ def main(argv=None) -> None:
             log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
             row, det = run_setting(mname, ck, reqs[:n], None if args.edit_only else pre[:n], model, tok, edited,
                                    sequential, log, checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every,
-                                   shard=shard)
+                                   shard=shard, latency_repeats=latency_repeats)
             if row is None:
                 why = f"shard {args.shard}: no table" if shard else "--edit-only: not scored"
                 log(f"  {mname}: {n} edits checkpointed in {args.checkpoint_dir} ({why})")
@@ -449,7 +453,7 @@ def main(argv=None) -> None:
                        "rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy; gen_*: greedy-generation "
                        "exact match / neighbourhood text agreement (`generation/mirage`). Model "
                        f"{args.model}, dev {args.source}, seed {args.seed}, offset {args.offset}. "
-                       f"Latency ratio: edited/unedited forward, 16 prompts, median of {LATENCY_REPEATS} interleaved repeats "
+                       f"Latency ratio: edited/unedited forward, 16 prompts, median of {latency_repeats} interleaved repeats "
                        "(latency_min: ratio of the fastest runs; latency_aa: the same measurement of the unedited model "
                        "against itself, the run's noise floor; hook_share: time inside the edit's hooks over the "
                        "unedited forward time)."))

@@ -1,28 +1,72 @@
-"""Benchmark helpers shared by the scripts in benchmarks/."""
+"""Benchmark helpers shared by the scripts in benchmarks/ (timed on a fake clock, so the
+assertions are exact and independent of the machine's load)."""
+
+import types
+
+import pytest
 
 
-def test_latency_ratio_reports_median_and_fastest_run_ratios():
-    """The benchmarks' latency ratio: edited over unedited time, interleaved; a run that is
-    twice as slow reads ≈ 2 by the median, per-pair median and fastest-run estimates."""
-    import time
+class FakeClock:
+    """Stands in for the ``time`` module: ``perf_counter`` reads ``now``, which the timed
+    callables advance."""
 
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    from benchmarks import bench_baft, common
+
+    c = FakeClock()
+    fake = types.SimpleNamespace(perf_counter=c.perf_counter)
+    monkeypatch.setattr(common, "time", fake)
+    monkeypatch.setattr(bench_baft, "time", fake)
+    return c
+
+
+def test_latency_ratio_reports_median_and_fastest_run_ratios(clock):
+    """Edited over unedited time, interleaved (base first on even pairs, edited first on odd
+    ones); the median ratio ignores one disturbed pair, the fastest-run ratio uses the minima."""
     from benchmarks.common import latency_ratio
 
-    calls = []
-    out = latency_ratio(lambda: calls.append("e") or time.sleep(0.004), lambda: calls.append("b") or time.sleep(0.002),
-                        repeats=5, warmup=1)
-    assert calls.count("e") == calls.count("b") == 6 and calls[2:4] == ["b", "e"] and calls[4:6] == ["e", "b"]
-    assert out["repeats"] == 5
-    for k in ("ratio", "median_pair_ratio", "min_ratio"):
-        assert 1.5 < out[k] < 2.5, (k, out)
+    calls, base = [], iter([9.0, 3.0, 2.0, 2.0, 2.0, 2.0])  # the first is a warmup; one disturbed pair
+
+    def run_base():
+        calls.append("b")
+        clock.spend(next(base))
+
+    def run_edited():
+        calls.append("e")
+        clock.spend(4.0)
+
+    out = latency_ratio(run_edited, run_base, repeats=5, warmup=1)
+    assert calls == ["b", "e", "b", "e", "e", "b", "b", "e", "e", "b", "b", "e"]
+    assert out["base_s"] == 2.0 and out["edited_s"] == 4.0 and out["ratio"] == 2.0
+    assert out["median_pair_ratio"] == 2.0 and out["min_ratio"] == 2.0 and out["repeats"] == 5
 
 
-def test_hook_seconds_times_only_the_edit_hooks_and_removes_its_timers(tok):
-    """bench_baft's hook share: the time inside the edit's site hooks (here a deliberately slow
-    intervention: ≥ its sleep per forward), nothing when no edit is attached, and its timer
-    hooks are gone afterwards."""
-    import time
+def test_latency_ratio_of_one_callable_against_itself_times_both_sides(clock):
+    """An A/A measurement (the noise floor) passes one callable as both sides: each call is
+    timed on its own (first call of a pair: the base, second: the edited side)."""
+    from benchmarks.common import latency_ratio
 
+    durations = iter([2.0, 8.0])
+    f = lambda: clock.spend(next(durations))  # noqa: E731
+    out = latency_ratio(f, f, repeats=1, warmup=0)
+    assert out["base_s"] == 2.0 and out["edited_s"] == 8.0 and out["ratio"] == 4.0
+
+
+def test_hook_seconds_times_only_the_edit_hooks_and_removes_its_timers(tok, clock):
+    """bench_baft's hook share: the time inside the edit's site hooks (an intervention that
+    spends 1.5 s of the fake clock per forward; the rest of the forward spends none), nothing
+    when no edit is attached, and its timer hooks are gone afterwards."""
     import torch
 
     from benchmarks.bench_baft import hook_seconds
@@ -34,27 +78,15 @@ def test_hook_seconds_times_only_the_edit_hooks_and_removes_its_timers(tok):
     ids = tok(["a b c"], return_tensors="pt")
 
     def run():
+        clock.spend(10.0)  # outside the hooks: not counted
         with torch.no_grad():
             edited(**ids)
 
     assert hook_seconds(model, edited, run, repeats=2) == 0.0
     phi = edited.add("e", "loreft", layer=1, positions="all", config={"seed": 0})
-    slow = phi.forward
-    phi.forward = lambda *a, **k: time.sleep(0.01) or slow(*a, **k)
+    real = phi.forward
+    phi.forward = lambda *a, **k: clock.spend(1.5) or real(*a, **k)
     site = edited.layout.component(model, 1, "block_output")
     before = dict(site._forward_hooks)
-    assert hook_seconds(model, edited, run, repeats=3) >= 0.01
+    assert hook_seconds(model, edited, run, repeats=3) == 1.5
     assert dict(site._forward_hooks) == before
-
-
-def test_latency_ratio_of_one_callable_against_itself_times_both_sides():
-    """An A/A measurement (the noise floor) passes one callable as both sides: each call is
-    timed on its own (first call: the base, second: the edited side)."""
-    import time
-
-    from benchmarks.common import latency_ratio
-
-    sleeps = iter([0.002, 0.008])
-    f = lambda: time.sleep(next(sleeps))  # noqa: E731
-    out = latency_ratio(f, f, repeats=1, warmup=0)
-    assert out["base_s"] < 0.006 < out["edited_s"] and out["ratio"] > 2

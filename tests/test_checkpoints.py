@@ -247,4 +247,3 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     assert len(calls) == 1
     (again,) = json.loads((tmp_path / "res" / "as_saved_cached.json").read_text())["rows"]
     assert again["rewrite_acc"] == row["rewrite_acc"] and again["locality"] == row["locality"]
-
