@@ -68,6 +68,8 @@ LATENCY_REPEATS = 31  # interleaved pairs of forwards (--quick: 11); on the shar
 def method_configs(args) -> dict:
     common = dict(layers=[args.layer] if args.layer is not None else None, positions=args.positions, lr=args.lr, max_steps=args.max_steps,
                   stop_prob=args.stop_prob, augment=args.augment, seed=args.seed)
+    if args.corpus is not None:  # only when given, so default runs keep their checkpoints' identity
+        common["corpus"] = args.corpus
     baft = dict(rank=args.rank, locality_weight=args.locality_weight, gate_positive_weight=args.gate_positive_weight,
                 temperature=args.temperature, trigger=args.trigger, gate_margin=args.gate_margin,
                 gate_margin_weight=args.gate_margin_weight, gate_fit_steps=args.gate_fit_steps,
@@ -319,16 +321,18 @@ def main(argv=None) -> None:
     p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 16)")
     p.add_argument("--methods", default="all", help=f"comma list of {','.join(METHODS)} (default all: every one; none: only score the "
                         "unedited model into --checkpoint-dir, e.g. while long runs still edit)")
-    p.add_argument("--cb-lr", type=float, default=0.1, help="learning rate of the codebook methods' values")
-    p.add_argument("--cb-max-steps", type=int, default=50, help="max steps of the codebook methods")
+    p.add_argument("--cb-lr", type=float, default=None, help="learning rate of the codebook methods' values (default: "
+                   "the codebook's editor_defaults)")
+    p.add_argument("--cb-max-steps", type=int, default=None, help="max steps of the codebook methods (default: the "
+                   "codebook's editor_defaults)")
     p.add_argument("--layer", type=int, default=None, help="edited layer (default: the method's default_layers)")
     p.add_argument("--loreft-layer", type=int, default=9, help="layer of LoReFT")
     p.add_argument("--counts", default="", help="per-method single-edit counts overriding --single, e.g. loreft=50,baft_ns=50")
     p.add_argument("--positions", default=None, help="positions rule (default: the method's editor_defaults)")
     p.add_argument("--rank", type=int, default=2)
-    p.add_argument("--lr", type=float, default=2e-2)
-    p.add_argument("--max-steps", type=int, default=60)
-    p.add_argument("--stop-prob", type=float, default=0.9)
+    p.add_argument("--lr", type=float, default=None, help="default: each method's editor_defaults (as the API and CLI)")
+    p.add_argument("--max-steps", type=int, default=None, help="default: each method's editor_defaults")
+    p.add_argument("--stop-prob", type=float, default=None, help="default: each method's editor_defaults")
     p.add_argument("--augment", type=int, default=None, help="augmented copies (default: the method's editor_defaults, else 0)")
     p.add_argument("--locality-weight", type=float, default=1.0)
     p.add_argument("--gate-positive-weight", type=float, default=0.1)
@@ -346,6 +350,8 @@ def main(argv=None) -> None:
     p.add_argument("--ns-texts", type=int, default=1000, help="WikiText-2 sentences used to build P")
     p.add_argument("--ns-fold", choices=["on", "off"], default=None,
                    help="baft_ns: fold each finished edit's keys into the null space (default: BaFT's, on)")
+    p.add_argument("--corpus", default=None, help="EditorConfig.corpus: a text file or 'model' (default: the corpus "
+                   "shipped with repedit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
     p.add_argument("--threads", type=int, default=1)

@@ -214,8 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--layer", type=int, default=None, help="edited layer (default: the codebook's default, 1/6 of the depth)")
     ap.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
     ap.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--max-steps", type=int, default=50)
+    ap.add_argument("--lr", type=float, default=None, help="default: the codebook's editor_defaults (as the API and CLI)")
+    ap.add_argument("--max-steps", type=int, default=None, help="default: the codebook's editor_defaults")
     ap.add_argument("--alpha", type=float, default=None, help="BalancEdit alpha (default: the config default)")
     ap.add_argument("--init-radius", type=float, default=None, help="GRACE-mode initial radius (default: config default)")
     ap.add_argument("--scales", default="0.5,0.75,1.0,1.25,1.5")
@@ -264,7 +264,11 @@ def main(argv=None) -> int:
         log("done")
         return 0
     modes = args.modes.split(",")
-    payload = {"n_edits": len(reqs), "layer": args.layer, "model": args.model, "source": args.source, "lr": args.lr, "max_steps": args.max_steps, "jobs": args.jobs,
+    from repedit.editing import EditorConfig, resolve_config
+    from repedit.methods.codebook import CodebookConfig
+
+    editor_cfg = resolve_config(EditorConfig(method="codebook", lr=args.lr, max_steps=args.max_steps), CodebookConfig)
+    payload = {"n_edits": len(reqs), "layer": args.layer, "model": args.model, "source": args.source, "lr": editor_cfg.lr, "max_steps": editor_cfg.max_steps, "jobs": args.jobs,
                "environment": env, "data": data_info, "modes": {}}
     workdir = Path(tempfile.mkdtemp(prefix="bench-codebook-"))
     procs = {}

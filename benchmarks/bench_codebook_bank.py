@@ -38,10 +38,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     set_threads(1)
     from repedit import models
+    from repedit.corpus import Corpus
     from repedit.eval.metrics import evaluate_requests
     from repedit.hooks import EditableModel
     from repedit.methods.codebook import radius as R
-    from repedit.methods.codebook import samples as S
     from benchmarks.bench_codebook import evaluate, pick
 
     model, tok = models.load("smollm2-135m")
@@ -56,7 +56,8 @@ def main(argv=None) -> int:
     with edited.disabled():
         pre = evaluate_requests(model, tok, sub, protocols=("teacher_forced", "probability"))
     rows = [{"radii": f"as trained (corpus bank {cb.config.corpus_sentences} sentences)", **pick(evaluate(model, tok, sub, pre))}]
-    sents = list(S.corpus_sentences(cb.config.corpus_path, args.sentences))
+    corpus = Corpus.from_file(cb.config.corpus_path) if cb.config.corpus_path else Corpus.default()
+    sents = corpus.spread_sentences(args.sentences)
     vecs, sid = [], []
     for b, (h, pm, _) in enumerate(R.site_hidden(edited, att.layer, att.component, tok, sents, None)):
         pm = pm.clone()

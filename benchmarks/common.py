@@ -27,6 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: the benchmarks read CounterFact, zsRE and known facts from ../shared/data (through
+#: $REPEDIT_DATA, the only place repedit looks)
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("REPEDIT_DATA", str(SHARED_DATA))
 
 __all__ = [
     "RESULTS_DIR",

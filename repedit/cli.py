@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--subject", default=None, help="subject (must occur in the prompt)")
     g.add_argument("--ground-truth", default=None, help="the old answer (optional)")
     g = p.add_argument_group("method")
-    g.add_argument("--method", default="loreft", help="registered method (see `repedit inspect --methods`; default loreft)")
+    g.add_argument("--method", default="baft", help="registered method (see `repedit inspect --methods`; default baft)")
     g.add_argument("--method-config", default=None,
                    help="method options as a JSON object, or @file.json (e.g. '{\"rank\": 8}')")
     g.add_argument("--layers", default=None, help="comma list of decoder layers (default: the method's choice)")
@@ -133,9 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--positions", default=None, help="last_prompt, subject, prompt or all (default: the method's: "
                    "prompt for baft, whose gates pick the subject token; last_prompt otherwise)")
     g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-3)")
-    g.add_argument("--max-steps", type=int, default=None, help="most steps per edit (default 100)")
-    g.add_argument("--stop-prob", type=float, default=None, help="early-stop target probability (default 0.9)")
+    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the method's: 2e-2 for baft "
+                   "and loreft, 0.1 for codebook)")
+    g.add_argument("--max-steps", type=int, default=None, help="most steps per edit (default: the method's: 60 for baft "
+                   "and loreft, 50 for codebook)")
+    g.add_argument("--stop-prob", type=float, default=None, help="early-stop target probability (default: the method's, 0.9)")
+    g.add_argument("--corpus", default=None, help="general text for negatives, prefixes and names: a text file, or "
+                   "'model' for text the model generates (default: the WikiText-2 test split shipped with repedit)")
     g.add_argument("--sequential", action="store_true", help="edit the requests one after another (else as one batch)")
     g.add_argument("--batch-size", type=int, default=1, help="requests per sequential step (default 1)")
     g.add_argument("--augment", type=int, default=None,
@@ -468,7 +472,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
     cfg = EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
                        positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-                       progress=args.progress, verify=not args.no_verify, **kw)
+                       progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)
     ds, recorded = _load_data(spec)
     from repedit.eval.data import to_requests
 

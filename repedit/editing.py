@@ -34,8 +34,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from repedit.corpus import Corpus, resolve_corpus
 from repedit.hooks import Attachment, EditableModel
 from repedit.positions import EncodedBatch, Positions, encode
 from repedit.requests import EditRequest, validate_requests
@@ -56,34 +59,37 @@ __all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Edito
 class EditorConfig:
     """How edits are trained and where they sit. Every field has a help string."""
 
-    method: str = field(default="loreft", metadata={"help": "registered method name (repedit.methods.available_methods())"})
+    method: str = field(default="baft", metadata={"help": "registered method name (repedit.methods.available_methods()); default BaFT, the best measured (docs/methods.md#which-method)"})
     method_config: dict = field(default_factory=dict, metadata={"help": "keyword arguments of the method's config dataclass"})
     layers: list | None = field(default=None, metadata={"help": "decoder layers to edit (None: the method's default, else 1/3 of the depth)"})
     component: str = field(default="block_output", metadata={"help": "block_output, mlp_output or attention_output"})
     positions: str | None = field(default=None, metadata={"help": "last_prompt, subject, prompt or all (None: the method's default, else last_prompt)"})
-    lr: float = field(default=5e-3, metadata={"help": "Adam learning rate"})
+    lr: float | None = field(default=None, metadata={"help": "Adam learning rate (None: the method's default, else 5e-3)"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-    max_steps: int = field(default=100, metadata={"help": "most optimisation steps per edit (or batch)"})
-    stop_prob: float = field(default=0.9, metadata={"help": "early stop once every target token is the argmax and exp(mean log p) >= this"})
+    max_steps: int | None = field(default=None, metadata={"help": "most optimisation steps per edit or batch (None: the method's default, else 100)"})
+    stop_prob: float | None = field(default=None, metadata={"help": "early stop once every target token is the argmax and exp(mean log p) >= this (None: the method's default, else 0.9)"})
     batch_size: int = field(default=1, metadata={"help": "requests trained together in sequential mode"})
     seed: int = field(default=0, metadata={"help": "seed: edits are deterministic for a given seed"})
     adapter: str = field(default="default", metadata={"help": "adapter name the trained interventions belong to"})
     progress: bool = field(default=False, metadata={"help": "show a tqdm progress bar (off in library calls)"})
     augment: int | None = field(default=None, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off; None: the method's default, else 0"})
-    augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a WikiText-2 sentence start)"})
-    augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (WikiText-2 test sentences), a path, or a list of strings"})
+    augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a corpus sentence start)"})
+    augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (the editor's corpus), a path, or a list of strings"})
+    corpus: Any = field(default=None, metadata={"help": "general text behind negatives, augmentation prefixes, null-space statistics and entity names: None (WikiText-2's test split, shipped with repedit), 'model' (text the unedited model samples, cached per model), a path to a text file, or a list of strings"})
     verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
 
     #: values used for fields left at None when no method default applies
-    FALLBACKS = {"positions": "last_prompt", "augment": 0}
+    FALLBACKS = {"positions": "last_prompt", "augment": 0, "lr": 5e-3, "max_steps": 100, "stop_prob": 0.9}
 
     def __post_init__(self) -> None:
         if self.positions is not None:
             Positions.parse(self.positions)
-        if self.max_steps < 0:
+        if self.max_steps is not None and self.max_steps < 0:
             raise ValueError("max_steps must be >= 0")
-        if not 0.0 < self.stop_prob <= 1.0:
+        if self.stop_prob is not None and not 0.0 < self.stop_prob <= 1.0:
             raise ValueError("stop_prob must be in (0, 1]")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError("lr must be > 0")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if (self.augment is not None and self.augment < 0) or self.augment_words < 1:
@@ -212,6 +218,11 @@ class EditSession:
     def device(self) -> torch.device:
         return self.batch.input_ids.device
 
+    @property
+    def corpus(self) -> Corpus:
+        """General text for negatives, prefixes and names (:attr:`Editor.corpus`)."""
+        return self.editor.corpus
+
     def encode(self, prompts: Sequence[str], continuations: Sequence[str] | None = None,
                subjects: Sequence[str | None] | None = None) -> EncodedBatch:
         return encode(self.tokenizer, list(prompts), continuations, subjects).to(self.device)
@@ -262,11 +273,35 @@ class Editor:
     def device(self) -> torch.device:
         return next(self.edited.model.parameters()).device
 
+    @property
+    def corpus(self) -> Corpus:
+        """The general text every method of this editor draws on (``EditorConfig.corpus``),
+        resolved once: the shipped WikiText-2 test split by default."""
+        if getattr(self, "_corpus", None) is None:
+            with self.edited.disabled():  # 'model': the unedited model's text
+                self._corpus = resolve_corpus(self.config.corpus, self.edited.model, self.tokenizer)
+            logger.info("corpus: %s", self._corpus)
+        return self._corpus
+
+    def check_resources(self) -> None:
+        """Resolve the corpus and check every file the method's config names, before anything
+        is attached or trained: a named resource that is missing is an error."""
+        from repedit.methods import config_from_dict
+
+        self.corpus
+        if self.config.augment:
+            self._prefixes()  # a missing file or a corpus without prefixes fails here
+        method_cfg = config_from_dict(self.config.method, self.config.method_config, strict=True)
+        for name, path in method_cfg.resource_paths().items():
+            if not Path(path).expanduser().is_file():
+                raise FileNotFoundError(
+                    f"{self.config.method} config {name}={str(path)!r}: file not found; pass an existing file, "
+                    f"or leave {name} at None for the default")
+
     def default_layers(self) -> list[int]:
         layers = self.config.layers
         if layers is None:
-            layers = getattr(self.spec.config_cls, "default_layers", None)
-            layers = layers(self.edited.num_layers) if callable(layers) else None
+            layers = self.spec.config_cls.default_layers(self.edited.num_layers)
         if layers is None:
             layers = [self.edited.num_layers // 3]
         return [int(x) for x in layers]
@@ -377,6 +412,7 @@ class Editor:
         if start and not sequential:
             raise ValueError("start= resumes a sequential run; pass sequential=True")
         cfg = self.config
+        self.check_resources()
         chunks = (
             [list(range(i, min(i + cfg.batch_size, len(reqs)))) for i in range(start, len(reqs), cfg.batch_size)]
             if sequential
@@ -401,17 +437,18 @@ class Editor:
             cfg = self.config
             if isinstance(cfg.augment_corpus, (list, tuple)):
                 texts = list(cfg.augment_corpus)
+            elif cfg.augment_corpus is not None:
+                texts = Corpus.from_file(cfg.augment_corpus).sentences(limit=3000)
             else:
-                from repedit.methods.nullspace import corpus_sentences
-
-                texts = corpus_sentences(cfg.augment_corpus, limit=3000)
+                texts = self.corpus.sentences(limit=3000)
             pool = []
             for t in texts:
                 words = t.split()
                 if len(words) >= 3:
                     pool.append(" ".join(words[: cfg.augment_words]))
             if not pool:
-                raise ValueError("augment > 0 needs a corpus with sentences of at least 3 words")
+                raise ValueError("augment > 0 needs a corpus with sentences of at least 3 words; pass "
+                                 "EditorConfig(augment_corpus=...) or corpus=..., or augment=0")
             self._prefix_pool = pool
         return self._prefix_pool
 

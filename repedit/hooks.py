@@ -94,6 +94,19 @@ class Attachment:
         return (self.layer, self.component)
 
 
+def _find_cache(kwargs: dict) -> Any:
+    """The KV cache passed to the decoder stack, whatever transformers calls the argument
+    (``past_key_values`` up to 5.23, ``cache`` from 5.24), or ``None``."""
+    for name in ("past_key_values", "cache"):
+        cache = kwargs.get(name)
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            return cache
+    for value in kwargs.values():  # a future name: any argument that is a cache
+        if hasattr(value, "get_seq_length"):
+            return value
+    return None
+
+
 def _split_output(output: Any) -> tuple[torch.Tensor, Any]:
     if isinstance(output, torch.Tensor):
         return output, None
@@ -185,8 +198,8 @@ class EditableModel(nn.Module):
         if isinstance(attn, torch.Tensor) and attn.dim() == 2:
             past = attn.shape[1] - new
         else:
-            cache = kwargs.get("past_key_values")
-            past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+            cache = _find_cache(kwargs)
+            past = int(cache.get_seq_length()) if cache is not None else 0
             attn = torch.ones(batch, past + new, dtype=torch.long, device=ref.device)
         if past == 0:
             self._gen_state = {}

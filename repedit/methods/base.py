@@ -9,6 +9,7 @@ its ``mask`` selects. Methods know nothing of training loops, files or datasets.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,6 +41,33 @@ class MethodConfig:
     def help(cls) -> dict[str, str]:
         """Field name -> help string (what ``repedit inspect`` and the docs show)."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+    def resource_paths(self) -> dict[str, str]:
+        """The files this config names (fields with ``metadata={"resource": True}`` that are
+        set to a path): the Editor checks they exist before it attaches anything."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("resource") and isinstance(value, (str, os.PathLike)) and not str(value).startswith("<"):
+                out[f.name] = str(value)
+        return out
+
+    @classmethod
+    def editor_defaults(cls, method_config: dict | None = None) -> dict[str, Any]:
+        """The method's tuned :class:`~repedit.editing.EditorConfig` values (``lr``,
+        ``max_steps``, ``stop_prob``, ``positions``, ``augment``), used wherever the user
+        leaves them at ``None``: the Python API, the CLI and the benchmarks alike.
+
+        Example::
+
+            BaFTConfig.editor_defaults()   # {'lr': 0.02, 'max_steps': 60, ...}
+        """
+        return {}
+
+    @classmethod
+    def default_layers(cls, num_layers: int) -> list[int] | None:
+        """The layers the Editor edits when the user names none (None: a third of the depth)."""
+        return None
 
 
 def apply_masked(h: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,8 @@ How ``P`` is built:
    intervention at every attended token. (For the ``last_prompt`` rule every token counts:
    in a causal LM the state at token t *is* the last-prompt-token state of the prefix
    ending at t. The ``subject`` and ``prompt`` rules also use every token, as a corpus has no
-   subject annotation.) The default corpus is the WikiText-2 test sentences in
-   ``../shared/data/wikitext2/wiki.test.raw`` (lines starting with ``=`` dropped, split on
-   ``" . "``); any list of strings may be passed instead.
+   subject annotation.) The default corpus is the editor's (:mod:`repedit.corpus`: the
+   WikiText-2 test sentences shipped with repedit); any list of strings may be passed instead.
 2. Accumulate the *uncentred* second moment ``K0 K0ᵀ / N`` in float32, streaming: no
    vector is kept (:class:`SecondMoment`).
 3. Eigen-decompose it and keep the eigenvectors ``Û`` with small eigenvalues; ``P = Û Ûᵀ``.
@@ -25,13 +24,13 @@ The second moment is cached on disk (safetensors, atomic rename) under
 ``<cache dir>/nullspace/``, keyed by the model fingerprint (:func:`repedit.adapters.fingerprint`),
 layer, component, position rule and the sha256 of the corpus, so ``P`` for a new threshold
 costs one 576×576 eigendecomposition, not a corpus pass. The cache dir is
-``repedit.models.cache_dir()`` (``$REPEDIT_CACHE`` or ``~/.cache/repedit``).
+``repedit.cache.cache_dir()`` (``$REPEDIT_CACHE`` or ``~/.cache/repedit``).
 
 The guarantees of the two modes are documented on :class:`repedit.methods.baft.BaFT`.
 
 Example::
 
-    texts = corpus_sentences(limit=2000)
+    texts = editor.corpus.sentences(limit=2000)
     mom = collect_second_moment(editor, attachment, texts)
     P, info = null_space_projector(mom.matrix(), threshold=1e-4)
 """
@@ -41,8 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -53,7 +50,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "THRESHOLD_MODES",
     "SecondMoment",
-    "corpus_sentences",
     "corpus_hash",
     "collect_second_moment",
     "null_space_projector",
@@ -66,52 +62,8 @@ __all__ = [
 #: ``"max"``: keep eigenvalues < threshold × the largest eigenvalue.
 THRESHOLD_MODES = ("energy", "max")
 
-_WIKITEXT = ("wikitext2", "wiki.test.raw")
-
 
 # ------------------------------------------------------------------------- corpus
-def _default_corpus_path() -> Path:
-    try:
-        from repedit.eval.data import default_data_dir
-
-        return default_data_dir().joinpath(*_WIKITEXT)
-    except (ImportError, FileNotFoundError):
-        root = Path(__file__).resolve().parents[3]
-        return root / "shared" / "data" / _WIKITEXT[0] / _WIKITEXT[1]
-
-
-def corpus_sentences(path: str | os.PathLike | None = None, limit: int | None = None,
-                     min_words: int = 4, max_words: int = 40) -> list[str]:
-    """WikiText-2 sentences: lines starting with ``=`` dropped, split on ``" . "``.
-
-    Sentences shorter than ``min_words`` are dropped and longer ones cut to ``max_words``
-    words. The order is the file's, so ``limit`` is deterministic.
-
-    Example::
-
-        corpus_sentences(limit=3)
-    """
-    p = Path(path) if path is not None else _default_corpus_path()
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"corpus file {p} not found; pass a list of texts (nullspace_corpus=[...]) or a path"
-        )
-    out: list[str] = []
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line or line.startswith("="):
-                continue
-            for sent in line.split(" . "):
-                words = sent.split()
-                if len(words) < min_words:
-                    continue
-                out.append(" ".join(words[:max_words]))
-                if limit is not None and len(out) >= limit:
-                    return out
-    return out
-
-
 def corpus_hash(texts: Sequence[str]) -> str:
     h = hashlib.sha256()
     for t in texts:
@@ -210,14 +162,9 @@ def deflate(P: torch.Tensor, keys: torch.Tensor, tol: float = 1e-6) -> tuple[tor
 
 # ------------------------------------------------------------------------- cache
 def nullspace_cache_dir() -> Path:
-    try:
-        from repedit.models import cache_dir
+    from repedit.cache import cache_dir
 
-        root = cache_dir()
-    except ImportError:  # pragma: no cover - models.py is optional
-        env = os.environ.get("REPEDIT_CACHE")
-        root = Path(env).expanduser() if env else Path.home() / ".cache" / "repedit"
-    return root / "nullspace"
+    return cache_dir() / "nullspace"
 
 
 def _cache_key(model: Any, layer: int, component: str, rule: str, texts_hash: str, max_tokens: int) -> str:
@@ -256,16 +203,8 @@ def cached_second_moment(editor: Any, attachment: Any, texts: Sequence[str], use
     info["count"] = mom.count
     info["cached"] = False
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"moment": moment, "count": torch.tensor([mom.count], dtype=torch.long)}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        from repedit.cache import atomic_write
+
+        tensors = {"moment": moment, "count": torch.tensor([mom.count], dtype=torch.long)}
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
     return moment, info

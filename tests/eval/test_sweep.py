@@ -117,6 +117,22 @@ def test_scope_auc_of_scores():
     assert math.isnan(scope_auc([1, 1], [0.3, 0.4]))
 
 
+def test_rank_auc_is_the_pairwise_win_rate_with_half_ties():
+    import random
+
+    from repedit.eval.sweep import rank_auc
+
+    rng = random.Random(0)
+    for _ in range(20):
+        labels = [rng.randint(0, 1) for _ in range(30)] + [0, 1]
+        scores = [rng.choice([0.1, 0.2, 0.2, 0.5, 0.9, rng.random()]) for _ in labels]
+        pos = [s for s, y in zip(scores, labels) if y]
+        neg = [s for s, y in zip(scores, labels) if not y]
+        pairs = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+        assert abs(rank_auc(labels, scores) - pairs / (len(pos) * len(neg))) < 1e-12
+    assert rank_auc([1, 0, 1, 0], [0.9, 0.9, 0.5, 0.1]) == 0.625
+
+
 def test_scope_auc_is_one_when_firing_separates_perfectly():
     edited, tok = keymatch_edit()
     s = scope_scores(edited, tok, requests())["test_keymatch"]

@@ -495,7 +495,9 @@ def test_subject_variants_are_hard_gate_negatives(tok, monkeypatch):
     """subject_variants: the subject's word suffixes and look-alikes with other leading words
     ('london tower' for 'eiffel tower') are negatives of the edit's gates, in a group of their
     own, so the gates key on the whole name rather than its last word."""
-    monkeypatch.setattr(BaFT, "_corpus_names", lambda self, limit: ["london", "paris", "berlin city", "madrid"])
+    from repedit.corpus import Corpus
+
+    monkeypatch.setattr(Corpus, "names", lambda self, limit, sentences=4000: ["london", "paris", "berlin city", "madrid"])
     req = EditRequest(prompt="the eiffel tower is located in", target_new="madrid", subject="eiffel tower")
     probe = "london tower is located in"
 
@@ -540,13 +542,17 @@ def test_subject_variant_names(monkeypatch):
     import random
     import types
 
-    monkeypatch.setattr(BaFT, "_corpus_names", lambda self, limit: ["George", "Romanian Club", "Chilean Football Federation"])
+    from repedit.corpus import Corpus
+
+    corpus = Corpus.from_texts([])
+    monkeypatch.setattr(corpus, "names", lambda limit, sentences=4000: ["George", "Romanian Club", "Chilean Football Federation"])
     mod = BaFT(BaFTConfig(subject_variants=3), 8)
     got = {}
     monkeypatch.setattr(BaFT, "_name_states", lambda self, s, a, names: (got.setdefault("names", names), torch.zeros(0, 8)))
     session = types.SimpleNamespace(requests=[EditRequest(prompt="Chilean Football Federation is a member of",
                                                           target_new="FIFA", subject="Chilean Football Federation"),
-                                              EditRequest(prompt="Norway is in", target_new="Asia", subject="Norway")])
+                                              EditRequest(prompt="Norway is in", target_new="Asia", subject="Norway")],
+                                    corpus=corpus)
     mod._subject_variants(session, None, random.Random(0))
     names = got["names"]
     assert {"Football Federation", "Federation"} <= set(names)

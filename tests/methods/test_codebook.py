@@ -16,7 +16,7 @@ from repedit.requests import EditRequest
 
 from tests.conftest import tiny_model
 
-NOFILES = dict(corpus_sentences=0, known_facts_path="/nonexistent/known.json")
+NOFILES = dict(corpus_sentences=0, num_names=0)
 
 REQS = [
     EditRequest(prompt="the capital of france is", target_new="rome", subject="france", ground_truth="paris",
@@ -206,7 +206,7 @@ def test_grace_mode_split_and_expand(tok):
 
 def test_inseparable_is_flagged(tok, monkeypatch):
     monkeypatch.setattr(S, "positives", lambda req, n: ["it was not what he speak"])
-    monkeypatch.setattr(S, "negatives", lambda req, reqs, n, seed=0, known_facts_path=None: [(req.prompt, req.subject)])
+    monkeypatch.setattr(S, "negatives", lambda req, reqs, n, seed=0, names=(): [(req.prompt, req.subject)])
     ed = make_editor(tok, key_positions="last_prompt")
     res = ed.edit(REQS[0])
     o = res.outcomes[0]
@@ -448,7 +448,7 @@ def test_corpus_bank_is_captured_once_per_site(tok, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Codebook, "_hidden", counting)
     cfg = EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=5,
-                       method_config=dict(corpus_sentences=6, corpus_path=str(corpus), known_facts_path="/nonexistent/k.json"))
+                       method_config=dict(corpus_sentences=6, corpus_path=str(corpus), num_names=0))
     stats = []
     for req in REQS[:2]:
         ed = Editor(edited, tok, cfg)

@@ -65,9 +65,11 @@ def test_deflate_removes_key_exactly():
 
 
 def test_corpus_sentences_rules(tmp_path):
+    from repedit.corpus import Corpus
+
     f = tmp_path / "wiki.raw"
     f.write_text(" = Title = \n one two three four . five six seven eight . x y\n = = Sub = = \n")
-    assert ns.corpus_sentences(f) == ["one two three four", "five six seven eight"]
+    assert Corpus.from_file(f).sentences() == ["one two three four", "five six seven eight"]
 
 
 def test_moment_cache_roundtrip(tmp_path, monkeypatch, tok):

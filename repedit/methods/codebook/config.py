@@ -60,9 +60,10 @@ class CodebookConfig(MethodConfig):
     index_min_entries: int = field(default=4096, metadata={"help": "index='auto': entries from which the projected index is used"})
     num_positives: int = field(default=8, metadata={"help": "template rewrites of the prompt used as positive samples"})
     num_negatives: int = field(default=24, metadata={"help": "same-relation prompts with other subjects used as negatives"})
-    corpus_sentences: int = field(default=2000, metadata={"help": "WikiText sentences for statistics and nearest-neighbour negatives (0: none). 2000 (was 256): re-placing the radii of a 1,000-entry codebook against a 2,000-sentence bank raised locality from 0.914 to 0.951 at the same paraphrase (benchmarks/results/codebook_bank2000.md)"})
-    corpus_path: str | None = field(default=None, metadata={"help": "WikiText-style raw text file (None: <data dir>/wikitext2/wiki.test.raw if present)"})
-    known_facts_path: str | None = field(default=None, metadata={"help": "ROME known_1000.json for other-subject negatives (None: <data dir>/known_facts/known_1000.json if present)"})
+    corpus_sentences: int = field(default=2000, metadata={"help": "corpus sentences, spread over the corpus, for statistics and nearest-neighbour negatives (0: none; docs/methods.md)"})
+    corpus_path: str | None = field(default=None, metadata={"help": "a raw text file for those sentences (None: the editor's corpus, by default the WikiText-2 test split shipped with repedit)", "resource": True})
+    known_facts_path: str | None = field(default=None, metadata={"help": "a known_1000.json-style file whose subjects fill other-subject negatives (None: entity names from the editor's corpus)", "resource": True})
+    num_names: int = field(default=1000, metadata={"help": "corpus entity names used for other-subject negatives when known_facts_path is None"})
     seed: int = field(default=0, metadata={"help": "seed of the deterministic sample selection"})
     n_entries: int = field(default=0, metadata={"help": "number of entries (set by export_config; sizes the tensors on load)"})
     has_stats: bool = field(default=False, metadata={"help": "whether normalisation statistics have been computed (set automatically)"})
@@ -87,8 +88,13 @@ class CodebookConfig(MethodConfig):
         if self.entries and len(self.entries) != self.n_entries:
             raise ValueError(f"{len(self.entries)} entry records but n_entries={self.n_entries}")
 
-    @staticmethod
-    def default_layers(num_layers: int) -> list[int]:
+    @classmethod
+    def editor_defaults(cls, method_config: dict | None = None) -> dict:
+        """Adam at 0.1 (the value is ``value_scale`` × the parameter) for at most 50 steps."""
+        return {"lr": 0.1, "max_steps": 50, "stop_prob": 0.9}
+
+    @classmethod
+    def default_layers(cls, num_layers: int) -> list[int]:
         """1/6 of the depth (layer 5 of SmolLM2's 30, BaFT's layer too), where the subject's last
         token still carries the entity with little of its context: 300 sequential dev CounterFact
         edits there scored efficacy/paraphrase/locality 1.00/0.89/0.972 (radius scale 0.9), against

@@ -11,11 +11,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from repedit.corpus import Corpus
 from repedit.methods.base import Intervention
 from repedit.methods.codebook.config import CodebookConfig
 from repedit.methods.codebook import radius as R
@@ -354,6 +356,26 @@ class Codebook(Intervention):
     def _hidden(self, session, att, prompts, subjects):
         return list(R.site_hidden(session.edited, att.layer, att.component, session.tokenizer, prompts, subjects))
 
+    def _corpus(self, session) -> Corpus:
+        """``corpus_path`` if set, else the editor's corpus."""
+        path = self.config.corpus_path
+        if path is None:
+            return session.corpus
+        if getattr(self, "_own_corpus", None) is None or self._own_corpus.source != str(Path(path).expanduser()):
+            self._own_corpus = Corpus.from_file(path)
+        return self._own_corpus
+
+    def _names(self, session) -> tuple[str, ...]:
+        """Other-subject names: the known-facts file's subjects if set, else corpus names."""
+        cfg = self.config
+        names = S.known_subjects(cfg.known_facts_path) if cfg.known_facts_path else tuple(
+            session.corpus.names(cfg.num_names) if cfg.num_names > 0 else ())
+        if not names and not getattr(self, "_names_warned", False) and (cfg.known_facts_path or cfg.num_names > 0):
+            self._names_warned = True
+            logger.warning("no entity names for other-subject negatives (from %s): radii rest on the requests' "
+                           "own relations and the corpus only", cfg.known_facts_path or session.corpus)
+        return names
+
     def _ensure_bank(self, session, att) -> None:
         """Corpus statistics (first use) and the nearest-neighbour negative bank (cached per
         module, and for one site across modules, so single edits in a loop, each on a fresh
@@ -361,7 +383,8 @@ class Codebook(Intervention):
         if self._bank is not None:
             return
         cfg = self.config
-        key = (id(session.edited.model), att.layer, att.component, str(session.device), cfg.corpus_path,
+        corpus = self._corpus(session)
+        key = (id(session.edited.model), att.layer, att.component, str(session.device), corpus.sha256,
                cfg.corpus_sentences, cfg.key_positions, cfg.normalize, cfg.null_space, cfg.null_space_threshold)
         hit = _BANK_CACHE.get(key)
         if hit is not None and (not cfg.has_stats or (torch.equal(self.stat_mean, hit["stat_mean"].to(self.stat_mean))
@@ -375,7 +398,11 @@ class Codebook(Intervention):
                 self._null_projector = hit["projector"]
             self._bank = hit["bank"]
             return
-        sents = list(S.corpus_sentences(cfg.corpus_path, cfg.corpus_sentences))
+        sents = corpus.spread_sentences(cfg.corpus_sentences)
+        if cfg.corpus_sentences > 0 and not sents:
+            logger.warning("the corpus %s has no sentences of 6+ words: the codebook's statistics come from the "
+                           "requests' prompts and its radii have no corpus negatives (locality may drop); pass a "
+                           "corpus (corpus_path or EditorConfig(corpus=...)), or corpus_sentences=0", corpus)
         bank: dict = {"sentences": sents, "vecs": None, "sent_id": None}
         if not sents:
             sents_for_stats = [r.prompt for r in session.all_requests][:256]
@@ -532,7 +559,7 @@ class Codebook(Intervention):
     def _balanced_radius(self, session, att, req, key_n, j) -> dict:
         cfg = self.config
         pos = S.positives(req, cfg.num_positives)
-        negs = S.negatives(req, session.all_requests, cfg.num_negatives, cfg.seed, cfg.known_facts_path)
+        negs = S.negatives(req, session.all_requests, cfg.num_negatives, cfg.seed, self._names(session))
         neg_prompts = [p for p, _ in negs]
         d_pos = self._sample_distances(session, att, pos, [req.subject] * len(pos), key_n)
         d_neg = self._sample_distances(session, att, neg_prompts, [s for _, s in negs], key_n)

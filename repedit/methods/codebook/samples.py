@@ -6,9 +6,9 @@ case changes, question forms. In causal models the subject token's representatio
 depends on the text before it, so the rewrites change that text.
 
 Negatives (must not fire): the request's relation template filled with other subjects
-(other requests of the same relation in the edit call, and subjects from ROME's
-``known_1000.json``), plus nearest-neighbour sentences from a corpus (WikiText-2), mined in
-:mod:`repedit.methods.codebook.radius`.
+(other requests of the same relation in the edit call, and entity names: the editor's corpus
+names by default, or the subjects of a known-facts file such as ROME's ``known_1000.json``),
+plus nearest-neighbour sentences from the corpus, mined in :mod:`repedit.methods.codebook.radius`.
 
 Every sample is checked against :func:`evaluation_texts` (the request's ``rephrase_prompts``,
 ``locality_prompts`` and ``portability``) and dropped on a match, so evaluation prompts can
@@ -29,7 +29,7 @@ from repedit.requests import EditRequest
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["evaluation_texts", "positives", "negatives", "corpus_sentences", "known_subjects", "data_file"]
+__all__ = ["evaluation_texts", "positives", "negatives", "known_subjects"]
 
 _PREFIXES = (
     "Fact: {p}",
@@ -91,31 +91,22 @@ def _rank(seed: int, anchor: str, items: Sequence[str]) -> list[str]:
     return sorted(dict.fromkeys(items), key=h)
 
 
-def data_file(explicit: str | None, *parts: str) -> Path | None:
-    if explicit:
-        p = Path(explicit).expanduser()
-        return p if p.is_file() else None
-    try:
-        from repedit.eval.data import default_data_dir
-
-        p = default_data_dir().joinpath(*parts)
-    except (ImportError, FileNotFoundError):
-        return None
-    return p if p.is_file() else None
-
-
 @lru_cache(maxsize=4)
-def known_subjects(path: str | None) -> tuple[str, ...]:
-    """Subjects of ROME's known facts (deduplicated, file order)."""
-    f = data_file(path, "known_facts", "known_1000.json")
-    if f is None:
-        return ()
+def known_subjects(path: str) -> tuple[str, ...]:
+    """Subjects of a known-facts JSON list such as ROME's ``known_1000.json`` (deduplicated,
+    file order). A missing or unreadable file is an error that names it."""
+    f = Path(path).expanduser()
+    if not f.is_file():
+        raise FileNotFoundError(f"known-facts file {f} not found; pass an existing known_1000.json-style file, "
+                                "or known_facts_path=None for the corpus's entity names")
     try:
-        rows = json.loads(f.read_text())
-    except (OSError, ValueError):
-        logger.warning("could not read known facts from %s", f)
-        return ()
-    return tuple(dict.fromkeys(r["subject"] for r in rows if isinstance(r, dict) and r.get("subject")))
+        rows = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"known-facts file {f} is not a JSON list of records: {err}") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"known-facts file {f} is not a JSON list of records")
+    return tuple(dict.fromkeys(r["subject"] for r in rows if isinstance(r, dict) and isinstance(r.get("subject"), str)
+                               and r["subject"]))
 
 
 def negatives(
@@ -123,12 +114,12 @@ def negatives(
     all_requests: Sequence[EditRequest],
     n: int,
     seed: int = 0,
-    known_facts_path: str | None = None,
-) -> list[str]:
+    names: Sequence[str] = (),
+) -> list[tuple[str, str]]:
     """Up to ``n`` ``(prompt, subject)`` pairs of the same relation about other subjects.
 
     Half (at most) come from other requests of the edit call with the same relation (their
-    edit prompts only), the rest from the relation template filled with known-fact subjects.
+    edit prompts only), the rest from the relation template filled with ``names``.
     """
     if n <= 0:
         return []
@@ -142,7 +133,7 @@ def negatives(
 
     same = {r.prompt: r.subject for r in all_requests
             if r is not req and r.relation == req.relation and r.subject and ok(r.prompt, r.subject)}
-    known = known_subjects(known_facts_path)
+    known = tuple(names)
     picked = [(t, same[t]) for t in _rank(seed, req.prompt, list(same))[: max(n // 2, n - len(known))]]
     template = req.relation if req.relation and "{}" in req.relation else None
     if template is not None:
@@ -150,28 +141,3 @@ def negatives(
         have = {t for t, _ in picked}
         picked += [(t, filled[t]) for t in _rank(seed, req.prompt, list(filled)) if t not in have][: n - len(picked)]
     return picked[:n]
-
-
-@lru_cache(maxsize=4)
-def corpus_sentences(path: str | None, count: int, max_words: int = 32) -> tuple[str, ...]:
-    """``count`` sentences spread evenly over a WikiText raw file (WikiText's spacing undone)."""
-    if count <= 0:
-        return ()
-    f = data_file(path, "wikitext2", "wiki.test.raw")
-    if f is None:
-        return ()
-    sents: list[str] = []
-    for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-        line = line.strip()
-        if not line or line.startswith("="):
-            continue
-        for s in line.split(" . "):
-            s = s.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
-            s = re.sub(r" ([,;:)'])", r"\1", s).replace("( ", "(")
-            words = s.split()
-            if len(words) >= 6:
-                sents.append(" ".join(words[:max_words]))
-    if not sents:
-        return ()
-    step = max(1, len(sents) // count)
-    return tuple(sents[::step][:count])

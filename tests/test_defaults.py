@@ -1,0 +1,57 @@
+"""One set of defaults: the method's tuned values reach the Python API, the CLI and the benchmarks."""
+
+from __future__ import annotations
+
+import pytest
+
+from repedit import EditorConfig
+from repedit.editing import resolve_config
+from repedit.methods import get_method
+
+
+@pytest.mark.parametrize("method,lr,steps", [("baft", 2e-2, 60), ("codebook", 0.1, 50), ("loreft", 2e-2, 60)])
+def test_each_method_carries_its_training_defaults(method, lr, steps):
+    cfg = resolve_config(EditorConfig(method=method), get_method(method).config_cls)
+    assert (cfg.lr, cfg.max_steps, cfg.stop_prob) == (lr, steps, 0.9)
+    user = resolve_config(EditorConfig(method=method, lr=1e-3, max_steps=7), get_method(method).config_cls)
+    assert (user.lr, user.max_steps) == (1e-3, 7)  # what the user sets wins
+
+
+def test_the_default_method_is_baft_everywhere():
+    from repedit.cli import build_parser
+
+    assert EditorConfig().method == "baft"
+    args = build_parser().parse_args(["edit", "--prompt", "p", "--target", "t", "--out", "o"])
+    assert args.method == "baft" and args.lr is None and args.max_steps is None and args.stop_prob is None
+    cfg = resolve_config(EditorConfig(), get_method("baft").config_cls)
+    assert cfg.positions == "prompt" and cfg.augment == 2
+
+
+def test_benchmarks_use_the_methods_defaults():
+    import argparse
+
+    from benchmarks import bench_baft, bench_codebook
+
+    captured = {}
+
+    def parse(self, argv=None, namespace=None):
+        captured["defaults"] = {a.dest: a.default for a in self._actions}
+        raise SystemExit(0)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(argparse.ArgumentParser, "parse_args", parse)
+    try:
+        for mod in (bench_baft, bench_codebook):
+            with pytest.raises(SystemExit):
+                mod.main([])
+            d = captured["defaults"]
+            assert all(d.get(k) is None for k in ("lr", "max_steps", "stop_prob", "cb_lr", "cb_max_steps")), (mod, d)
+    finally:
+        mp.undo()
+
+
+def test_a_method_without_defaults_falls_back():
+    from repedit.methods.base import MethodConfig
+
+    cfg = resolve_config(EditorConfig(method="x"), MethodConfig)
+    assert (cfg.lr, cfg.max_steps, cfg.stop_prob, cfg.positions, cfg.augment) == (5e-3, 100, 0.9, "last_prompt", 0)
