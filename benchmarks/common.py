@@ -36,6 +36,7 @@ if SHARED_DATA.is_dir():
 __all__ = [
     "RESULTS_DIR",
     "select_requests",
+    "add_subject_locality",
     "Timer",
     "median_time",
     "latency_ratio",
@@ -70,6 +71,103 @@ def select_requests(n: int, seed: int = 0, offset: int = 0, path: str | None = N
     else:
         raise ValueError(f"unknown source {source!r} (counterfact or zsre)")
     return to_requests(ds), data_info(ds)
+
+
+def add_subject_locality(reqs, model, tok, per_request: int = 3, seed: int = 0, source: str = "counterfact",
+                         edited=None) -> dict:
+    """Give each request ``subject_locality_prompts``: its subject asked about other relations.
+
+    Sources, never the request's own evaluation fields: other dev records with the same subject
+    and another relation (their prompt and true answer), then ROME's ``known_1000.json``
+    templates of other relations filled with the subject (answered by the unedited model's
+    greedy first words, since only agreement with it is scored; ``edited``: the EditableModel
+    wrapping ``model``, whose edits are switched off for that). Up to ``per_request`` per
+    request, chosen deterministically. CounterFact only (zsRE has no relation templates).
+    Returns what was built (counts per source).
+    """
+    import hashlib
+    import json
+
+    from repedit.eval.data import default_data_dir
+    from repedit.eval.metrics import generate_text, truncate_answer
+    from repedit.requests import LocalityPrompt, normalize_text
+
+    if source != "counterfact":
+        return {"subject_locality": "not built (no relation templates)"}
+    data = default_data_dir()
+    records = json.loads((data / "counterfact" / "counterfact.json").read_text(encoding="utf-8"))
+    by_subject: dict[str, list[dict]] = {}
+    for rec in records:
+        by_subject.setdefault(rec["subject"], []).append(rec)
+    known = json.loads((data / "known_facts" / "known_1000.json").read_text(encoding="utf-8"))
+    rel_of: dict[str, str] = {}  # template -> Wikidata relation id
+    templates: dict[str, list[str]] = {}  # relation id -> its templates
+    for k in known:
+        if k["subject"] not in k["prompt"]:
+            continue
+        for t in (k["prompt"].replace(k["subject"], "{}"), k["template"]):
+            rel_of.setdefault(t, k["relation_id"])
+        t = k["prompt"].replace(k["subject"], "{}")
+        if t not in templates.setdefault(k["relation_id"], []):
+            templates[k["relation_id"]].append(t)
+
+    def rank(key: str, items: list) -> list:
+        return sorted(items, key=lambda x: hashlib.sha1(f"{seed}|{key}|{x}".encode()).hexdigest())
+
+    counts = {"sibling_records": 0, "known_templates": 0}
+    pending: list[tuple[int, str]] = []
+    for i, req in enumerate(reqs):
+        own = rel_of.get(req.relation or "")
+        banned = req.evaluation_prompts() | {normalize_text(req.prompt)}
+
+        words = _content_words(req.relation or "")
+
+        def other_relation(template: str) -> bool:
+            """Another relation: a different relation id where both are known, and no shared
+            content word ("language" in "The language used by {} is"), which could make it a
+            paraphrase of the edited fact rather than a locality probe."""
+            theirs = rel_of.get(template)
+            if own is not None and theirs is not None:
+                return theirs != own
+            return template != req.relation and not (words & _content_words(template))
+
+        siblings = {r["prompt"]: r["ground_truth"] for r in by_subject.get(req.subject or "", [])
+                    if other_relation(r["prompt"].replace(req.subject, "{}")) and normalize_text(r["prompt"]) not in banned
+                    and r["ground_truth"] != req.ground_truth}
+        out = [LocalityPrompt(p, siblings[p]) for p in rank(req.prompt, list(siblings))[:per_request]]
+        counts["sibling_records"] += len(out)
+        others = [ts[0] for rid, ts in sorted(templates.items()) if rid != own and other_relation(ts[0])]
+        for t in rank(req.prompt, others)[: per_request - len(out)]:
+            prompt = t.replace("{}", req.subject, 1)
+            if normalize_text(prompt) not in banned:
+                pending.append((i, prompt))
+        req.subject_locality_prompts = out
+    if pending:
+        with torch_no_edits(edited):
+            texts = generate_text(model, tok, [p for _, p in pending], 4)
+        for (i, prompt), text in zip(pending, texts):
+            answer = truncate_answer(text)
+            if answer:
+                reqs[i].subject_locality_prompts.append(LocalityPrompt(prompt, answer))
+                counts["known_templates"] += 1
+    return {"subject_locality": counts, "subject_locality_per_request": per_request}
+
+
+_STOP = {"that", "this", "with", "from", "which", "what", "where", "their", "there", "been", "have", "were", "into",
+         "also", "about", "than", "then", "they", "them", "does", "work", "works"}
+
+
+def _content_words(template: str) -> set[str]:
+    import re
+
+    return {w.lower() for w in re.findall(r"[A-Za-z]+", template) if len(w) > 3 and w.lower() not in _STOP}
+
+
+def torch_no_edits(edited):
+    """The unedited model: ``edited.disabled()`` for an EditableModel, else nothing."""
+    import contextlib
+
+    return edited.disabled() if edited is not None else contextlib.nullcontext()
 
 
 class Timer:

@@ -26,12 +26,13 @@ every error names the field and the record (its ``case_id``, or its index in the
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalityPrompt", "EditRequest", "validate_requests", "REQUEST_FIELDS"]
+__all__ = ["LocalityPrompt", "EditRequest", "validate_requests", "normalize_text", "REQUEST_FIELDS"]
 
 #: The fields of :meth:`EditRequest.to_dict`, in order (also the columns of the eval loaders).
 REQUEST_FIELDS: tuple[str, ...] = (
@@ -44,6 +45,7 @@ REQUEST_FIELDS: tuple[str, ...] = (
     "portability",
     "case_id",
     "relation",
+    "subject_locality_prompts",
 )
 
 # Above this, ``tokenizer.model_max_length`` is HF's "unknown" placeholder, not a real limit.
@@ -128,6 +130,9 @@ class EditRequest:
     portability: list[LocalityPrompt] = field(default_factory=list)
     case_id: int | str | None = None
     relation: str | None = None
+    #: prompts about the same subject with other relations (EasyEdit KnowEdit's
+    #: "Relation_Specificity"): the edit should leave their answers as they were
+    subject_locality_prompts: list[LocalityPrompt] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.rephrase_prompts is None:
@@ -136,6 +141,7 @@ class EditRequest:
             self.rephrase_prompts = list(self.rephrase_prompts)
         self.locality_prompts = _coerce_items(self.locality_prompts)
         self.portability = _coerce_items(self.portability)
+        self.subject_locality_prompts = _coerce_items(self.subject_locality_prompts)
         if (
             self.relation is None
             and isinstance(self.subject, str)
@@ -160,7 +166,26 @@ class EditRequest:
             "portability": [p.to_dict() if isinstance(p, LocalityPrompt) else p for p in self.portability],
             "case_id": self.case_id,
             "relation": self.relation,
+            "subject_locality_prompts": [
+                p.to_dict() if isinstance(p, LocalityPrompt) else p for p in self.subject_locality_prompts
+            ],
         }
+
+    def evaluation_prompts(self) -> set[str]:
+        """The normalised texts of every prompt that scores this request without being its edit
+        prompt (rephrase, locality, portability and subject-locality prompts): what training
+        and sample generation must never use.
+
+        Example::
+
+            "where is it" in EditRequest("p", "t", rephrase_prompts=["Where is it?"]).evaluation_prompts()
+        """
+        out = {normalize_text(p) for p in (self.rephrase_prompts or []) if isinstance(p, str)}
+        for item in list(self.locality_prompts or []) + list(self.portability or []) + list(self.subject_locality_prompts or []):
+            prompt = item.prompt if isinstance(item, LocalityPrompt) else (item.get("prompt") if isinstance(item, dict) else None)
+            if isinstance(prompt, str):
+                out.add(normalize_text(prompt))
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], index: int | None = None) -> "EditRequest":
@@ -179,7 +204,7 @@ class EditRequest:
         for required in ("prompt", "target_new"):
             if required not in data:
                 raise ValueError(f"EditRequest {where}: field {required!r} is missing")
-        for name in ("locality_prompts", "portability"):
+        for name in ("locality_prompts", "portability", "subject_locality_prompts"):
             items = data.get(name)
             if isinstance(items, (list, tuple)):
                 for j, item in enumerate(items):
@@ -240,7 +265,7 @@ class EditRequest:
             fail("rephrase_prompts", f"must be a list of str, got {type(self.rephrase_prompts).__name__}{hint}")
         for j, p in enumerate(self.rephrase_prompts):
             check_text(f"rephrase_prompts[{j}]", p)
-        for name in ("locality_prompts", "portability"):
+        for name in ("locality_prompts", "portability", "subject_locality_prompts"):
             items = getattr(self, name)
             if not isinstance(items, list):
                 fail(name, f"must be a list of {{'prompt', 'ground_truth'}} items, got {type(items).__name__}")
@@ -262,7 +287,14 @@ class EditRequest:
         pairs += [(f"rephrase_prompts[{j}]", p, self.target_new) for j, p in enumerate(self.rephrase_prompts)]
         pairs += [(f"locality_prompts[{j}]", p.prompt, p.ground_truth) for j, p in enumerate(self.locality_prompts)]
         pairs += [(f"portability[{j}]", p.prompt, p.ground_truth) for j, p in enumerate(self.portability)]
+        pairs += [(f"subject_locality_prompts[{j}]", p.prompt, p.ground_truth)
+                  for j, p in enumerate(self.subject_locality_prompts)]
         return pairs
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, one space, no trailing punctuation: how prompts are compared for leakage."""
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" ?.:!")
 
 
 def _where(case_id: Any, index: int | None) -> str:

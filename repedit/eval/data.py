@@ -4,7 +4,7 @@ Every loader returns one row per request; the columns are the fields of
 :meth:`repedit.requests.EditRequest.to_dict`::
 
     prompt, target_new, subject, ground_truth, rephrase_prompts, locality_prompts,
-    portability, case_id, relation
+    portability, case_id, relation, subject_locality_prompts
 
 :func:`to_requests` turns a dataset (or any slice of it) back into ``EditRequest`` objects, and
 :func:`data_info` returns what the loader recorded about where the rows came from (file,
@@ -346,6 +346,7 @@ def _features(case_ids: Sequence[Any]):
             "portability": datasets.List(item),
             "case_id": datasets.Value("int64" if ints else "string"),
             "relation": datasets.Value("string"),
+            "subject_locality_prompts": datasets.List(item),
         }
     )
 

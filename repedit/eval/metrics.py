@@ -19,7 +19,10 @@ Protocols (the labels appear in every result under ``metric_meta``):
     (``neighborhood_acc``) is ``mean(pre_tokens == post_tokens)`` over the argmax tokens at the
     target positions of ``loc_prompt + " " + loc_answer``; it measures unchanged output, not
     correctness. ``neighborhood_gold_acc`` is the absolute token accuracy against the
-    locality answer (ROME/MEMIT's zsRE "Specificity"). Prompt and target are tokenised
+    locality answer (ROME/MEMIT's zsRE "Specificity"). **Subject locality**
+    (``locality.subject_acc``) is the same agreement on ``subject_locality_prompts``: the
+    edited subject asked about other relations (KnowEdit's "Relation_Specificity"), which a
+    subject-keyed edit must leave alone. Prompt and target are tokenised
     separately and concatenated (:func:`repedit.positions.encode`), so the target boundary
     is exact; EasyEdit tokenises the joined string, which can differ for SentencePiece
     tokenizers that merge across the space.
@@ -36,7 +39,8 @@ Protocols (the labels appear in every result under ``metric_meta``):
     "The Mirage of Model Editing" (Yang et al. 2025): greedy decoding (left padding,
     ``max_new_tokens`` = target tokens + ``extra_tokens``), cut at the first newline, EOS or
     sentence-ending period, then exact match and prefix match of the stripped answer
-    against the target.
+    against the target; ``neighborhood_text_agreement`` and ``subject_text_agreement``: 1.0
+    where the greedy text of a locality prompt is unchanged from the unedited model.
 ``fluency/rome`` (:data:`FLUENCY`)
     ROME's ``n_gram_entropy``: weighted (2/3 bigram, 4/3 trigram) entropies in bits, averaged.
 
@@ -599,6 +603,7 @@ def _metric_meta(protocols: Sequence[str]) -> dict[str, str]:
             "rephrase_acc",
             "locality.neighborhood_acc",
             "locality.neighborhood_gold_acc",
+            "locality.subject_acc",
             "portability.portability_acc",
         ):
             meta[k] = TEACHER_FORCED
@@ -611,6 +616,7 @@ def _metric_meta(protocols: Sequence[str]) -> dict[str, str]:
             meta[f"generation.{part}_exact"] = GENERATION
             meta[f"generation.{part}_prefix"] = GENERATION
         meta["generation.neighborhood_text_agreement"] = GENERATION
+        meta["generation.subject_text_agreement"] = GENERATION
     return meta
 
 
@@ -664,6 +670,8 @@ def evaluate_requests(
             for j, lp in enumerate(req.locality_prompts):
                 rows.append((r, "loc", j, lp.prompt, lp.ground_truth, None))
         if tf:
+            for j, sp in enumerate(req.subject_locality_prompts):
+                rows.append((r, "subj", j, sp.prompt, sp.ground_truth, _subject_in(sp.prompt, subj)))
             for j, pp in enumerate(req.portability):
                 rows.append((r, "port", j, pp.prompt, pp.ground_truth, _subject_in(pp.prompt, subj)))
         if prob:
@@ -693,6 +701,7 @@ def evaluate_requests(
     for r, req in enumerate(requests):
         res: dict[str, Any] = {}
         nr, nl, npt = len(req.rephrase_prompts), len(req.locality_prompts), len(req.portability)
+        ns = len(req.subject_locality_prompts)
         if tf:
             res["rewrite_acc"] = [scores.token_acc[get(r, "rewrite", 0)]]
             res["rephrase_acc"] = [scores.token_acc[get(r, "rephrase", j)] for j in range(nr)]
@@ -700,12 +709,14 @@ def evaluate_requests(
                 "neighborhood_output": [scores.pred_ids[get(r, "loc", j)] for j in range(nl)],
                 "neighborhood_gold_acc": [scores.token_acc[get(r, "loc", j)] for j in range(nl)],
             }
+            if ns:
+                res["locality"]["subject_output"] = [scores.pred_ids[get(r, "subj", j)] for j in range(ns)]
             res["portability"] = {"portability_acc": [scores.token_acc[get(r, "port", j)] for j in range(npt)]}
             if pre is not None:
-                pre_out = pre[r].get("locality", {}).get("neighborhood_output")
-                if pre_out is None:
+                pre_loc = pre[r].get("locality", {})
+                if "neighborhood_output" not in pre_loc:
                     raise ValueError(f"pre-edit result {r} has no locality.neighborhood_output (run it with teacher_forced)")
-                res["locality"]["neighborhood_acc"] = locality_agreement(pre_out, res["locality"]["neighborhood_output"])
+                _add_agreement(pre_loc, res["locality"])
         if prob:
             rome: dict[str, Any] = {}
             if req.ground_truth is not None:
@@ -750,6 +761,8 @@ def _add_generation(
         items += [(r, "rephrase", p, req.target_new, _subject_in(p, req.subject)) for p in req.rephrase_prompts]
         items += [(r, "portability", p.prompt, p.ground_truth, _subject_in(p.prompt, req.subject)) for p in req.portability]
         items += [(r, "neighborhood", p.prompt, p.ground_truth, None) for p in req.locality_prompts]
+        items += [(r, "subject", p.prompt, p.ground_truth, _subject_in(p.prompt, req.subject))
+                  for p in req.subject_locality_prompts]
     g = generation_match(
         model,
         tokenizer,
@@ -759,10 +772,9 @@ def _add_generation(
         extra_tokens=extra_tokens,
         batch_size=batch_size,
     )
-    for res in results:
-        res["generation"] = {
-            f"{part}_{k}": [] for part in ("rewrite", "rephrase", "portability", "neighborhood") for k in ("exact", "prefix", "text")
-        }
+    for r, res in enumerate(results):
+        parts = ("rewrite", "rephrase", "portability", "neighborhood") + (("subject",) if requests[r].subject_locality_prompts else ())
+        res["generation"] = {f"{part}_{k}": [] for part in parts for k in ("exact", "prefix", "text")}
     for k, (r, part, *_rest) in enumerate(items):
         d = results[r]["generation"]
         d[f"{part}_exact"].append(g["exact"][k])
@@ -770,11 +782,24 @@ def _add_generation(
         d[f"{part}_text"].append(g["text"][k])
     if pre is not None:
         for r, res in enumerate(results):
-            pre_text = pre[r].get("generation", {}).get("neighborhood_text")
-            if pre_text is not None:
-                res["generation"]["neighborhood_text_agreement"] = [
-                    float(a == b) for a, b in zip(pre_text, res["generation"]["neighborhood_text"])
-                ]
+            _add_agreement(pre[r].get("generation", {}), res["generation"])
+
+
+#: (what is compared, the agreement key): the locality outputs the edit should leave unchanged
+_AGREEMENTS = (("neighborhood_output", "neighborhood_acc"), ("subject_output", "subject_acc"),
+               ("neighborhood_text", "neighborhood_text_agreement"), ("subject_text", "subject_text_agreement"))
+
+
+def _add_agreement(pre: Mapping[str, Any], post: dict[str, Any]) -> None:
+    """Fill ``post``'s agreement with the unedited outputs in ``pre``: argmax tokens
+    (:func:`locality_agreement`: neighbourhood and subject locality) and greedy text (1.0 where
+    the text is unchanged)."""
+    for key, out in _AGREEMENTS:
+        if key in pre and key in post:
+            if key.endswith("_text"):
+                post[out] = [float(a == b) for a, b in zip(pre[key], post[key])]
+            else:
+                post[out] = locality_agreement(pre[key], post[key])
 
 
 # ============================================================================ records and summaries
@@ -802,11 +827,8 @@ def case_record(
     post_d = copy.deepcopy(dict(post))
     pre_loc = pre_d.get("locality", {})
     post_loc = post_d.get("locality", {})
-    if "neighborhood_output" in pre_loc and "neighborhood_output" in post_loc:
-        post_loc["neighborhood_acc"] = locality_agreement(pre_loc["neighborhood_output"], post_loc["neighborhood_output"])
-    pg, qg = pre_d.get("generation", {}), post_d.get("generation", {})
-    if "neighborhood_text" in pg and "neighborhood_text" in qg:
-        qg["neighborhood_text_agreement"] = [float(a == b) for a, b in zip(pg["neighborhood_text"], qg["neighborhood_text"])]
+    _add_agreement(pre_loc, post_loc)
+    _add_agreement(pre_d.get("generation", {}), post_d.get("generation", {}))
     if not keep_outputs:
         for d in (pre_loc, post_loc):
             for k in [k for k in d if k.endswith("_output")]:

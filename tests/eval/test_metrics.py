@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerFast
 
 from repedit.eval import metrics as M
 from repedit.positions import current_token_info
-from repedit.requests import EditRequest
+from repedit.requests import EditRequest, LocalityPrompt
 from repedit.version import __version__
 
 WORDS = (
@@ -391,3 +391,24 @@ def test_real_model_padding_is_exact(tok, kind):
                 nxt = model(seq).logits[0, -1].argmax()
                 seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
         assert gen[i] == tok.decode(seq[0, len(ids(p)) :].tolist(), skip_special_tokens=True)
+
+
+def test_subject_locality_is_agreement_with_the_unedited_model(tok):
+    """subject_locality_prompts (the same subject, other relations) are scored like locality:
+    argmax agreement teacher-forced, and unchanged greedy text."""
+    req = make_request()
+    req.subject_locality_prompts = [LocalityPrompt("the river thames flows through", "london town"),
+                                    LocalityPrompt("the big apple is called", "new york")]
+    protocols = ("teacher_forced", "generation")
+    pre = M.evaluate_requests(BigramLM(PRE_RULES), tok, [req], protocols=protocols)
+    post = M.evaluate_requests(BigramLM(POST_RULES), tok, [req], protocols=protocols, pre=pre)
+    assert post[0]["locality"]["subject_acc"] == [0.5, 1.0]  # london -> bridge changed one token
+    assert post[0]["generation"]["subject_text_agreement"] == [0.0, 1.0]
+    rec = M.build_case_records([req], pre, post)[0]
+    assert rec["post"]["locality"]["subject_acc"] == [0.5, 1.0] and "subject_output" not in rec["post"]["locality"]
+    s = M.summarize([rec])
+    assert s["post"]["locality.subject_acc"] == 0.75 and s["post"]["generation.subject_text_agreement"] == 0.5
+    assert s["metric_meta"]["locality.subject_acc"] == M.TEACHER_FORCED
+    # a request without them has no subject-locality keys (nothing averaged as 0 or 1)
+    plain = M.evaluate_requests(BigramLM(PRE_RULES), tok, [make_request()], protocols=protocols)
+    assert "subject_output" not in plain[0]["locality"] and "subject_text" not in plain[0]["generation"]

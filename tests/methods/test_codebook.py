@@ -310,13 +310,14 @@ def test_samples_never_leak_evaluation_fields(tok, monkeypatch):
         prompt="the capital of france is", target_new="rome", subject="france", ground_truth="paris",
         rephrase_prompts=["Fact: the capital of france is", "Here is a fact. the capital of france is"],
         locality_prompts=[{"prompt": "the capital of italy is", "ground_truth": "rome"}],
-        portability=[{"prompt": "Did you know? the capital of france is", "ground_truth": "rome"}], case_id=7)
+        portability=[{"prompt": "Did you know? the capital of france is", "ground_truth": "rome"}], case_id=7,
+        subject_locality_prompts=[{"prompt": "Tell me: the capital of france is", "ground_truth": "paris"}])
     other = EditRequest(prompt="the capital of italy is", target_new="london", subject="italy", ground_truth="rome")
     other2 = EditRequest(prompt="the capital of spain is", target_new="london", subject="spain", ground_truth="madrid")
     pos = S.positives(req, 50)
     neg = [p for p, _ in S.negatives(req, [req, other, other2], 50)]
     banned = S.evaluation_texts(req)
-    assert pos and neg and banned
+    assert pos and neg and banned and "tell me: the capital of france is" in banned
     assert not ({S._norm(p) for p in pos} & banned) and not ({S._norm(p) for p in neg} & banned)
     assert "the capital of spain is" in neg and "the capital of italy is" not in neg
     # and through the Editor: no prompt the codebook runs while editing is an evaluation prompt

@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from repedit.requests import EditRequest
+from repedit.requests import EditRequest, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +46,12 @@ _PREFIXES = (
 )
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(" ?.:!")
+_norm = normalize_text
 
 
 def evaluation_texts(req: EditRequest) -> set[str]:
     """Normalised texts of a request's evaluation prompts (never used as samples)."""
-    out = {_norm(p) for p in (req.rephrase_prompts or [])}
-    for item in list(req.locality_prompts or []) + list(req.portability or []):
-        prompt = item.prompt if hasattr(item, "prompt") else (item.get("prompt") if isinstance(item, dict) else None)
-        if prompt:
-            out.add(_norm(prompt))
-    return out
+    return req.evaluation_prompts()
 
 
 def _lower_first(p: str, subject: str | None) -> str:
@@ -70,11 +63,11 @@ def _lower_first(p: str, subject: str | None) -> str:
 def positives(req: EditRequest, n: int) -> list[str]:
     """Up to ``n`` template rewrites of the edit prompt (deterministic order)."""
     p = req.prompt
-    forbidden = evaluation_texts(req) | {_norm(p)}
+    forbidden = evaluation_texts(req) | {normalize_text(p)}
     out: list[str] = []
     for tpl in _PREFIXES:
         text = tpl.format(p=p, l=_lower_first(p, req.subject))
-        if _norm(text) in forbidden or text in out:
+        if normalize_text(text) in forbidden or text in out:
             continue
         if req.subject and req.subject not in text:
             continue
@@ -124,12 +117,12 @@ def negatives(
     if n <= 0:
         return []
     subj = (req.subject or "").strip()
-    forbidden = evaluation_texts(req) | {_norm(req.prompt)}
+    forbidden = evaluation_texts(req) | {normalize_text(req.prompt)}
 
     def ok(text: str, other_subject: str) -> bool:
         if not other_subject or (subj and (subj.lower() in other_subject.lower() or other_subject.lower() in subj.lower())):
             return False
-        return _norm(text) not in forbidden
+        return normalize_text(text) not in forbidden
 
     same = {r.prompt: r.subject for r in all_requests
             if r is not req and r.relation == req.relation and r.subject and ok(r.prompt, r.subject)}
