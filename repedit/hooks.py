@@ -72,6 +72,9 @@ class _ThreadState(threading.local):
         self.prompt_width = 0
         self.disabled = 0
 
+    def __reduce__(self) -> tuple:
+        return (_ThreadState, ())  # a copy (deepcopy) starts with no forward in flight
+
 
 @dataclass
 class ForwardContext:

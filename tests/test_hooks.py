@@ -121,6 +121,9 @@ def test_threads_sharing_one_editable_model_get_serial_logits(llama, tok):
     assert not torch.equal(want[1], want[2])  # the edit matters; disabled() holds in its thread only
     for got, ref in zip(_run_in_lockstep(llama, jobs, rounds=10), want):
         assert all(torch.equal(g, ref) for g in got)
+    import copy
+
+    assert copy.deepcopy(edited)._ctx is None  # the per-thread state copies as a fresh one
 
 
 def test_threads_generating_at_once_get_serial_text(llama, tok):
