@@ -84,6 +84,8 @@ def _data_args(p: argparse.ArgumentParser, default_note: str = "") -> None:
                    help="take the slice from a seeded permutation instead of file order")
     g.add_argument("--zsre-target", choices=("alt", "answers"), default=None,
                    help="zsRE edit target: alt (EasyEdit, default) or answers (ROME/MEMIT)")
+    g.add_argument("--skip-invalid", action="store_true", default=None,
+                   help="drop invalid records with a warning instead of stopping at the first")
 
 
 def _eval_args(p: argparse.ArgumentParser, default_protocols: str) -> None:
@@ -358,14 +360,14 @@ def _sniff_format(path: Path) -> str:
 def _data_spec(args: argparse.Namespace, adapter_cfg: Any = None) -> dict[str, Any]:
     """What to load: from the command line, else from the adapter's recorded training data."""
     spec = {"data": args.data, "format": args.data_format, "limit": args.limit, "offset": args.offset,
-            "seed": args.data_seed, "zsre_target": args.zsre_target}
+            "seed": args.data_seed, "zsre_target": args.zsre_target, "skip_invalid": getattr(args, "skip_invalid", None)}
     if spec["data"] is None and adapter_cfg is not None:
         recorded = (getattr(adapter_cfg, "metadata", None) or {}).get("data")
         if recorded and recorded.get("inline_requests"):
             spec.update(data="<inline>", requests=recorded["inline_requests"])
             _note("data: the adapter's own request(s)")
         elif recorded and recorded.get("data"):
-            for k in ("data", "format", "limit", "offset", "seed", "zsre_target"):
+            for k in ("data", "format", "limit", "offset", "seed", "zsre_target", "skip_invalid"):
                 if spec.get(k) in (None, "auto") and recorded.get(k) is not None:
                     spec[k] = recorded[k]
             _note("data: the adapter's training requests (" + ", ".join(
@@ -387,7 +389,8 @@ def _load_data(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         reqs = [EditRequest.from_dict(r, index=i) for i, r in enumerate(spec["requests"])]
         return D.requests_to_dataset(reqs, info={"source": "inline"}), {"inline_requests": [r.to_dict() for r in reqs]}
     name, fmt = spec["data"], spec.get("format") or "auto"
-    kw = dict(limit=spec.get("limit"), offset=spec.get("offset") or 0, seed=spec.get("seed"))
+    kw = dict(limit=spec.get("limit"), offset=spec.get("offset") or 0, seed=spec.get("seed"),
+              skip_invalid=bool(spec.get("skip_invalid")))
     for key in ("limit", "offset"):
         if kw[key] is not None and kw[key] < 0:
             raise CLIError(f"--{key} must be >= 0, got {kw[key]}")
@@ -398,6 +401,9 @@ def _load_data(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         path = Path(name).expanduser()
         if not path.exists():
             raise CLIError(f"--data {name}: no such file (use counterfact, zsre or a path to a JSON/JSONL file)")
+        if path.is_dir() and fmt in ("auto", "requests"):
+            raise CLIError(f"--data {name} is a directory; give a requests, CounterFact or zsRE file "
+                           "(or a data directory with --format counterfact or zsre)")
         if fmt == "auto":
             fmt = _sniff_format(path) if path.is_file() else "requests"
     if spec.get("zsre_target") and fmt != "zsre":
@@ -418,6 +424,8 @@ def _load_data(spec: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     recorded = {"data": name if path is None else str(path.resolve()), "format": fmt, "limit": kw["limit"],
                 "offset": kw["offset"], "seed": kw["seed"], "zsre_target": target if fmt == "zsre" else None,
                 "sha256": info.get("sha256"), "rows": len(ds)}
+    if kw["skip_invalid"]:
+        recorded["skip_invalid"] = True
     return ds, recorded
 
 
@@ -457,6 +465,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
         spec = _data_spec(args)
     if args.evaluate != "none" and not args.sequential:
         raise CLIError("--evaluate immediate|final needs --sequential")
+    _check_checkpoint_args(args)
     from repedit.arch import COMPONENTS
 
     if args.component not in COMPONENTS:
@@ -473,6 +482,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     cfg = EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
                        positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
                        progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)
+    _check_against_model_size(args, cfg)
     ds, recorded = _load_data(spec)
     from repedit.eval.data import to_requests
 
@@ -522,16 +532,60 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _edit_checkpoint(args: argparse.Namespace, cfg: Any, recorded: Any, reqs: list, editor: Any, out: Path) -> Any:
-    """The run's checkpoint (``--checkpoint-every`` / ``--resume``), or None; checks the options."""
-    if args.checkpoint_every is None and not args.resume:
+def _model_dims(args: argparse.Namespace) -> tuple[int, int] | None:
+    """(decoder layers, hidden size) from the config of a known or local model, read without
+    its weights; None for a hub id or a config that cannot be read (the load reports it)."""
+    from repedit import models
+
+    name = args.model or models.DEFAULT_MODEL
+    try:
+        path = models.cached_model_dir(name) if name in models.KNOWN_MODELS else Path(name).expanduser()
+        if not (Path(path) / "config.json").is_file():
+            return None
+        from transformers import AutoConfig
+
+        mcfg = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError, ImportError, KeyError):
         return None
+    text = getattr(mcfg, "text_config", None) or mcfg
+    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    return (int(layers), int(hidden)) if layers and hidden else None
+
+
+def _check_against_model_size(args: argparse.Namespace, cfg: Any) -> None:
+    """--layers and the method's options (e.g. rank) against the model's size, before it loads."""
+    dims = _model_dims(args)
+    if dims is None:
+        return
+    n, hidden = dims
+    for layer in cfg.layers or []:
+        if not -n <= layer < n:
+            raise CLIError(f"--layers: {layer} is not a decoder layer of the model (it has {n}: 0..{n - 1})")
+    from repedit.methods import build
+
+    try:
+        build(cfg.method, dict(cfg.method_config), hidden)
+    except (TypeError, ValueError) as err:
+        raise CLIError(f"--method-config: {err} (the model's hidden size is {hidden})") from None
+
+
+def _check_checkpoint_args(args: argparse.Namespace) -> None:
+    if args.checkpoint_every is None and not args.resume:
+        return
     if not args.sequential:
         raise CLIError("--checkpoint-every/--resume need --sequential")
     if args.evaluate != "none":
         raise CLIError("--checkpoint-every/--resume do not combine with --evaluate; score the adapter with `repedit eval`")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
-        raise CLIError("--checkpoint-every must be >= 1")
+        raise CLIError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+
+
+def _edit_checkpoint(args: argparse.Namespace, cfg: Any, recorded: Any, reqs: list, editor: Any, out: Path) -> Any:
+    """The run's checkpoint (``--checkpoint-every`` / ``--resume``), or None (options checked by
+    :func:`_check_checkpoint_args`)."""
+    if args.checkpoint_every is None and not args.resume:
+        return None
     from repedit.adapters import fingerprint
     from repedit.checkpoints import SequentialCheckpoint
 
@@ -555,6 +609,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     protocols = _protocols(args.protocols)
     if args.batch_size < 1 or args.chunk_size < 1:
         raise CLIError("--batch-size and --chunk-size must be >= 1")
+    if args.fluency_tokens < 0:
+        raise CLIError(f"--fluency-tokens must be >= 0, got {args.fluency_tokens}")
     cfg = _read_adapter_cfg(args.adapter) if args.adapter else None
     spec = _data_spec(args, cfg)
     ds, _ = _load_data(spec)
@@ -666,8 +722,7 @@ def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict
 
         inspect_adapter("cf10")["interventions"][0]["parameters"]
     """
-    from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config
-    from repedit.hashing import file_sha256 as _file_sha256
+    from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, find_weights, read_adapter_config
 
     base = Path(directory)
     if not base.is_dir():
@@ -680,7 +735,8 @@ def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict
     for name in (["default"] if has_default else []) + subs:
         cfg = read_adapter_config(base, None if name == "default" else name)
         where = base if name == "default" else base / name
-        weights = where / WEIGHTS_NAME
+        found = find_weights(where, cfg.tensors_sha256)  # the pending file if a save was interrupted
+        weights = found or where / WEIGHTS_NAME
         shapes: dict[str, tuple[list[int], str]] = {}
         try:
             from safetensors import safe_open
@@ -691,7 +747,7 @@ def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict
                     shapes[k] = (list(sl.get_shape()), str(sl.get_dtype()))
         except Exception as err:  # an unreadable file is reported, not fatal
             raise CLIError(f"{weights} is not a readable safetensors file: {err}") from None
-        sha_ok = (_file_sha256(weights) == cfg.tensors_sha256) if cfg.tensors_sha256 else None
+        sha_ok = found is not None
         ints = []
         for rec in cfg.interventions:
             iname = rec.get("name")
@@ -746,7 +802,7 @@ def _format_inspect(info: dict[str, Any]) -> str:
         lines.append(f"[{ad['adapter']}] format {ad['format_version']}, made by repedit {ad['repedit_version']}")
         lines.append(f"  base model: {ad['base_model']} ({fp.get('architecture')}, {fp.get('num_layers')} layers, "
                      f"hidden {fp.get('hidden_size')}, weights sha256 {str(fp.get('weights_sha256'))[:12]}...)")
-        ok = {True: "sha256 ok", False: "SHA256 MISMATCH", None: "no sha256 recorded"}[ad["tensors_sha256_ok"]]
+        ok = "sha256 ok" if ad["tensors_sha256_ok"] else "SHA256 MISMATCH"
         total = sum(i["parameters"] for i in ad["interventions"])
         lines.append(f"  weights: {_human_bytes(ad['weights_bytes'])} ({total:,} parameters, {ok}); "
                      f"compute dtype {ad['compute_dtype']}")
@@ -816,6 +872,26 @@ def _columns(left: str, right: str, width: int) -> list[str]:
     return [f"{x:<{col}} | {y}" for x, y in zip_longest(a, b, fillvalue="")]
 
 
+def _subjects_from_adapter(cfg: Any, prompts: list[str]) -> list[str] | None:
+    """Each prompt's subject, from the requests stored with the adapter, when an intervention
+    acts on subject tokens (None when none does); a prompt with no known subject is an error."""
+    rules = [r["name"] for r in cfg.interventions if r["active"] and r["positions"] == "subject"]
+    if not rules:
+        return None
+    stored = ((cfg.metadata or {}).get("data") or {}).get("inline_requests") or []
+    known = sorted({r["subject"] for r in stored if isinstance(r, dict) and isinstance(r.get("subject"), str)
+                    and r["subject"]}, key=len, reverse=True)
+    subjects = []
+    for p in prompts:
+        found = next((s for s in known if s in p), None)
+        if found is None:
+            raise CLIError(f"interventions {rules} act on the subject's tokens (positions subject), and none of the "
+                           f"adapter's requests has a subject in the prompt {p!r}: pass --subject once per prompt")
+        subjects.append(found)
+    _note(f"subjects: {subjects} (from the adapter's requests)")
+    return subjects
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     prompts = list(args.prompt or [])
     if args.prompts_file:
@@ -825,6 +901,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompts += [line.rstrip("\n") for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
         raise CLIError("give at least one --prompt or a --prompts-file")
+    if any(not p.strip() for p in prompts):
+        raise CLIError("--prompt must not be empty")
     subjects = args.subject
     if subjects is not None and len(subjects) != len(prompts):
         raise CLIError(f"give one --subject per prompt ({len(prompts)}), got {len(subjects)}")
@@ -835,6 +913,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.max_new_tokens < 1:
         raise CLIError("--max-new-tokens must be >= 1")
     cfg = _read_adapter_cfg(args.adapter)
+    if subjects is None:
+        subjects = _subjects_from_adapter(cfg, prompts)
     model, tok, _ = _load_model(args, cfg)
     edited = _load_adapter(model, tok, args.adapter, args.ignore_fingerprint)
     from tqdm.auto import tqdm
@@ -875,12 +955,26 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
+#: the library's hints name Python arguments; on the command line they name the flags
+_CLI_HINTS = (
+    ("pass ignore_fingerprint=True", "pass --ignore-fingerprint"),
+    ("pass skip_invalid=True", "pass --skip-invalid"),
+    ("pass path=... to the loader", "pass --data PATH"),
+    ("pass path=...", "pass --data PATH"),
+    ("pass subjects=[...] (one per prompt, None to skip one)", "pass --subject once per prompt"),
+)
+
+
 def _message(err: BaseException) -> str:
     if isinstance(err, KeyError) and err.args:
-        return str(err.args[0])
-    if isinstance(err, FileNotFoundError) and err.filename:
-        return f"file not found: {err.filename}" if not str(err).strip() else str(err)
-    return str(err) or type(err).__name__
+        text = str(err.args[0])
+    elif isinstance(err, FileNotFoundError) and err.filename:
+        text = f"file not found: {err.filename}" if not str(err).strip() else str(err)
+    else:
+        text = str(err) or type(err).__name__
+    for python, flag in _CLI_HINTS:
+        text = text.replace(python, flag)
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -901,7 +995,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _setup_logging(args)
-    if getattr(args, "threads", None):
+    if getattr(args, "threads", None) is not None:
         if args.threads < 1:
             print(f"{PROG} {args.command}: error: --threads must be >= 1", file=sys.stderr)
             return 2

@@ -403,6 +403,8 @@ class Editor:
         """
         if isinstance(requests, (EditRequest, dict)):
             requests = [requests]
+        elif requests is None or isinstance(requests, (str, bytes)) or not hasattr(requests, "__iter__"):
+            raise TypeError(f"edit() takes an EditRequest, a dict or a list of them, got {type(requests).__name__}")
         max_len = getattr(getattr(self.edited.model, "config", None), "max_position_embeddings", None)
         reqs = validate_requests(list(requests), tokenizer=self.tokenizer, max_length=max_len)
         if not reqs:

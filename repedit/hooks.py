@@ -10,6 +10,11 @@ cached tokens (from shapes, never from tensor values) into a :class:`ForwardCont
 site hook asks it for the position mask of its rule. Nothing in the hook path calls
 ``.item()``, ``.cpu()`` or branches on tensor values.
 
+The forward context, the generation state and :meth:`EditableModel.disabled` are
+thread-local, so threads may run forwards (and ``generate``) on one ``EditableModel`` at the
+same time and get the logits a serial run gives. Attaching, removing or switching
+interventions while another thread runs a forward is not supported.
+
 Example::
 
     edited = repedit.wrap(model, tokenizer)
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -35,12 +41,39 @@ from repedit.positions import Positions, TokenInfo, current_token_info, encode, 
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ForwardContext", "Attachment", "EditableModel", "wrap", "COMPUTE_DTYPES"]
+__all__ = ["ForwardContext", "Attachment", "EditableModel", "wrap", "check_name", "COMPUTE_DTYPES"]
 
 #: How interventions compute: ``"float32"`` (default) casts the hidden state to float32,
 #: computes the edit, and casts the result back to the model's dtype; ``"model"`` keeps the
 #: intervention parameters and the computation in the model's dtype.
 COMPUTE_DTYPES = ("float32", "model")
+
+
+def check_name(name: Any, what: str = "intervention") -> str:
+    """Check an intervention or adapter name: a non-empty string without '.', '/' or '\\'
+    (names become tensor-key prefixes and folder names, so they must not hold a path).
+
+    Example::
+
+        check_name("fact")                 # "fact"
+        check_name("../x", "adapter")      # ValueError
+    """
+    if not isinstance(name, str) or not name or any(c in name for c in "./\\"):
+        raise ValueError(f"{what} names are non-empty strings without '.', '/' or '\\', got {name!r}")
+    return name
+
+
+class _ThreadState(threading.local):
+    """Per-thread forward state: each thread's forwards see their own context."""
+
+    def __init__(self) -> None:
+        self.ctx: ForwardContext | None = None
+        self.gen_state: dict = {}
+        self.prompt_width = 0
+        self.disabled = 0
+
+    def __reduce__(self) -> tuple:
+        return (_ThreadState, ())  # a copy (deepcopy) starts with no forward in flight
 
 
 @dataclass
@@ -169,14 +202,16 @@ class EditableModel(nn.Module):
         self._attachments: dict[str, Attachment] = {}
         self._site_handles: dict[tuple[int, str], Any] = {}
         self._stack_handles: list[Any] = []
-        self._ctx: ForwardContext | None = None
-        self._gen_state: dict = {}
-        self._prompt_width = 0
-        self._disabled = 0
+        self._local = _ThreadState()
         self._attached = True
         self._install_stack_hooks()
 
     # ------------------------------------------------------------------ hooks
+    @property
+    def _ctx(self) -> ForwardContext | None:
+        """The calling thread's current forward context (None outside a forward)."""
+        return self._local.ctx
+
     def _stack_module(self) -> nn.Module:
         path = self.layout.layers.rsplit(".", 1)
         return get_submodule(self.model, path[0]) if len(path) == 2 else self.model
@@ -190,8 +225,9 @@ class EditableModel(nn.Module):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         ref = input_ids if input_ids is not None else embeds
+        local = self._local
         if ref is None:
-            self._ctx = None
+            local.ctx = None
             return
         batch, new = ref.shape[0], ref.shape[1]
         attn = kwargs.get("attention_mask")
@@ -202,25 +238,26 @@ class EditableModel(nn.Module):
             past = int(cache.get_seq_length()) if cache is not None else 0
             attn = torch.ones(batch, past + new, dtype=torch.long, device=ref.device)
         if past == 0:
-            self._gen_state = {}
-            self._prompt_width = attn.shape[1]
-        self._ctx = ForwardContext(attn, past, self._prompt_width, current_token_info(), self._gen_state)
+            local.gen_state = {}
+            local.prompt_width = attn.shape[1]
+        local.ctx = ForwardContext(attn, past, local.prompt_width, current_token_info(), local.gen_state)
 
     def _post_forward(self, module: nn.Module, args: tuple, output: Any) -> None:
-        self._ctx = None
+        self._local.ctx = None
 
     def abort_forward(self) -> None:
-        """Forget the current forward's context (a forward stopped early by an exception)."""
-        self._ctx = None
+        """Forget the calling thread's forward context (a forward stopped early by an exception)."""
+        self._local.ctx = None
 
     def _make_site_hook(self, site: tuple[int, str]):
         def hook(module: nn.Module, args: tuple, output: Any):
-            ctx = self._ctx
-            if self._disabled or ctx is None:
+            local = self._local
+            ctx = local.ctx
+            if local.disabled or ctx is None:
                 return None
             h, rest = _split_output(output)
             changed = False
-            for att in self._attachments.values():
+            for att in tuple(self._attachments.values()):
                 if att.site != site or not att.active:
                     continue
                 mask = ctx.mask(att.positions, h.device)
@@ -283,14 +320,14 @@ class EditableModel(nn.Module):
         """
         from repedit.methods import build, get_method
 
-        if not isinstance(name, str) or not name or "." in name or "/" in name:
-            raise ValueError(f"intervention names are non-empty strings without '.' or '/', got {name!r}")
+        check_name(name)
+        check_name(adapter, "adapter")
         if name in self._attachments:
             raise ValueError(f"an intervention named {name!r} is already attached")
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; choose one of: {', '.join(COMPONENTS)}")
         n = self.num_layers
-        if not isinstance(layer, int) or not -n <= layer < n:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not -n <= layer < n:
             raise ValueError(f"layer must be an int in [0, {n}), got {layer!r}")
         layer = layer % n
         if isinstance(intervention, str):
@@ -317,6 +354,20 @@ class EditableModel(nn.Module):
         self._drop_site_if_unused(att.site)
         return att.module
 
+    def delete_adapter(self, adapter: str) -> list[str]:
+        """Detach every intervention of one adapter (peft's ``delete_adapter``); returns their names.
+
+        Example::
+
+            edited.delete_adapter("second")   # ["b"]
+        """
+        names = [a.name for a in self.attachments(adapter)]
+        if not names:
+            raise KeyError(f"no adapter named {adapter!r}; adapters: {self.adapters()}")
+        for name in names:
+            self.remove(name)
+        return names
+
     def attachments(self, adapter: str | None = None) -> list[Attachment]:
         """The attached interventions (of one adapter, if named), in order."""
         return [a for a in self._attachments.values() if adapter is None or a.adapter == adapter]
@@ -332,12 +383,15 @@ class EditableModel(nn.Module):
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[nn.Module]:
-        """Run the base model: ``with edited.disabled(): model(**inputs)``."""
-        self._disabled += 1
+        """Run the base model: ``with edited.disabled(): model(**inputs)``.
+
+        Applies to the forwards of the calling thread only (other threads keep the edits)."""
+        local = self._local
+        local.disabled += 1
         try:
             yield self.model
         finally:
-            self._disabled -= 1
+            local.disabled -= 1
 
     def unwrap(self) -> nn.Module:
         """Remove every hook this object registered and return the base model."""
@@ -345,7 +399,7 @@ class EditableModel(nn.Module):
             handle.remove()
         self._site_handles.clear()
         self._stack_handles.clear()
-        self._ctx = None
+        self._local.ctx = None
         self._attached = False
         return self.model
 
@@ -367,11 +421,13 @@ class EditableModel(nn.Module):
 
         Position rules during generation: ``last_prompt``, ``prompt`` and ``subject``
         act in the prefill forward only (the KV cache then carries their effect);
-        ``all`` also acts on every newly generated token.
+        ``all`` also acts on every newly generated token. An active ``subject``-rule
+        intervention needs ``subjects`` (one per prompt; ``None`` for a prompt the edit should
+        skip): without them it raises instead of silently editing nothing.
 
         Example::
 
-            texts = edited.generate(["The Eiffel Tower is in"], max_new_tokens=8)
+            texts = edited.generate(["The Eiffel Tower is in"], subjects=["Eiffel Tower"], max_new_tokens=8)
         """
         if prompts is None:
             return self.model.generate(**kwargs)
@@ -379,7 +435,16 @@ class EditableModel(nn.Module):
             raise ValueError("generate(prompts=...) needs a tokenizer: wrap(model, tokenizer)")
         if isinstance(prompts, str):
             prompts = [prompts]
+        if subjects is None and not self._local.disabled:
+            need = [a.name for a in self._attachments.values() if a.active and a.positions is Positions.SUBJECT]
+            if need:
+                raise ValueError(
+                    f"interventions {need} act on the subject's tokens (positions='subject'), but generate() got "
+                    "no subjects: pass subjects=[...] (one per prompt, None to skip one)")
         batch = encode(self.tokenizer, list(prompts), subjects=subjects, padding_side="left")
+        empty = [i for i, n in enumerate(batch.attention_mask.sum(dim=1).tolist()) if n == 0]
+        if empty:
+            raise ValueError(f"prompts {empty} are empty (no tokens); give non-empty prompts")
         device = next(self.model.parameters()).device
         batch = batch.to(device)
         kwargs.setdefault("do_sample", False)
@@ -398,6 +463,8 @@ class EditableModel(nn.Module):
         """Save adapters: ``default`` at the top of ``directory``, others in subfolders."""
         from repedit.adapters import save_adapter
 
+        if adapter is not None:
+            check_name(adapter, "adapter")
         names = [adapter] if adapter is not None else self.adapters()
         if not names:
             raise ValueError("nothing to save: no interventions are attached")
@@ -413,11 +480,18 @@ class EditableModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str, tokenizer: Any = None, **kwargs: Any) -> "EditableModel":
         """Wrap ``model`` and load the adapter saved in ``directory`` onto it."""
-        from repedit.adapters import read_adapter_config
+        from repedit.adapters import AdapterError, read_adapter_config
 
         cfg = read_adapter_config(directory, adapter=kwargs.get("adapter"))
-        edited = cls(model, tokenizer, layers_path=cfg.layers_path, compute_dtype=cfg.compute_dtype)
-        edited.load_adapter(directory, **kwargs)
+        try:
+            edited = cls(model, tokenizer, layers_path=cfg.layers_path, compute_dtype=cfg.compute_dtype)
+        except (AttributeError, IndexError, TypeError) as err:
+            raise AdapterError(f"adapter {directory}: its layers_path {cfg.layers_path!r} does not fit the model ({err})") from None
+        try:
+            edited.load_adapter(directory, **kwargs)
+        except BaseException:
+            edited.unwrap()  # a failed load leaves no hook of ours on the model
+            raise
         return edited
 
     def __repr__(self) -> str:

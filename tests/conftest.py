@@ -87,6 +87,21 @@ def fact_requests(n: int = 3) -> list:
     return reqs[:n]
 
 
+def all_hooks(model: torch.nn.Module) -> dict:
+    """Every forward (pre-)hook on the model's modules, keyed (module name, kind, id)."""
+    return {
+        (n, kind, k): fn
+        for n, m in model.named_modules()
+        for kind in ("_forward_hooks", "_forward_pre_hooks")
+        for k, fn in getattr(m, kind).items()
+    }
+
+
+def ours(hooks: dict) -> list:
+    """The keys of the hooks an EditableModel registered."""
+    return [k for k, fn in hooks.items() if "EditableModel" in getattr(fn, "__qualname__", "")]
+
+
 def param_hashes(model: torch.nn.Module) -> dict[str, bytes]:
     import hashlib
 

@@ -259,3 +259,85 @@ def test_edit_reports_success_as_the_edit_runs_at_inference(files, tmp_path, cap
         assert meta["editor"]["verify"] is not bool(flag)
         rates[bool(flag)] = meta["outcome"]["success_rate"]
     assert rates == {False: 0.0, True: 1.0}
+
+
+def test_threads_must_be_positive(capsys):
+    assert main(["inspect", "--methods", "--threads", "0"]) == 2
+    assert "--threads must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a command loads the model (its arguments should be refused before)."""
+    import repedit.cli as cli
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(cli, "_load_model", refuse)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method-config", '{"rank": "two"}'], "option 'rank' of method 'loreft' must be int, got str 'two'"),
+    (["--method-config", '{"rank": 0}'], "rank must be in 1..32"),
+    (["--method-config", '{"rank": 33}'], "rank must be in 1..32"),
+    (["--layers", "2"], "--layers: 2 is not a decoder layer of the model (it has 2: 0..1)"),
+    (["--layers", "-3"], "--layers: -3 is not a decoder layer"),
+    (["--sequential", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
+])
+def test_edit_checks_sizes_and_options_before_loading_the_model(files, tmp_path, capsys, no_model_load, extra, message):
+    assert main(["edit", "--model", files["model"], "--data", files["reqs"], "--out", str(tmp_path / "o"), *extra]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_data_directory_skip_invalid_and_cli_hints(files, tmp_path, capsys, monkeypatch, no_model_load):
+    assert main(["edit", "--model", files["model"], "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert f"--data {tmp_path} is a directory" in err and "requests file not found" not in err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([REQUESTS[0], {"prompt": "the capital of france is"}]))
+    assert main(["edit", "--model", files["model"], "--data", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "pass --skip-invalid" in err and "skip_invalid=True" not in err
+    from repedit.cli import _load_data
+
+    ds, recorded = _load_data({"data": str(bad), "format": "auto", "skip_invalid": True})
+    assert len(ds) == 1 and recorded["skip_invalid"] is True
+    monkeypatch.setenv("REPEDIT_DATA", str(tmp_path))  # a data directory without CounterFact
+    assert main(["edit", "--model", files["model"], "--data", "counterfact", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "pass --data PATH" in err and "path=..." not in err
+
+
+def test_fingerprint_hint_names_the_flag(files, tmp_path, capsys):
+    other = tmp_path / "other"
+    tiny_model("llama", seed=123).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    assert main(["generate", "--model", str(other), "--adapter", files["adapter"], "--prompt", "he was born in"]) == 1
+    err = capsys.readouterr().err
+    assert "pass --ignore-fingerprint" in err and "ignore_fingerprint=True" not in err
+
+
+def test_eval_and_generate_refuse_bad_counts_and_empty_prompts(files, capsys, no_model_load):
+    assert main(["eval", "--adapter", files["adapter"], "--fluency-tokens", "-5"]) == 1
+    err = capsys.readouterr().err
+    assert "--fluency-tokens must be >= 0, got -5" in err and "max_new_tokens" not in err
+    assert main(["generate", "--adapter", files["adapter"], "--prompt", ""]) == 1
+    assert "--prompt must not be empty" in capsys.readouterr().err
+
+
+def test_generate_finds_the_subject_of_a_subject_rule_edit(files, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["edit", "--model", files["model"], "--prompt", "the capital of france is", "--target", "rome",
+                 "--subject", "france", "--positions", "subject", "--layers", "1", "--lr", "0.05", "--max-steps", "5",
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    prompt = ["--prompt", "where is the capital of france"]
+    assert main(["generate", "--adapter", str(out), *prompt, "--json", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "subjects: ['france'] (from the adapter's requests)" in captured.err
+    assert main(["generate", "--adapter", str(out), *prompt, "--subject", "france", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == json.loads(captured.out)
+    assert main(["generate", "--adapter", str(out), "--prompt", "he was born in", "--no-progress"]) == 1
+    assert "pass --subject once per prompt" in capsys.readouterr().err

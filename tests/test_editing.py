@@ -63,6 +63,9 @@ def test_invalid_requests_rejected_before_anything_changes(tok):
         editor.edit(bad)
     with pytest.raises(ValueError, match="subject"):
         editor.edit([EditRequest(prompt="he was born in", target_new="paris", subject="france")])
+    for nothing in (None, "the capital of france is", 3):
+        with pytest.raises(TypeError, match="edit\\(\\) takes an EditRequest, a dict or a list of them, got"):
+            editor.edit(nothing)
     assert not editor.edited.attachments()
 
 

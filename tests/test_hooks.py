@@ -1,28 +1,17 @@
+import contextlib
+
 import pytest
 import torch
 
 import repedit
 from repedit.positions import encode, token_info
 
-from conftest import param_hashes, tiny_model
+from conftest import all_hooks, ours, param_hashes, tiny_model
 
 
 def _strong(edited, name="e"):
     with torch.no_grad():
         edited.interventions[name].learned_source.bias.fill_(4.0)
-
-
-def all_hooks(model):
-    return {
-        (n, kind, k): fn
-        for n, m in model.named_modules()
-        for kind in ("_forward_hooks", "_forward_pre_hooks")
-        for k, fn in getattr(m, kind).items()
-    }
-
-
-def ours(hooks):
-    return [k for k, fn in hooks.items() if "EditableModel" in getattr(fn, "__qualname__", "")]
 
 
 def test_hidden_states_include_edit_and_foreign_hooks_survive(tok):
@@ -80,6 +69,94 @@ def test_exception_inside_forward_leaves_no_stale_state(llama, tok):
     handle.remove()
     assert edited._ctx is None
     assert torch.equal(llama(input_ids=x).logits, good)
+
+
+def _run_in_lockstep(model, jobs, rounds):
+    """Run ``jobs`` (callables returning a tensor) in one thread each, ``rounds`` times, while a
+    foreign hook holds every thread at layer 0 until all arrive, so the forwards overlap: each
+    thread's pre-forward has run before any thread reaches the edited layer."""
+    import threading
+
+    barrier = threading.Barrier(len(jobs))
+
+    def hold(module, args, output):
+        barrier.wait(timeout=60)
+
+    handle = model.model.layers[0].register_forward_hook(hold)
+    results, errors = [[] for _ in jobs], []
+
+    def worker(i):
+        try:
+            for _ in range(rounds):
+                results[i].append(jobs[i]())
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+            barrier.abort()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    handle.remove()
+    assert not errors, errors
+    return results
+
+
+def test_threads_sharing_one_editable_model_get_serial_logits(llama, tok):
+    edited = repedit.wrap(llama, tok)
+    edited.add("e", "loreft", layer=1, positions="last_prompt", config={"seed": 0})
+    edited.add("f", "loreft", layer=1, positions="prompt", config={"seed": 1})
+    _strong(edited)
+    _strong(edited, "f")
+    a = encode(tok, ["the capital of france is"], padding_side="left").model_inputs()
+    b = encode(tok, ["he was born in", "the eiffel tower is located in the city of"], padding_side="left").model_inputs()
+
+    def run(x, disabled=False):
+        with torch.no_grad(), (edited.disabled() if disabled else contextlib.nullcontext()):
+            return llama(**x).logits
+
+    jobs = [lambda: run(a), lambda: run(b), lambda: run(b, disabled=True)]
+    want = [job() for job in jobs]  # serial
+    assert not torch.equal(want[1], want[2])  # the edit matters; disabled() holds in its thread only
+    for got, ref in zip(_run_in_lockstep(llama, jobs, rounds=10), want):
+        assert all(torch.equal(g, ref) for g in got)
+    import copy
+
+    assert copy.deepcopy(edited)._ctx is None  # the per-thread state copies as a fresh one
+
+
+def test_threads_generating_at_once_get_serial_text(llama, tok):
+    edited = repedit.wrap(llama, tok)
+    edited.add("e", "loreft", layer=1, positions="prompt", config={"seed": 3})
+    _strong(edited)
+    prompts = [["the capital of france is"], ["he was born in", "the eiffel tower is located in the city of"]]
+
+    def gen(p):
+        with torch.no_grad():
+            return edited.generate(p, max_new_tokens=4, min_new_tokens=4, decode=False)
+
+    jobs = [lambda: gen(prompts[0]), lambda: gen(prompts[1])]
+    want = [job() for job in jobs]
+    for got, ref in zip(_run_in_lockstep(llama, jobs, rounds=3), want):
+        assert all(torch.equal(g, ref) for g in got)
+
+
+def test_generate_refuses_a_subject_rule_without_subjects(llama, tok):
+    edited = repedit.wrap(llama, tok)
+    edited.add("e", "loreft", layer=1, positions="subject", config={"seed": 0})
+    with pytest.raises(ValueError, match=r"positions='subject'.*pass subjects="):
+        edited.generate(["the capital of france is"], max_new_tokens=2)
+    with edited.disabled():  # the base model needs no subject
+        assert len(edited.generate(["the capital of france is"], max_new_tokens=2)) == 1
+    edited.set_active(["e"], active=False)
+    assert len(edited.generate(["the capital of france is"], max_new_tokens=2)) == 1
+
+
+def test_generate_refuses_an_empty_prompt(llama, tok):
+    edited = repedit.wrap(llama, tok)
+    with pytest.raises(ValueError, match=r"prompts \[1\] are empty"):
+        edited.generate(["the capital of france is", ""], max_new_tokens=2)
 
 
 def _greedy_reference(model, batch_ids, attn, n_new, prompt_width, subject_mask=None):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -71,12 +73,42 @@ def get_method(name: str) -> MethodSpec:
         raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}") from None
 
 
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a config field's type hint (JSON's view: an int is a float, a
+    bool is no number; generic containers are checked by their origin only)."""
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(hint) or hint
+    return not isinstance(origin, type) or isinstance(value, origin)
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("NoneType", "None")
+
+
 def config_from_dict(name: str, values: Mapping[str, Any], strict: bool = False) -> MethodConfig:
     """Build a method's config from a dict; unknown keys are dropped with a warning (peft's
-    forward compatibility) unless ``strict``."""
+    forward compatibility) unless ``strict``. Each value must fit its field's type, or a
+    ValueError names the field, the expected and the given type.
+
+    Example::
+
+        config_from_dict("loreft", {"rank": 8})     # LoReFTConfig(rank=8, ...)
+        config_from_dict("loreft", {"rank": "two"}) # ValueError: ... 'rank' must be int, got str 'two'
+    """
     import warnings
 
     spec = get_method(name)
+    if not isinstance(values, Mapping):
+        raise ValueError(f"the config of method {name!r} must be a mapping of option names to values, got {type(values).__name__}")
     known = spec.config_cls.field_names()
     unknown = sorted(set(values) - known)
     if unknown:
@@ -84,6 +116,13 @@ def config_from_dict(name: str, values: Mapping[str, Any], strict: bool = False)
         if strict:
             raise ValueError(msg)
         warnings.warn(msg + "; they are ignored", stacklevel=2)
+    hints = typing.get_type_hints(spec.config_cls)
+    for key, value in values.items():
+        if key in known and not _type_ok(value, hints.get(key, Any)):
+            raise ValueError(
+                f"option {key!r} of method {name!r} must be {_hint_name(hints[key])}, "
+                f"got {type(value).__name__} {value!r}"
+            )
     return spec.config_cls(**{k: v for k, v in values.items() if k in known})
 
 

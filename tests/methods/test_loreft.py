@@ -72,3 +72,26 @@ def test_method_without_edit_or_forward_is_rejected_at_definition():
     with pytest.raises(TypeError, match="edit"):
         class Broken(Intervention):  # noqa: F841
             pass
+
+
+def test_config_values_are_type_checked_against_the_fields():
+    import pytest
+
+    from repedit.methods import config_from_dict
+
+    for method, values, message in [
+        ("loreft", {"rank": "two"}, "option 'rank' of method 'loreft' must be int, got str 'two'"),
+        ("loreft", {"rank": 2.0}, "must be int, got float"),
+        ("loreft", {"rank": True}, "must be int, got bool"),
+        ("loreft", {"seed": "0"}, "'seed' of method 'loreft' must be int | None, got str"),
+        ("loreft", {"dropout": "0.1"}, "'dropout' of method 'loreft' must be float"),
+        ("baft", {"incremental": 1}, "'incremental' of method 'baft' must be bool, got int"),
+        ("codebook", {"entries": {}}, "'entries' of method 'codebook' must be list, got dict"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            config_from_dict(method, values, strict=True)
+        assert message in str(err.value)
+        with pytest.raises(ValueError, match="must be"):
+            build(method, values, hidden_size=16)
+    cfg = config_from_dict("loreft", {"rank": 2, "dropout": 0, "seed": None})  # an int is a float in JSON
+    assert cfg.rank == 2 and cfg.dropout == 0 and cfg.seed is None
