@@ -70,6 +70,12 @@ def method_configs(args) -> dict:
                   stop_prob=args.stop_prob, augment=args.augment, seed=args.seed)
     if args.corpus is not None:  # only when given, so default runs keep their checkpoints' identity
         common["corpus"] = args.corpus
+    if args.relation_copies:  # the subject in other templates of its relation (known facts' templates)
+        from repedit.eval.data import relation_templates
+
+        common.update(relation_copies=args.relation_copies, relation_templates=relation_templates())
+    if args.answer_end is not None:
+        common["answer_end"] = args.answer_end
     baft = dict(rank=args.rank, locality_weight=args.locality_weight, gate_positive_weight=args.gate_positive_weight,
                 temperature=args.temperature, trigger=args.trigger, gate_margin=args.gate_margin,
                 gate_margin_weight=args.gate_margin_weight, gate_fit_steps=args.gate_fit_steps,
@@ -129,8 +135,12 @@ def unedited_cache(env: dict, source: str, protocols: list[str], reqs: list, dev
     """Name and identity of the unedited model's scores kept in a checkpoint folder (shared by
     bench_baft's runs and bench_gate_shift). The device is part of it: locality compares
     argmax ids, and CPU and GPU kernels can break near-ties differently."""
-    return f"pre_{source}_{len(reqs)}", {"model": env.get("model"), "source": source, "protocols": list(protocols),
-                                         "cases": [r.case_id for r in reqs], "device": device}
+    ident = {"model": env.get("model"), "source": source, "protocols": list(protocols),
+             "cases": [r.case_id for r in reqs], "device": device}
+    if any(r.subject_locality_prompts for r in reqs):  # absent otherwise: earlier caches keep their identity
+        ident["subject_locality"] = hashlib.sha256(json.dumps(
+            [[p.to_dict() for p in r.subject_locality_prompts] for r in reqs]).encode()).hexdigest()
+    return f"pre_{source}_{len(reqs)}", ident
 
 
 def flat(summary: dict, side: str = "post") -> dict:
@@ -145,7 +155,10 @@ def flat(summary: dict, side: str = "post") -> dict:
         "rephrase_acc": g("rephrase_acc"),
         "gen_rewrite": g("generation.rewrite_exact"),
         "gen_rephrase": g("generation.rephrase_exact"),
+        "gen_rephrase_prefix": g("generation.rephrase_prefix"),
         "gen_loc_agree": g("generation.neighborhood_text_agreement"),
+        "subject_loc": g("locality.subject_acc"),
+        "gen_subject_agree": g("generation.subject_text_agreement"),
     }
 
 
@@ -352,6 +365,11 @@ def main(argv=None) -> None:
                    help="baft_ns: fold each finished edit's keys into the null space (default: BaFT's, on)")
     p.add_argument("--corpus", default=None, help="EditorConfig.corpus: a text file or 'model' (default: the corpus "
                    "shipped with repedit)")
+    p.add_argument("--relation-copies", type=int, default=0, help="EditorConfig.relation_copies: train the subject in "
+                   "this many other templates of its relation (known_1000.json's templates; default 0)")
+    p.add_argument("--answer-end", default=None, help="EditorConfig.answer_end: '.' trains the target and a full stop")
+    p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
+                   "with other relations; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
     p.add_argument("--threads", type=int, default=1)
@@ -412,6 +430,11 @@ def main(argv=None) -> None:
     env = environment(model, args.model)
     n_all = max(n_single, n_seq)
     reqs, data = select_requests(n_all, seed=args.seed, offset=args.offset, source=args.source)
+    if args.subject_locality > 0:
+        from benchmarks.common import add_subject_locality
+
+        data.update(add_subject_locality(reqs, model, tok, per_request=args.subject_locality, seed=args.seed,
+                                         source=args.source, edited=edited))
     log(f"loaded model and {len(reqs)} requests")
     if args.edit_only:
         if not args.checkpoint_dir or n_single:
@@ -451,13 +474,16 @@ def main(argv=None) -> None:
                                    "sequential_1000": {"efficacy": 0.95, "paraphrase": 0.75, "locality": 0.90}},
                        "wall_seconds": time.perf_counter() - start}
             write_results(name, payload, table=rows, columns=[
-                "method", "setting", "efficacy", "paraphrase", "locality", "neighborhood", "rewrite_acc",
-                "rephrase_acc", "gen_rewrite", "gen_rephrase", "gen_loc_agree", "success_rate", "mean_steps",
+                "method", "setting", "rewrite_acc", "rephrase_acc", "locality", "subject_loc", "gen_rephrase_prefix",
+                "gen_rephrase", "gen_rewrite", "gen_loc_agree", "gen_subject_agree", "efficacy", "paraphrase",
+                "neighborhood", "success_rate", "mean_steps",
                 "s_per_edit", "latency_ratio", "latency_min", "latency_aa", "hook_share"],
-                notes=("efficacy/paraphrase/neighborhood: ROME probability success (`probability/rome`); "
+                notes=("rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy (the headline); "
                        "locality: EasyEdit argmax agreement with the unedited model on neighbourhood prompts; "
-                       "rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy; gen_*: greedy-generation "
-                       "exact match / neighbourhood text agreement (`generation/mirage`). Model "
+                       "subject_loc: the same agreement on the edited subject asked about other relations; "
+                       "gen_*: greedy generation: rephrase prefix / exact match, rewrite exact match, unchanged "
+                       "neighbourhood and subject-locality text (`generation/mirage`); secondary: "
+                       "efficacy/paraphrase/neighborhood, ROME probability success (`probability/rome`). Model "
                        f"{args.model}, dev {args.source}, seed {args.seed}, offset {args.offset}. "
                        f"Latency ratio: edited/unedited forward, 16 prompts, median of {latency_repeats} interleaved repeats "
                        "(latency_min: ratio of the fastest runs; latency_aa: the same measurement of the unedited model "

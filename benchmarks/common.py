@@ -103,11 +103,8 @@ def add_subject_locality(reqs, model, tok, per_request: int = 3, seed: int = 0, 
     rel_of: dict[str, str] = {}  # template -> Wikidata relation id
     templates: dict[str, list[str]] = {}  # relation id -> its templates
     for k in known:
-        if k["subject"] not in k["prompt"]:
-            continue
-        for t in (k["prompt"].replace(k["subject"], "{}"), k["template"]):
-            rel_of.setdefault(t, k["relation_id"])
-        t = k["prompt"].replace(k["subject"], "{}")
+        t = k["template"]
+        rel_of.setdefault(t, k["relation_id"])
         if t not in templates.setdefault(k["relation_id"], []):
             templates[k["relation_id"]].append(t)
 
@@ -123,12 +120,12 @@ def add_subject_locality(reqs, model, tok, per_request: int = 3, seed: int = 0, 
         words = _content_words(req.relation or "")
 
         def other_relation(template: str) -> bool:
-            """Another relation: a different relation id where both are known, and no shared
+            """Another relation: not the same relation id where both are known, and no shared
             content word ("language" in "The language used by {} is"), which could make it a
             paraphrase of the edited fact rather than a locality probe."""
             theirs = rel_of.get(template)
-            if own is not None and theirs is not None:
-                return theirs != own
+            if own is not None and theirs is not None and theirs == own:
+                return False
             return template != req.relation and not (words & _content_words(template))
 
         siblings = {r["prompt"]: r["ground_truth"] for r in by_subject.get(req.subject or "", [])

@@ -38,7 +38,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 from repedit.corpus import Corpus, resolve_corpus
 from repedit.hooks import Attachment, EditableModel
 from repedit.positions import EncodedBatch, Positions, encode
-from repedit.requests import EditRequest, validate_requests
+from repedit.requests import EditRequest, normalize_text, validate_requests
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ class EditorConfig:
     augment: int | None = field(default=None, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off; None: the method's default, else 0"})
     augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a corpus sentence start)"})
     augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (the editor's corpus), a path, or a list of strings"})
+    relation_templates: Any = field(default=None, metadata={"help": "other phrasings of each relation: a mapping from a relation template ('The mother tongue of {} is') to other templates of the same relation, e.g. repedit.eval.data.relation_templates(known_facts_file); with relation_copies > 0 the subject is put into some of them as extra training copies. Never a request's own evaluation prompts"})
+    relation_copies: int = field(default=0, metadata={"help": "extra training copies per request: its subject in this many other templates of its relation (from relation_templates; 0: off)"})
+    answer_end: str | None = field(default=None, metadata={"help": "train the target followed by its natural end so greedy generation says the answer and stops: '.' (a full stop) or None (the target alone)"})
     corpus: Any = field(default=None, metadata={"help": "general text behind negatives, augmentation prefixes, null-space statistics and entity names: None (WikiText-2's test split, shipped with repedit), 'model' (text the unedited model samples, cached per model), a path to a text file, or a list of strings"})
     verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
 
@@ -94,6 +97,13 @@ class EditorConfig:
             raise ValueError("batch_size must be >= 1")
         if (self.augment is not None and self.augment < 0) or self.augment_words < 1:
             raise ValueError("augment must be >= 0 and augment_words >= 1")
+        if self.relation_copies < 0:
+            raise ValueError("relation_copies must be >= 0")
+        if self.relation_copies and not isinstance(self.relation_templates, Mapping):
+            raise ValueError("relation_copies > 0 needs relation_templates: a mapping from a relation template to "
+                             "other templates of the same relation (repedit.eval.data.relation_templates(path))")
+        if self.answer_end not in (None, "."):
+            raise ValueError(f"answer_end must be None or '.', got {self.answer_end!r}")
 
 
 @dataclass
@@ -456,10 +466,34 @@ class Editor:
 
     def training_prompts(self, reqs: list[EditRequest], indices: list[int]) -> tuple[list[str], list[int]]:
         """The prompts trained for ``reqs``: each prompt, then ``augment`` copies with a random
-        corpus prefix (deterministic for the seed and the request's index). Returns
-        (prompts, owner index into ``reqs`` per prompt)."""
+        corpus prefix, then ``relation_copies`` copies with the subject in other templates of
+        its relation (deterministic for the seed and the request's index; never one of the
+        request's evaluation prompts). Returns (prompts, owner index into ``reqs`` per prompt)."""
         prompts = [r.prompt for r in reqs]
         owners = list(range(len(reqs)))
+        self._add_prefix_copies(reqs, indices, prompts, owners)
+        self._add_relation_copies(reqs, indices, prompts, owners)
+        return prompts, owners
+
+    def _add_relation_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
+        k = self.config.relation_copies
+        if not k:
+            return
+        import random
+
+        table = self.config.relation_templates
+        for j, (r, idx) in enumerate(zip(reqs, indices)):
+            if not r.subject or not r.relation:
+                continue
+            banned = r.evaluation_prompts() | {normalize_text(r.prompt)}
+            pool = sorted({t for t in table.get(r.relation, ()) if isinstance(t, str) and t.count("{}") == 1
+                           and t != r.relation and normalize_text(t.replace("{}", r.subject)) not in banned})
+            rng = random.Random(self.config.seed * 1000003 + idx + 7)
+            for t in rng.sample(pool, min(k, len(pool))):
+                prompts.append(t.replace("{}", r.subject))
+                owners.append(j)
+
+    def _add_prefix_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
         k = self.config.augment
         if k:
             import random
@@ -472,14 +506,13 @@ class Editor:
                     n = rng.randint(min(3, len(words)), len(words))
                     prompts.append(" ".join(words[:n]).rstrip(" ,.;:") + ". " + r.prompt)
                     owners.append(j)
-        return prompts, owners
 
     def _train_chunk(self, reqs: list[EditRequest], indices: list[int],
                      all_requests: list[EditRequest] | None = None) -> list[RequestOutcome]:
         cfg = self.config
         prompts, owners = self.training_prompts(reqs, indices)
         batch = encode(
-            self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() for o in owners],
+            self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() + (cfg.answer_end or "") for o in owners],
             [reqs[o].subject for o in owners],
         ).to(self.device)
         session = EditSession(self, reqs, indices, batch, all_requests, prompts, owners)

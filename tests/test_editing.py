@@ -169,3 +169,36 @@ def test_capture_stops_after_the_site_and_matches_a_full_forward(tok):
     # the model still works normally afterwards, edit included
     x = tok(["the capital of france is"], return_tensors="pt")
     assert model(**x).logits[0, -1].argmax().item() == tok.convert_tokens_to_ids("rome")
+
+
+def test_relation_copies_put_the_subject_in_other_templates_of_its_relation(tok):
+    from repedit import Editor, EditorConfig, EditRequest
+
+    table = {"the capital of {} is": ["{} has its capital in", "the city of {} is", "where is {}"]}
+    req = EditRequest("the capital of france is", "rome", subject="france",
+                      rephrase_prompts=["the city of france is"])  # an evaluation prompt: never trained
+    cfg = EditorConfig(method="loreft", layers=[1], augment=0, relation_templates=table, relation_copies=5)
+    prompts, owners = Editor(tiny_model("llama"), tok, cfg).training_prompts([req], [0])
+    assert prompts[0] == req.prompt and set(prompts[1:]) == {"france has its capital in", "where is france"}
+    assert owners == [0, 0, 0]
+    with pytest.raises(ValueError, match="relation_templates"):
+        EditorConfig(relation_copies=1)
+
+
+def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch):
+    import repedit.editing as E
+    from repedit import Editor, EditorConfig, EditRequest
+
+    seen = {}
+    real = E.encode
+
+    def spy(tokenizer, prompts, continuations=None, subjects=None, **kw):
+        seen.setdefault("conts", continuations)
+        return real(tokenizer, prompts, continuations, subjects, **kw)
+
+    monkeypatch.setattr(E, "encode", spy)
+    cfg = EditorConfig(method="loreft", layers=[1], augment=0, max_steps=1, answer_end=".")
+    Editor(tiny_model("llama"), tok, cfg).edit(EditRequest("the capital of france is", "rome", subject="france"))
+    assert seen["conts"] == [" rome."]
+    with pytest.raises(ValueError, match="answer_end"):
+        EditorConfig(answer_end="!")

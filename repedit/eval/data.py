@@ -58,6 +58,7 @@ __all__ = [
     "load_counterfact",
     "load_zsre",
     "load_requests",
+    "relation_templates",
     "requests_to_dataset",
     "to_requests",
     "data_info",
@@ -69,6 +70,7 @@ ZSRE_TARGETS = ("alt", "answers")
 
 _COUNTERFACT_FILE = ("counterfact", "counterfact.json")
 _ZSRE_FILE = ("zsre", "zsre_eval.json")
+_KNOWN_FILE = ("known_facts", "known_1000.json")
 
 
 # ---------------------------------------------------------------------------- paths
@@ -327,6 +329,27 @@ def load_requests(
         return EditRequest.from_dict(rec, index=i)
 
     return _build(p, records, make, {"source": "user"}, offset, limit, seed, skip_invalid)
+
+
+def relation_templates(path: str | os.PathLike | None = None) -> dict[str, list[str]]:
+    """Other phrasings of each relation, from a known-facts file such as ROME's
+    ``known_1000.json`` (records with ``template`` such as ``"{} is a native speaker of"`` and
+    ``relation_id``): a mapping from each template to the other templates of its relation, for
+    ``EditorConfig(relation_templates=..., relation_copies=k)``. CounterFact's prompts use the
+    same templates. ``path=None``: ``known_facts/known_1000.json`` under ``$REPEDIT_DATA``.
+
+    Example::
+
+        table = relation_templates()
+        table["{} is a native speaker of"]   # ['The native language of {} is']
+    """
+    p = _resolve(path, _KNOWN_FILE)
+    groups: dict[str, list[str]] = {}
+    for i, rec in enumerate(_read_records(p)):
+        t, rid = _field(rec, "template", p, i), _field(rec, "relation_id", p, i)
+        if t.count("{}") == 1 and t not in groups.setdefault(rid, []):
+            groups[rid].append(t)
+    return {t: [u for u in ts if u != t] for ts in groups.values() for t in ts}
 
 
 # ---------------------------------------------------------------------------- Dataset <-> requests

@@ -248,3 +248,19 @@ def test_requests_to_dataset_empty_and_int_ids():
     ds = D.requests_to_dataset([EditRequest("a", "b", case_id=3), EditRequest("c", "d")])
     assert ds["case_id"] == [3, None]
     assert D.to_requests(ds)[0].case_id == 3
+
+
+def test_relation_templates_group_known_facts_by_relation(tmp_path):
+    f = tmp_path / "known.json"
+    f.write_text(json.dumps([
+        {"subject": "A", "template": "{} is a native speaker of", "relation_id": "P103", "prompt": "A is a native speaker of"},
+        {"subject": "B", "template": "The native language of {} is", "relation_id": "P103", "prompt": "x"},
+        {"subject": "C", "template": "{} is located in", "relation_id": "P131", "prompt": "x"},
+        {"subject": "D", "template": "{} is a native speaker of", "relation_id": "P103", "prompt": "x"},
+    ]))
+    table = D.relation_templates(f)
+    assert table == {"{} is a native speaker of": ["The native language of {} is"],
+                     "The native language of {} is": ["{} is a native speaker of"], "{} is located in": []}
+    with pytest.raises(ValueError, match="relation_id"):
+        f.write_text(json.dumps([{"template": "{} is"}]))
+        D.relation_templates(f)
