@@ -286,7 +286,8 @@ def no_model_load(monkeypatch):
     (["--sequential", "--checkpoint-every", "0"], "--checkpoint-every must be >= 1, got 0"),
 ])
 def test_edit_checks_sizes_and_options_before_loading_the_model(files, tmp_path, capsys, no_model_load, extra, message):
-    assert main(["edit", "--model", files["model"], "--data", files["reqs"], "--out", str(tmp_path / "o"), *extra]) == 1
+    assert main(["edit", "--model", files["model"], "--data", files["reqs"], "--method", "loreft", "--out",
+                 str(tmp_path / "o"), *extra]) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 

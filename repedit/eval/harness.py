@@ -75,9 +75,15 @@ SEQUENTIAL_PROTOCOLS: tuple[str, ...] = ("immediate", "final")
 #: protocol label -> (reliability, generality, locality) summary keys of the post-edit means.
 HEADLINE_METRICS: dict[str, tuple[str, str, str]] = {
     M.TEACHER_FORCED: ("rewrite_acc", "rephrase_acc", "locality.neighborhood_acc"),
-    M.PROBABILITY: ("rome.efficacy_success", "rome.paraphrase_success", "rome.neighborhood_success"),
     M.GENERATION: ("generation.rewrite_exact", "generation.rephrase_exact", "generation.neighborhood_text_agreement"),
+    M.PROBABILITY: ("rome.efficacy_success", "rome.paraphrase_success", "rome.neighborhood_success"),
 }
+#: shown in tables, labelled secondary: ROME's probability comparison only asks that the new
+#: answer beats the old one, not that the model gives it
+SECONDARY = (M.PROBABILITY,)
+#: further rows of the printed table when present: subject locality, greedy prefix match, ...
+EXTRA_METRICS = ("locality.subject_acc", "generation.subject_text_agreement", "generation.rephrase_prefix",
+                 "locality.neighborhood_gold_acc", "portability.portability_acc", "fluency.ngram_entropy")
 
 #: locality metrics defined as agreement with the pre-edit model (so 1.0 before editing);
 #: ROME's neighborhood_success is an absolute comparison and has a measured pre value.
@@ -313,14 +319,19 @@ def format_table(summary: Mapping[str, Any]) -> str:
     """
     head = summary.get("headline") or headline(summary)
     rows = [("protocol", "metric", "key", "pre", "post")]
-    for label, entry in head.items():
+    order = [label for label in head if label not in SECONDARY] + [label for label in head if label in SECONDARY]
+    meta = summary.get("metric_meta", {})
+    extras = [k for k in EXTRA_METRICS if k in summary.get("post", {})]
+    for label in order:
+        entry = head[label]
+        shown = label + (" (secondary)" if label in SECONDARY else "")
         for role in ("reliability", "generality", "locality", "hm"):
             key = entry["metrics"].get(role, "harmonic mean")
-            rows.append((label, role, key, _fmt(entry["pre"].get(role)), _fmt(entry["post"].get(role))))
-    extras = [k for k in summary.get("post", {}) if k in ("locality.neighborhood_gold_acc", "portability.portability_acc",
-                                                           "fluency.ngram_entropy")]
-    meta = summary.get("metric_meta", {})
-    for k in extras:
+            rows.append((shown, role, key, _fmt(entry["pre"].get(role)), _fmt(entry["post"].get(role))))
+        if label not in SECONDARY:  # the strict protocols' extra rows follow their block
+            for k in [k for k in extras if meta.get(k) == label]:
+                rows.append((shown, "extra", k, _fmt(summary.get("pre", {}).get(k)), _fmt(summary["post"][k])))
+    for k in [k for k in extras if meta.get(k) not in order or meta.get(k) in SECONDARY]:
         rows.append((meta.get(k, "?"), "extra", k, _fmt(summary.get("pre", {}).get(k)), _fmt(summary["post"][k])))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
