@@ -82,6 +82,8 @@ def method_configs(args) -> dict:
                 train_gates=args.train_gates, gate_templates=args.gate_templates)
     if args.gate_shift is not None:
         baft["gate_shift"] = args.gate_shift
+    if args.essence_weight is not None:  # only when given, so default runs keep their checkpoints' identity
+        baft["essence_weight"] = args.essence_weight
     out = {
         # LoReFT keeps pyreft's usual setting (one layer, last prompt token: with no gate it
         # would edit every token of every prompt at "prompt" positions); BaFT and BaFT + null
@@ -367,6 +369,8 @@ def main(argv=None) -> None:
                    "shipped with repedit)")
     p.add_argument("--relation-copies", type=int, default=0, help="EditorConfig.relation_copies: train the subject in "
                    "this many other templates of its relation (known_1000.json's templates; default 0)")
+    p.add_argument("--essence-weight", type=float, default=None, help="BaFT's essence term (KL on the subject in "
+                   "essence_templates; default: BaFTConfig's)")
     p.add_argument("--answer-end", default=None, help="EditorConfig.answer_end: '.' trains the target and a full stop")
     p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
                    "with other relations; 0: none)")

@@ -90,6 +90,7 @@ from torch import nn
 from repedit.corpus import Corpus
 from repedit.methods import register_method
 from repedit.methods.base import Intervention, MethodConfig, OrthonormalRows
+from repedit.requests import normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class BaFTConfig(MethodConfig):
     locality_weight: float = field(default=1.0, metadata={"help": "weight of the gate locality term: mean softplus(gate logit) of the new bases on negative inputs (pushes w_i → 0)"})
     gate_positive_weight: float = field(default=0.1, metadata={"help": "weight of −log w_i on the request's own positions (keeps the gate on)"})
     kl_weight: float = field(default=0.0, metadata={"help": "weight of KL(base ‖ edited) of next-token distributions on negative prompts (one extra forward per step)"})
+    essence_weight: float = field(default=0.0, metadata={"help": "weight of ROME's essence term: KL(unedited ‖ edited) of the next-token distribution after the subject put into essence_templates, so the edit keeps the subject's other properties (subject locality; one extra forward per step)"})
+    essence_templates: list = field(default_factory=lambda: ["{} is a", "{} is known for", "{} was", "{} has"], metadata={"help": "templates of the essence term ('{}' is the subject); never one of a request's evaluation prompts"})
     balance_weight: float = field(default=0.01, metadata={"help": "incremental load balancing: penalise current gate usage of bases in proportion to their past usage"})
     num_negatives: int = field(default=24, metadata={"help": "negative prompts per edit: the request's relation with other subjects, earlier requests"})
     earlier_negatives: bool = field(default=True, metadata={"help": "sequential editing: the gate positives of every earlier edit (other subjects) are negatives of each new gate, so a new edit does not fire on an earlier subject; the bank is saved with the adapter (float16, about 8 KB per edit), so editing continues the same after a reload"})
@@ -176,6 +179,22 @@ class BaFTConfig(MethodConfig):
             raise ValueError("temperature must be > 0")
         if self.num_bases < 0:
             raise ValueError("num_bases must be >= 0")
+
+
+def _last_logprobs(session: Any, batch: Any) -> torch.Tensor:
+    """Log-probabilities of the next token after each prompt of ``batch`` (B, V)."""
+    with batch.info():
+        logits = session.edited.model(**batch.model_inputs()).logits
+    last = batch.attention_mask.sum(1) - 1
+    return torch.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
+
+
+def _kl_reference(session: Any, prompts: list[str], weight: float) -> tuple[Any, torch.Tensor, float]:
+    """(batch, the unedited model's next-token log-probabilities, weight) of a KL term."""
+    batch = session.encode(prompts)
+    with torch.no_grad(), session.edited.disabled():
+        base = _last_logprobs(session, batch)
+    return batch, base, weight
 
 
 def _warn_once(module: nn.Module, what: str, msg: str, *args: Any) -> None:
@@ -638,12 +657,15 @@ class BaFT(Intervention):
             if cfg.gate == "sigmoid" and cfg.gate_fit_steps > 0:
                 self._fit_gates()
         if cfg.kl_weight > 0 and neg_prompts:
-            batch = session.encode(neg_prompts[:8])
-            with torch.no_grad(), session.edited.disabled(), batch.info():
-                logits = session.edited.model(**batch.model_inputs()).logits
-            last = batch.attention_mask.sum(1) - 1
-            st["kl_batch"] = batch
-            st["kl_base"] = torch.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
+            st["kl"] = _kl_reference(session, neg_prompts[:8], cfg.kl_weight)
+        if cfg.essence_weight > 0:
+            essence = []
+            for r in reqs:
+                banned = r.evaluation_prompts() | {normalize_text(r.prompt)}
+                essence += [t.replace("{}", r.subject, 1) for t in cfg.essence_templates
+                            if r.subject and normalize_text(t.replace("{}", r.subject, 1)) not in banned]
+            if essence:
+                st["essence"] = _kl_reference(session, essence, cfg.essence_weight)
         self._train_state = st
 
     def _set_gate_center(self, corpus: torch.Tensor, fallback: torch.Tensor) -> None:
@@ -834,13 +856,10 @@ class BaFT(Intervention):
                     past = self.usage if self.usage.shape[0] == m else torch.zeros_like(p)
                     q = (past + p_hat.detach()) / (past.sum() + 1.0)
                     terms.append(cfg.balance_weight * m * (p_hat * q).sum())
-        if cfg.kl_weight > 0 and "kl_batch" in st:
-            batch = st["kl_batch"]
-            with batch.info():
-                logits = session.edited.model(**batch.model_inputs()).logits
-            last = batch.attention_mask.sum(1) - 1
-            logp = torch.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
-            terms.append(cfg.kl_weight * F.kl_div(logp, st["kl_base"], log_target=True, reduction="batchmean"))
+        for key in ("kl", "essence"):
+            if key in st:
+                batch, base, weight = st[key]
+                terms.append(weight * F.kl_div(_last_logprobs(session, batch), base, log_target=True, reduction="batchmean"))
         return sum(terms) if terms else None
 
     def finish_edit(self, session: Any, outcomes: list) -> None:

@@ -90,6 +90,12 @@ def test_records_summary_and_metadata_are_labelled(edited_pair, tmp_path):
     table = format_table(report.summary)
     for label in (M.TEACHER_FORCED, M.PROBABILITY, M.GENERATION):
         assert label in table
+    # the strict protocols lead; ROME's probability comparison comes last, labelled secondary
+    lines = table.splitlines()
+    first = {label: next(i for i, line in enumerate(lines) if line.startswith(label))
+             for label in (M.TEACHER_FORCED, M.GENERATION, M.PROBABILITY)}
+    assert first[M.TEACHER_FORCED] < first[M.GENERATION] < first[M.PROBABILITY]
+    assert lines[first[M.PROBABILITY]].startswith(M.PROBABILITY + " (secondary)")
     path = report.save(tmp_path / "m.json")
     saved = json.loads(path.read_text())
     assert saved["metadata"]["protocols"] == meta["protocols"] and len(saved["records"]) == 2

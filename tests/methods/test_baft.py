@@ -559,3 +559,34 @@ def test_subject_variant_names(monkeypatch):
     assert "Chilean Football Federation" not in names and "Norway" not in names
     rest = [n for n in names if n not in ("Football Federation", "Federation")]
     assert len(rest) == 2 and all(n.split()[0] in ("George", "Romanian") and n.endswith("Federation") for n in rest)
+
+
+def test_essence_term_keeps_the_subjects_other_predictions(tok, monkeypatch):
+    """essence_weight: KL(unedited ‖ edited) after the subject in essence_templates joins the
+    loss, so the edit changes those predictions less than without it."""
+    req = EditRequest(prompt="the capital of france is", target_new="rome", subject="france",
+                      rephrase_prompts=["france is a"])  # an evaluation prompt: never an essence prompt
+
+    def run(weight):
+        editor = Editor(tiny_model("llama", initializer_range=0.5), tok,
+                        cfg(layers=[0], positions="prompt", augment=0, max_steps=25, stop_prob=0.99,
+                            method_config={"num_corpus_negatives": 0, "seed": 0, "gate_templates": 0,
+                                           "essence_weight": weight, "essence_templates": ["{} is a", "{} was"]}))
+        editor.edit(req)
+        mod = editor.attachments()[0].module
+        x = tok(["france was"], return_tensors="pt")
+        with torch.no_grad():
+            after = torch.log_softmax(editor.edited.model(**x).logits[0, -1], -1)
+            with editor.edited.disabled():
+                before = torch.log_softmax(editor.edited.model(**x).logits[0, -1], -1)
+        return float(torch.nn.functional.kl_div(after, before, log_target=True, reduction="sum")), mod
+
+    import repedit.methods.baft as B
+
+    seen = []
+    real = B._kl_reference
+    monkeypatch.setattr(B, "_kl_reference", lambda session, prompts, w: seen.extend(prompts) or real(session, prompts, w))
+    kl_off, _ = run(0.0)
+    kl_on, mod = run(5.0)
+    assert kl_on < 0.5 * kl_off, (kl_on, kl_off)
+    assert seen == ["france was"]  # "france is a" is the request's rephrase prompt: never trained on
