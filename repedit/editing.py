@@ -509,18 +509,55 @@ class Editor:
 
     def _train_chunk(self, reqs: list[EditRequest], indices: list[int],
                      all_requests: list[EditRequest] | None = None) -> list[RequestOutcome]:
+        """Train one edit (or batch): the method prepares, the optimiser runs, the method
+        finishes, and each request is checked as it runs at inference."""
+        session = self._start_session(reqs, indices, all_requests)
+        atts = self.attachments()
+        for att in atts:
+            hook = getattr(att.module, "prepare_edit", None)
+            if hook is not None:
+                hook(session)
+        fixed = self._fixed_inputs(session)
+        outcomes, trained = self._optimise(session, atts, fixed)
+        for att in atts:
+            hook = getattr(att.module, "finish_edit", None)
+            if hook is not None:
+                hook(session, outcomes)
+        if self.config.verify and trained:
+            self._verify(session, fixed, outcomes)
+        return outcomes
+
+    def _start_session(self, reqs: list[EditRequest], indices: list[int],
+                       all_requests: list[EditRequest] | None) -> EditSession:
+        """The training prompts of ``reqs`` encoded with their targets, in an :class:`EditSession`."""
         cfg = self.config
         prompts, owners = self.training_prompts(reqs, indices)
         batch = encode(
             self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() + (cfg.answer_end or "") for o in owners],
             [reqs[o].subject for o in owners],
         ).to(self.device)
-        session = EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
-        atts = self.attachments()
-        for att in atts:
-            hook = getattr(att.module, "prepare_edit", None)
-            if hook is not None:
-                hook(session)
+        return EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
+
+    def _fixed_inputs(self, session: EditSession) -> dict[str, Any]:
+        """What every forward of an edit shares: the model inputs (logits only where a target
+        token is predicted, when the model allows), the target ids and which are valid, and the
+        request each training row belongs to."""
+        positions, target, valid = target_positions(session.batch.labels)
+        inputs = session.batch.model_inputs()
+        if self._sliced_logits:
+            inputs["logits_to_keep"] = positions
+        return {"inputs": inputs, "target": target, "valid": valid, "owner": torch.tensor(session.owners)}
+
+    def _stats(self, session: EditSession, fixed: dict[str, Any], out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self._row_stats(out, session.batch, fixed["target"], fixed["valid"], self._sliced_logits,
+                               fixed["owner"], len(session.requests))
+
+    def _optimise(self, session: EditSession, atts: list[Attachment],
+                  fixed: dict[str, Any]) -> tuple[list[RequestOutcome], bool]:
+        """Adam on the method's edit parameters until every request reaches the stop rule (and
+        no method vetoes the stop) or ``max_steps``: (outcomes, whether anything was trained)."""
+        cfg = self.config
+        reqs, batch, n = session.requests, session.batch, len(session.requests)
         params: list[nn.Parameter] = []
         for att in atts:
             getter = getattr(att.module, "edit_parameters", None)
@@ -528,24 +565,17 @@ class Editor:
         params = [p for p in dict.fromkeys(params) if p.requires_grad]
         for att in atts:
             att.module.train()
-        n = len(reqs)
-        owner_t = torch.tensor(owners)
         best_steps = [cfg.max_steps] * n
         done = torch.zeros(n, dtype=torch.bool)
         nll = prob = None
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
-        positions, target, valid = target_positions(batch.labels)
-        inputs = batch.model_inputs()
-        sliced = self._sliced_logits
-        if sliced:  # logits only where a target token is predicted
-            inputs["logits_to_keep"] = positions
         step = 0
         try:
             for step in range(cfg.max_steps + 1):
                 session.step = step
                 with batch.info():
-                    out = self.edited.model(**inputs)
-                row_nll, row_prob, reached = self._row_stats(out, batch, target, valid, sliced, owner_t, n)
+                    out = self.edited.model(**fixed["inputs"])
+                row_nll, row_prob, reached = self._stats(session, fixed, out)
                 nll, prob = row_nll[:n], row_prob[:n]
                 for i in torch.nonzero(reached & ~done).flatten().tolist():
                     best_steps[i] = step
@@ -571,23 +601,20 @@ class Editor:
                 att.module.eval()
         outcomes = [
             RequestOutcome(
-                index=indices[i], case_id=reqs[i].case_id, success=bool(done[i]),
+                index=session.indices[i], case_id=reqs[i].case_id, success=bool(done[i]),
                 loss=float(nll[i].detach()), steps=best_steps[i] if done[i] else step, target_prob=float(prob[i].detach()),
             )
             for i in range(n)
         ]
-        for att in atts:
-            hook = getattr(att.module, "finish_edit", None)
-            if hook is not None:
-                hook(session, outcomes)
-        if cfg.verify and opt is not None:
-            # re-check the finished edits as they run at inference (eval mode, one forward, no
-            # gradient, no RNG: training is untouched, so runs stay reproducible)
-            with torch.no_grad(), batch.info():
-                out = self.edited.model(**inputs)
-            _, row_prob, ok = self._row_stats(out, batch, target, valid, sliced, owner_t, n)
-            _mark_verified(outcomes, ok, row_prob[:n].float().cpu())
-        return outcomes
+        return outcomes, opt is not None
+
+    def _verify(self, session: EditSession, fixed: dict[str, Any], outcomes: list[RequestOutcome]) -> None:
+        """Re-check the finished edits as they run at inference (eval mode, one forward, no
+        gradient, no RNG: training is untouched, so runs stay reproducible)."""
+        with torch.no_grad(), session.batch.info():
+            out = self.edited.model(**fixed["inputs"])
+        _, row_prob, ok = self._stats(session, fixed, out)
+        _mark_verified(outcomes, ok, row_prob[: len(outcomes)].float().cpu())
 
     def _row_stats(self, out: Any, batch: EncodedBatch, target: torch.Tensor, valid: torch.Tensor, sliced: bool,
                    owner_t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,0 +1,176 @@
+"""Where one edit's time goes: setup, captures, gate fitting, training steps, verification.
+
+Runs N sequential edits with a method's defaults (BaFT by default) on dev CounterFact in a fresh
+process and splits each edit's wall time into phases, by timers wrapped around the Editor's and
+the method's steps (this script's own instrumentation; the library is not changed):
+
+* ``setup``: what is built once per model and site and then reused (BaFT's corpus-negative
+  states and entity-name bank, the null space, the codebook's corpus bank);
+* ``prepare``: the rest of ``prepare_edit``, the per-edit captures (the request's own prompts,
+  negative prompts) and gate initialisation;
+* ``gate_fit``: BaFT's fit of the new gates on the fixed states;
+* ``train``: the optimisation steps (forward, loss, backward, Adam);
+* ``verify``: the check of each edit as it runs at inference, and ``finish_edit``;
+* ``other``: the rest (encoding, bookkeeping).
+
+It also times one forward+backward pass over an edit's training batch (the prompt and its
+augmented copies, with a trainable intervention at the edited site), and reports s/edit
+divided by it: a machine-independent cost (the same ratio on a CPU and a GPU means the same
+algorithmic cost). Writes ``benchmarks/results/<name>.{json,md}``.
+
+    python benchmarks/bench_cost.py --n 20                  # BaFT, 20 sequential edits
+    python benchmarks/bench_cost.py --n 20 --method codebook
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import environment, select_requests, set_threads, write_results  # noqa: E402
+
+PHASES = ("setup", "prepare", "gate_fit", "train", "verify", "other")
+
+
+class PhaseClock:
+    """Wall time per phase of the current edit; nested phases are subtracted from their parent."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = defaultdict(float)
+        self._stack: list[list] = []
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        self._stack.append([name, 0.0])
+        try:
+            yield
+        finally:
+            _, inner = self._stack.pop()
+            took = time.perf_counter() - t0
+            self.current[name] += took - inner
+            if self._stack:
+                self._stack[-1][1] += took
+
+    def wrap(self, owner: type, attr: str, name: str) -> None:
+        real = getattr(owner, attr)
+        clock = self
+
+        def timed(*a, **k):
+            with clock.phase(name):
+                return real(*a, **k)
+
+        setattr(owner, attr, timed)
+
+
+def instrument(clock: PhaseClock) -> None:
+    from repedit.editing import Editor
+    from repedit.methods.baft import BaFT
+    from repedit.methods.codebook.module import Codebook
+
+    clock.wrap(BaFT, "_corpus_negatives", "setup")
+    clock.wrap(BaFT, "_subject_bank", "setup")
+    clock.wrap(BaFT, "build_nullspace", "setup")
+    clock.wrap(BaFT, "prepare_edit", "prepare")
+    clock.wrap(BaFT, "_fit_gates", "gate_fit")
+    clock.wrap(BaFT, "finish_edit", "verify")
+    clock.wrap(Codebook, "_ensure_bank", "setup")
+    clock.wrap(Codebook, "prepare_edit", "prepare")
+    clock.wrap(Codebook, "finish_edit", "verify")
+    clock.wrap(Editor, "_optimise", "train")
+    clock.wrap(Editor, "_verify", "verify")
+    clock.wrap(Editor, "_train_chunk", "other")
+
+
+def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
+    """Median time of one forward+backward over ``request``'s training batch, with a trainable
+    LoReFT at the editor's site (the gradient flows from the logits down to the site)."""
+    from repedit.editing import target_positions
+    from repedit.positions import encode
+
+    edited, cfg = editor.edited, editor.config
+    prompts, owners = editor.training_prompts([request], [0])
+    batch = encode(editor.tokenizer, prompts, [" " + request.target_new] * len(prompts),
+                   [request.subject] * len(prompts)).to(editor.device)
+    layer = editor.default_layers()[0]
+    probe = edited.add("cost_probe", "loreft", layer=layer, positions=cfg.positions, config={"rank": 2})
+    probe.train()
+    positions, target, valid = target_positions(batch.labels)
+    times = []
+    try:
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            with batch.info():
+                out = edited.model(**batch.model_inputs(), logits_to_keep=positions)
+            loss = torch.nn.functional.cross_entropy(out.logits[valid].float(), target[valid])
+            loss.backward()
+            times.append(time.perf_counter() - t0)
+    finally:
+        edited.remove("cost_probe")
+    return statistics.median(times[1:])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=20, help="sequential edits (default 20)")
+    ap.add_argument("--method", default="baft")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--name", default=None)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    from repedit import Editor, EditorConfig, models
+    from repedit.hooks import EditableModel
+
+    t_start = time.perf_counter()
+    model, tok = models.load(args.model)
+    t_model = time.perf_counter() - t_start
+    reqs, data = select_requests(args.n, seed=args.seed)
+    clock = PhaseClock()
+    instrument(clock)
+    edited = EditableModel(model, tok)
+    editor = Editor(edited, tok, EditorConfig(method=args.method))
+    per_edit = []
+
+    def done(k, outcomes):
+        phases = {p: clock.current.get(p, 0.0) for p in PHASES}
+        phases["total"] = sum(phases.values())
+        phases["steps"] = outcomes[-1].steps
+        per_edit.append(phases)
+        clock.current.clear()
+
+    editor.edit(reqs, sequential=True, callback=done)
+    fb = forward_backward_seconds(editor, reqs[0])
+    steady = per_edit[1:] or per_edit
+    median = {p: statistics.median(e[p] for e in steady) for p in (*PHASES, "total", "steps")}
+    first = per_edit[0]
+    rows = [{"edits": "first (cold process)", **{p: first[p] for p in (*PHASES, "total")}, "steps": first["steps"],
+             "ratio_to_fwd_bwd": first["total"] / fb},
+            {"edits": f"median of edits 2..{len(per_edit)}", **{p: median[p] for p in (*PHASES, "total")},
+             "steps": median["steps"], "ratio_to_fwd_bwd": median["total"] / fb}]
+    name = args.name or f"cost_{args.method}_n{args.n}"
+    payload = {"rows": rows, "per_edit": per_edit, "forward_backward_s": fb, "model_load_s": t_model,
+               "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
+               "data": data, "environment": environment(model, args.model)}
+    shares = {p: median[p] / median["total"] for p in PHASES}
+    write_results(name, payload, table=rows, columns=["edits", *PHASES, "total", "steps", "ratio_to_fwd_bwd"],
+                  notes=(f"Seconds per phase of one {args.method} edit (defaults, sequential, dev CounterFact, "
+                         f"seed {args.seed}); one forward+backward over an edit's training batch takes "
+                         f"{fb * 1000:.0f} ms here, so ratio_to_fwd_bwd = s/edit ÷ that. Steady-state shares: "
+                         + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shares.items()) + "."))
+    print({"forward_backward_s": fb, **rows[1]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
