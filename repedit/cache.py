@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["cache_dir", "cache_key", "atomic_write"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["cache_dir", "cache_key", "atomic_write", "cached_tensors"]
 
 
 def cache_dir() -> Path:
@@ -76,3 +79,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             pass
         raise
     return path
+
+
+def cached_tensors(kind: str, key: str, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Tensors kept in ``cache_dir()/kind/key.safetensors``: read when present, else built by
+    ``build()`` and written atomically. An unreadable file is rebuilt (with a warning).
+
+    Example::
+
+        t = cached_tensors("corpus_states", cache_key(model, layer=5), lambda: {"states": compute()})
+    """
+    from safetensors.torch import load_file, save_file
+
+    path = cache_dir() / kind / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))
+        except Exception as err:  # a corrupt or truncated cache file is rebuilt
+            logger.warning("ignoring unreadable cache file %s: %s", path, err)
+    tensors = build()
+    atomic_write(path, lambda tmp: save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp)))
+    logger.info("cached %s in %s", kind, path)
+    return tensors

@@ -32,6 +32,7 @@ Editor uses those values for :class:`EditorConfig` fields left at ``None``. ``Ed
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -79,6 +80,7 @@ class EditorConfig:
     relation_copies: int = field(default=0, metadata={"help": "extra training copies per request: its subject in this many other templates of its relation (from relation_templates; 0: off)"})
     answer_end: str | None = field(default=None, metadata={"help": "train the target followed by its natural end so greedy generation says the answer and stops: '.' (a full stop) or None (the target alone)"})
     corpus: Any = field(default=None, metadata={"help": "general text behind negatives, augmentation prefixes, null-space statistics and entity names: None (WikiText-2's test split, shipped with repedit), 'model' (text the unedited model samples, cached per model), a path to a text file, or a list of strings"})
+    disk_cache: bool = field(default=True, metadata={"help": "keep what a method builds once per model and site (corpus states, name banks) on disk under $REPEDIT_CACHE, keyed by the model's fingerprint, so later processes skip it"})
     verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
 
     #: values used for fields left at None when no method default applies
@@ -233,6 +235,15 @@ class EditSession:
         """General text for negatives, prefixes and names (:attr:`Editor.corpus`)."""
         return self.editor.corpus
 
+    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
+        """Tensors that depend only on the model and ``parts`` (:meth:`Editor.cached`)."""
+        return self.editor.cached(kind, build, **parts)
+
+    def memory(self, kind: str) -> dict:
+        """A dict that lives as long as the editor, for a method's per-model working state
+        (:meth:`Editor.memory`)."""
+        return self.editor.memory(kind)
+
     def encode(self, prompts: Sequence[str], continuations: Sequence[str] | None = None,
                subjects: Sequence[str | None] | None = None) -> EncodedBatch:
         return encode(self.tokenizer, list(prompts), continuations, subjects).to(self.device)
@@ -275,6 +286,7 @@ class Editor:
         self.spec = get_method(config.method)
         self.config = resolve_config(config, self.spec.config_cls)
         self._attachments: list[Attachment] = []
+        self._memo: dict[Any, Any] = {}
         # whether the model's forward takes logits_to_keep (training then asks only for target logits)
         self._sliced_logits = _accepts_logits_to_keep(self.edited.model)
 
@@ -292,6 +304,37 @@ class Editor:
                 self._corpus = resolve_corpus(self.config.corpus, self.edited.model, self.tokenizer)
             logger.info("corpus: %s", self._corpus)
         return self._corpus
+
+    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
+        """Tensors that depend only on the model and ``parts`` (a fixed corpus's states at a site):
+        built once by ``build()``, kept for this editor's lifetime and, with
+        ``EditorConfig.disk_cache``, on disk under ``$REPEDIT_CACHE/<kind>/`` keyed by the model's
+        fingerprint and ``parts``, so a later process loads them instead.
+
+        Example::
+
+            states = editor.cached("corpus_states", lambda: {"h": capture()}, layer=5, corpus=sha)["h"]
+        """
+        key = ("cached", kind, json.dumps(parts, sort_keys=True, default=str))
+        if key not in self._memo:
+            if self.config.disk_cache:
+                from repedit.cache import cache_key, cached_tensors
+
+                if "fingerprint" not in self._memo:
+                    from repedit.adapters import fingerprint
+
+                    self._memo["fingerprint"] = fingerprint(self.edited.model)
+                disk = cache_key(None, kind=kind, fp=self._memo["fingerprint"], v=1, **parts)
+                tensors = cached_tensors(kind, disk, build)
+            else:
+                tensors = build()
+            self._memo[key] = {k: v.to(self.device) for k, v in tensors.items()}
+        return self._memo[key]
+
+    def memory(self, kind: str) -> dict:
+        """A dict kept for this editor's lifetime under ``kind``: a method's in-memory working
+        state across edits (per-name states it captured, say)."""
+        return self._memo.setdefault(("memory", kind), {})
 
     def check_resources(self) -> None:
         """Resolve the corpus and check every file the method's config names, before anything

@@ -115,6 +115,26 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if SHARED_DATA.is_dir():
     os.environ.setdefault("REPEDIT_DATA", str(SHARED_DATA))
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Each test session gets its own repedit cache for what methods build (corpus states, name
+    banks, null spaces), so no test reads a file an earlier version of the code wrote; the
+    converted real models are shared with the user's cache (they take minutes to build)."""
+    from repedit.cache import cache_dir
+
+    real = cache_dir()
+    (real / "models").mkdir(parents=True, exist_ok=True)
+    root = tmp_path_factory.mktemp("repedit-cache")
+    (root / "models").symlink_to(real / "models", target_is_directory=True)
+    old = os.environ.get("REPEDIT_CACHE")
+    os.environ["REPEDIT_CACHE"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("REPEDIT_CACHE", None)
+    else:
+        os.environ["REPEDIT_CACHE"] = old
+
+
 # One thread: tiny models run fastest on it, and the suite does not fight other jobs for the
 # machine's 2 cores (two OpenMP threads on a busy 2-core machine made tiny-model steps ~50x slower).
 torch.set_num_threads(1)

@@ -97,10 +97,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["BaFTConfig", "BaFT", "baft_delta", "NULLSPACE_MODES", "GATES"]
 
 NULLSPACE_MODES = ("none", "read", "write")
-#: corpus-negative states of the last (model, layer, corpus) used, shared by modules of one run
-_NEG_CACHE: dict = {}
-#: subject-bank states per name at the last (model, site) used: {"site": key, "states": {name: (k, d)}}
-_SUBJECT_CACHE: dict = {}
 #: where the subject bank puts each subject (the state at a subject's last token depends only
 #: on what precedes it)
 SUBJECT_PREFIXES = ("", "I read about ")
@@ -286,7 +282,6 @@ class BaFT(Intervention):
         self._cache: tuple | None = None
         self._cache_key: tuple | None = None
         self._train_state: dict = {}
-        self._corpus_neg: torch.Tensor | None = None
         self._fold_warned = False
 
     # ----------------------------------------------------------------- shapes
@@ -481,17 +476,29 @@ class BaFT(Intervention):
                        "negatives besides the requests' subjects (scope may widen); pass a corpus with names, or "
                        "num_corpus_negatives=0", session.corpus)
         taken = set(req_subjects)
-        names = req_subjects + [c for c in corpus if c not in taken][: n - len(req_subjects)]
-        return self._name_states(session, att, names)
+        chosen = set([c for c in corpus if c not in taken][: n - len(req_subjects)])
+        req_names, req_states = self._name_states(session, att, req_subjects)
+        if not corpus:
+            return req_names, req_states
+        # the corpus names' states depend only on the model, the site and the corpus: built once
+        # and kept on disk (the Editor's cache), then filtered to the names chosen here
+        bank = session.cached("baft_name_bank", lambda: self._bank_tensors(session, att, corpus), layer=att.layer,
+                              component=att.component, corpus=session.corpus.sha256, names=len(corpus),
+                              prefixes=list(SUBJECT_PREFIXES))
+        rows = [i for i, o in enumerate(bank["owner"].tolist()) if corpus[o] in chosen]
+        names = req_names + [corpus[o] for o in bank["owner"][rows].tolist()]
+        return names, torch.cat([req_states, bank["states"][rows].to(req_states)])
+
+    def _bank_tensors(self, session: Any, att: Any, names: list[str]) -> dict[str, torch.Tensor]:
+        """{"states": (S, d), "owner": (S,) index into ``names``} of :meth:`_name_states`."""
+        out_names, states = self._name_states(session, att, names)
+        index = {name: i for i, name in enumerate(names)}
+        return {"states": states, "owner": torch.tensor([index[x] for x in out_names], dtype=torch.long)}
 
     def _name_states(self, session: Any, att: Any, names: list[str]) -> tuple[list[str], torch.Tensor]:
         """Last-token states of ``names``, each at a sentence start and after a short prefix:
-        ((S,) names, (S, d) states). Each name is captured once per (model, site) and cached."""
-        site = (id(session.edited.model), att.layer, att.component, str(session.device))
-        if _SUBJECT_CACHE.get("site") != site:  # per-name states of one (model, site) at a time
-            _SUBJECT_CACHE.clear()
-            _SUBJECT_CACHE["site"] = site
-        cache: dict = _SUBJECT_CACHE.setdefault("states", {})
+        ((S,) names, (S, d) states). Each name is captured once per editor and site."""
+        cache: dict = session.memory(f"baft_name_states:{att.layer}:{att.component}")
         missing = list(dict.fromkeys(name for name in names if name not in cache))
         if missing:
             from repedit.positions import last_true_index
@@ -537,28 +544,24 @@ class BaFT(Intervention):
     def _corpus_negatives(self, session: Any, att: Any) -> torch.Tensor:
         """Every token state of ``num_corpus_negatives`` corpus sentences (their first 16 words;
         sentences 200 on, the first 200 feed names): (N, d), cached per (model, site, corpus)."""
-        key = (id(session.edited.model), att.layer, att.component, self.config.num_corpus_negatives, str(session.device),
-               session.corpus.sha256)
-        if self._corpus_neg is None and key in _NEG_CACHE:
-            self._corpus_neg = _NEG_CACHE[key]
-        if self._corpus_neg is None or self._corpus_neg.device != session.device:
-            n = self.config.num_corpus_negatives
-            texts = session.corpus.sentences(limit=n + 200)[200:] if n > 0 else []
-            if n > 0 and not texts:
-                _warn_once(self, "corpus", "the corpus %s has fewer than 201 sentences: BaFT's gates are fitted "
-                           "without corpus negatives (locality may drop); pass a larger corpus, or "
-                           "num_corpus_negatives=0", session.corpus)
-            if texts:
-                texts = [" ".join(t.split()[:16]) for t in texts]
-                h, mask = session.site_states(att, texts)
-                # every token is a 'last prompt token' of its prefix; use all attended tokens
-                am = session.encode(texts).attention_mask.bool()
-                self._corpus_neg = h[am].float()
-                _NEG_CACHE.clear()
-                _NEG_CACHE[key] = self._corpus_neg
-            else:
-                self._corpus_neg = torch.zeros(0, self.hidden_size, device=session.device)
-        return self._corpus_neg
+        n = self.config.num_corpus_negatives
+        texts = session.corpus.sentences(limit=n + 200)[200:] if n > 0 else []
+        if n > 0 and not texts:
+            _warn_once(self, "corpus", "the corpus %s has fewer than 201 sentences: BaFT's gates are fitted "
+                       "without corpus negatives (locality may drop); pass a larger corpus, or "
+                       "num_corpus_negatives=0", session.corpus)
+        if not texts:
+            return torch.zeros(0, self.hidden_size, device=session.device)
+        texts = [" ".join(t.split()[:16]) for t in texts]
+
+        def build() -> dict[str, torch.Tensor]:
+            h, mask = session.site_states(att, texts)
+            # every token is a 'last prompt token' of its prefix; use all attended tokens
+            am = session.encode(texts).attention_mask.bool()
+            return {"states": h[am].float()}
+
+        return session.cached("baft_corpus_negatives", build, layer=att.layer, component=att.component, n=n,
+                              corpus=session.corpus.sha256, words=16)["states"]
 
     def _subject_tokens(self, session: Any, att: Any, prompts: list[str], subjects: list[str | None]):
         """States at the subject's last token of each prompt (the last prompt token where the

@@ -422,7 +422,7 @@ def test_other_subjects_are_gate_negatives(tok, monkeypatch):
     import types
 
     fake = types.SimpleNamespace(all_requests=REQS, edited=editor.edited, device=torch.device("cpu"), editor=editor,
-                                 encode=lambda *a, **k: None)
+                                 encode=lambda *a, **k: None, memory=editor.memory)
     calls = []
     fake.encode = lambda *a, **k: calls.append(1)  # every name is cached: nothing is captured again
     names, states = att.module._subject_bank(fake, att)
@@ -590,3 +590,41 @@ def test_essence_term_keeps_the_subjects_other_predictions(tok, monkeypatch):
     kl_on, mod = run(5.0)
     assert kl_on < 0.5 * kl_off, (kl_on, kl_off)
     assert seen == ["france was"]  # "france is a" is the request's rephrase prompt: never trained on
+
+
+def test_setup_is_built_once_and_reused_from_disk(tok, monkeypatch, tmp_path):
+    """BaFT's corpus-negative states and name bank depend only on the model, the site and the
+    corpus: the first editor captures them and writes them to the cache; a later editor (a new
+    process) loads them, captures no corpus text, and trains the same edit."""
+    monkeypatch.setenv("REPEDIT_CACHE", str(tmp_path))
+    from repedit.corpus import Corpus
+    from repedit.editing import Editor as E
+
+    corpus = Corpus.from_texts(["the capital of spain is madrid and london is a city in england"] * 230
+                               + ["paris Rome Berlin Madrid London England are spoken of in the city"] * 5)
+    req = EditRequest(prompt="the capital of france is", target_new="rome", subject="france")
+    captured = []
+    real = E.capture
+    monkeypatch.setattr(E, "capture", lambda self, att, batch, edited=False: captured.append(batch.input_ids.shape[0])
+                        or real(self, att, batch, edited))
+
+    def run():
+        captured.clear()
+        model = tiny_model("llama", initializer_range=0.5)
+        editor = Editor(model, tok, cfg(layers=[0], positions="prompt", augment=0, max_steps=10, corpus=corpus,
+                                        method_config={"seed": 0, "num_corpus_negatives": 30, "num_subject_negatives": 5}))
+        editor.edit(req)
+        return sum(captured), editor.attachments()[0].module.state_dict()
+
+    first, state1 = run()
+    files = sorted(p.parent.name for p in tmp_path.rglob("*.safetensors"))
+    assert files == ["baft_corpus_negatives", "baft_name_bank"]
+    second, state2 = run()
+    assert second < first - 30  # the 30 corpus sentences (and the names) were not run again
+    assert all(torch.equal(state1[k], state2[k]) for k in state1)
+    monkeypatch.setenv("REPEDIT_CACHE", str(tmp_path / "off"))
+    editor = Editor(tiny_model("llama", initializer_range=0.5), tok,
+                    cfg(layers=[0], positions="prompt", augment=0, max_steps=2, corpus=corpus, disk_cache=False,
+                        method_config={"seed": 0, "num_corpus_negatives": 30}))
+    editor.edit(req)
+    assert not (tmp_path / "off").exists()  # disk_cache=False writes nothing
