@@ -36,6 +36,7 @@ __all__ = [
     "Positions",
     "token_info",
     "load_adapter",
+    "evaluate",
     "fingerprint",
     "AdapterError",
     "available_methods",
@@ -51,6 +52,22 @@ def load_adapter(model: Any, directory: str, tokenizer: Any = None, **kwargs: An
         edited = repedit.load_adapter(model, "eiffel-rome", tokenizer=tok)
     """
     return EditableModel.from_pretrained(model, directory, tokenizer=tokenizer, **kwargs)
+
+
+def evaluate(edited: EditableModel, requests: Any, protocols: Any = None, **kwargs: Any) -> Any:
+    """Score ``edited``'s edits on ``requests`` before and after (the edits switched off, then on):
+    an :class:`~repedit.eval.harness.EvalReport` with EasyEdit-style records and a summary whose
+    headline is the strict metrics (``repedit.eval.harness.evaluate`` takes the same options).
+
+    Example::
+
+        report = repedit.evaluate(edited, requests, protocols=("teacher_forced", "generation"))
+        print(report.table())
+    """
+    from repedit.eval.harness import DEFAULT_PROTOCOLS
+    from repedit.eval.harness import evaluate as _evaluate
+
+    return _evaluate(edited, None, requests, DEFAULT_PROTOCOLS if protocols is None else protocols, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -486,7 +486,7 @@ def load_adapter(
     used: set[str] = set()
     for rec in cfg.interventions:
         iname, layer = rec["name"], rec["layer"]
-        if iname in edited._attachments:
+        if iname in edited:
             raise AdapterError(f"an intervention named {iname!r} is already attached; remove it first")
         if layer >= edited.num_layers:
             raise AdapterError(f"intervention {iname!r} sits at layer {layer}, but the model has {edited.num_layers}")
@@ -517,8 +517,8 @@ def load_adapter(
     try:
         for iname, module, layer, component, positions, active in built:
             edited.add(iname, module, layer=layer, component=component, positions=positions, adapter=name)
-            edited._attachments[iname].active = active
-            attached.append(edited._attachments[iname])
+            edited.get(iname).active = active
+            attached.append(edited.get(iname))
     except BaseException:
         for att in attached:  # all or nothing
             edited.remove(att.name)

@@ -366,8 +366,8 @@ class Editor:
                 name = f"{self.config.method}_L{layer}"
                 if self.config.adapter != "default":
                     name = f"{self.config.adapter}_{name}"
-                if name in self.edited._attachments:
-                    self._attachments.append(self.edited._attachments[name])
+                if name in self.edited:
+                    self._attachments.append(self.edited.get(name))
                     continue
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(self.config.seed + layer)
@@ -376,14 +376,14 @@ class Editor:
                         positions=self.config.positions, config=dict(self.config.method_config),
                         adapter=self.config.adapter,
                     )
-                self._attachments.append(self.edited._attachments[name])
+                self._attachments.append(self.edited.get(name))
                 del module
         return self._attachments
 
     def reset(self) -> None:
         """Remove this editor's interventions (the next edit starts from scratch)."""
         for att in self._attachments:
-            if att.name in self.edited._attachments:
+            if att.name in self.edited:
                 self.edited.remove(att.name)
         self._attachments = []
 

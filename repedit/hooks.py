@@ -372,6 +372,25 @@ class EditableModel(nn.Module):
         """The attached interventions (of one adapter, if named), in order."""
         return [a for a in self._attachments.values() if adapter is None or a.adapter == adapter]
 
+    def get(self, name: str) -> Attachment:
+        """The attachment named ``name``; a KeyError lists the attached names.
+
+        Example::
+
+            edited.get("baft_L5").module.knobs()
+        """
+        att = self._attachments.get(name)
+        if att is None:
+            raise KeyError(f"no intervention named {name!r}; attached: {sorted(self._attachments)}")
+        return att
+
+    def names(self) -> list[str]:
+        """The names of the attached interventions, in order."""
+        return list(self._attachments)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._attachments
+
     def adapters(self) -> list[str]:
         return sorted({a.adapter for a in self._attachments.values()})
 

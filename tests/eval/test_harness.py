@@ -165,3 +165,15 @@ def test_plain_model_is_rejected_with_a_hint():
     edited = EditableModel(tiny_model("llama"), tiny_tokenizer())
     rep = evaluate(edited, None, requests(), protocols=("teacher_forced",))  # no edits: post == pre
     assert rep.summary["post"]["locality.neighborhood_acc"] == 1.0
+
+
+def test_top_level_evaluate_and_attachment_lookup(edited_pair):
+    import repedit
+
+    edited, tok = edited_pair
+    report = repedit.evaluate(edited, requests(), protocols=("teacher_forced",))
+    assert report.summary["post"]["rewrite_acc"] == 1.0
+    name = edited.names()[0]
+    assert name in edited and edited.get(name).name == name
+    with pytest.raises(KeyError, match="attached"):
+        edited.get("nope")

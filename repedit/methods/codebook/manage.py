@@ -151,7 +151,7 @@ def merge_adapters(model: Any, dir_a: str, dir_b: str, out_dir: str, tokenizer: 
         merged = EditableModel(model, tokenizer)
         try:
             for att in ea.attachments():
-                other = eb._attachments.get(att.name)
+                other = eb.get(att.name) if att.name in eb else None
                 module = att.module
                 if other is not None and isinstance(module, Codebook) and isinstance(other.module, Codebook):
                     if (other.layer, other.component) != (att.layer, att.component):
@@ -159,7 +159,7 @@ def merge_adapters(model: Any, dir_a: str, dir_b: str, out_dir: str, tokenizer: 
                     module = merge(module, other.module)
                 merged.add(att.name, module, layer=att.layer, component=att.component, positions=att.positions)
             for att in eb.attachments():
-                if att.name not in merged._attachments:
+                if att.name not in merged:
                     merged.add(att.name, att.module, layer=att.layer, component=att.component, positions=att.positions)
             merged.save_pretrained(out_dir)
         finally:
