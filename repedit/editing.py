@@ -8,25 +8,12 @@ Example::
     result.edited.generate(["The Eiffel Tower is in"])
     result.save_pretrained("eiffel-rome")
 
-Methods take part in training through optional hooks on their intervention module
-(each gets the :class:`EditSession`):
-
-``prepare_edit(session)``
-    before training an edit (a codebook adds an entry, BaFT allocates bases);
-``edit_parameters(session) -> list[Parameter]``
-    what the optimiser trains for this edit (default: every parameter);
-``edit_loss(session, outputs) -> Tensor | None``
-    extra loss terms (locality, load balancing) added to the target NLL;
-``finish_edit(session, outcomes) -> None``
-    after training (a codebook sets its radius, null-space statistics are folded in);
-``ready_to_stop(session) -> bool``
-    asked (host-side, between steps) once every target is reached: ``False`` vetoes the
-    early stop and training goes on, up to ``max_steps`` (BaFT waits until its gates
-    separate their positives from the negatives).
-
-A method's config class may also expose ``editor_defaults`` (a dict, e.g. ``{"positions":
-"prompt", "augment": 2}``, or a function of the ``method_config`` dict returning one): the
-Editor uses those values for :class:`EditorConfig` fields left at ``None``. ``Editor.config`` always holds the resolved values.
+Methods take part in training through the hooks of the method contract, declared with
+no-op defaults on :class:`~repedit.methods.base.Intervention` (``prepare_edit``,
+``edit_parameters``, ``edit_loss``, ``finish_edit``, ``ready_to_stop``); each gets the
+:class:`EditSession`. A method's config class gives its tuned :class:`EditorConfig` values
+(``editor_defaults``), used for fields left at ``None``; ``Editor.config`` holds the
+resolved values. docs/extending.md describes the contract.
 """
 
 from __future__ import annotations
@@ -235,6 +222,11 @@ class EditSession:
         """General text for negatives, prefixes and names (:attr:`Editor.corpus`)."""
         return self.editor.corpus
 
+    def corpus_from(self, source: Any) -> Corpus:
+        """A :class:`~repedit.corpus.Corpus` for a method's own text source: ``None`` (the
+        editor's corpus), a path to a text file, or a list of strings."""
+        return self.editor.corpus_from(source)
+
     def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
         """Tensors that depend only on the model and ``parts`` (:meth:`Editor.cached`)."""
         return self.editor.cached(kind, build, **parts)
@@ -304,6 +296,20 @@ class Editor:
                 self._corpus = resolve_corpus(self.config.corpus, self.edited.model, self.tokenizer)
             logger.info("corpus: %s", self._corpus)
         return self._corpus
+
+    def corpus_from(self, source: Any) -> Corpus:
+        """``source`` as a :class:`Corpus`: ``None`` (:attr:`corpus`), a list of strings, or a
+        path to a text file.
+
+        Example::
+
+            editor.corpus_from("notes.txt").sentences(limit=100)
+        """
+        if source is None:
+            return self.corpus
+        if isinstance(source, (list, tuple)):
+            return Corpus.from_texts(list(source))
+        return Corpus.from_file(source)
 
     def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
         """Tensors that depend only on the model and ``parts`` (a fixed corpus's states at a site):
@@ -557,15 +563,11 @@ class Editor:
         session = self._start_session(reqs, indices, all_requests)
         atts = self.attachments()
         for att in atts:
-            hook = getattr(att.module, "prepare_edit", None)
-            if hook is not None:
-                hook(session)
+            att.module.prepare_edit(session)
         fixed = self._fixed_inputs(session)
         outcomes, trained = self._optimise(session, atts, fixed)
         for att in atts:
-            hook = getattr(att.module, "finish_edit", None)
-            if hook is not None:
-                hook(session, outcomes)
+            att.module.finish_edit(session, outcomes)
         if self.config.verify and trained:
             self._verify(session, fixed, outcomes)
         return outcomes
@@ -603,8 +605,7 @@ class Editor:
         reqs, batch, n = session.requests, session.batch, len(session.requests)
         params: list[nn.Parameter] = []
         for att in atts:
-            getter = getattr(att.module, "edit_parameters", None)
-            params.extend(getter(session) if getter is not None else att.module.parameters())
+            params.extend(att.module.edit_parameters(session))
         params = [p for p in dict.fromkeys(params) if p.requires_grad]
         for att in atts:
             att.module.train()
@@ -626,16 +627,13 @@ class Editor:
                 if step == cfg.max_steps or opt is None:
                     break
                 if bool(done.all()):
-                    vetoes = [getattr(att.module, "ready_to_stop", None) for att in atts]
-                    if all(v is None or v(session) for v in vetoes):
+                    if all(att.module.ready_to_stop(session) for att in atts):
                         break
                 loss = row_nll.mean()
                 for att in atts:
-                    extra = getattr(att.module, "edit_loss", None)
-                    if extra is not None:
-                        term = extra(session, out)
-                        if term is not None:
-                            loss = loss + term
+                    term = att.module.edit_loss(session, out)
+                    if term is not None:
+                        loss = loss + term
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -5,20 +5,13 @@ Knobs
 A *knob* is an inference-time setting of a trained edit that can change without
 retraining. Resolution order for a knob name on one attachment:
 
-1. **The method's own knobs.** An intervention module may implement::
-
-       def knobs(self) -> dict[str, float]: ...            # name -> current value
-       def set_knob(self, name: str, value: float) -> None: ...
-
-   (e.g. a codebook's ``radius_scale``, a BaFT gate threshold or temperature). This is the
-   protocol method owners should implement; nothing else is needed.
+1. **The method's own knobs**, from the method contract
+   (:meth:`~repedit.methods.base.Intervention.knobs` / ``set_knob``), e.g. a codebook's
+   ``radius_scale``, BaFT's ``gate_shift`` and ``temperature``.
 2. **``"scale"``, for every method.** A forward hook on the intervention module rescales
    its change: ``Φ_s(h) = h + s · (Φ(h) − h)``. ``s = 1`` is the trained edit (the hook
    then returns the output untouched, bit-exact), ``s = 0`` switches it off. Works for
    LoReFT, BaFT, codebooks and any method, with no change to the method's file.
-3. **Live config fields** listed in :data:`LIVE_CONFIG_KNOBS` (config fields a method reads
-   at every forward, e.g. ``codebook.radius_scale``, ``baft.temperature``), for methods
-   that do not implement ``knobs()`` yet.
 
 Or pass ``setter=`` (a callable taking the value) to sweep anything else.
 
@@ -61,7 +54,6 @@ from repedit.eval.harness import _check_protocols, _clean, _unwrap, coerce_reque
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LIVE_CONFIG_KNOBS",
     "GENERIC_KNOBS",
     "DEFAULT_VALUES",
     "AXIS_LABELS",
@@ -76,11 +68,6 @@ __all__ = [
     "pareto_plot",
 ]
 
-#: method name -> config fields that method reads at every forward (safe to change live).
-LIVE_CONFIG_KNOBS: dict[str, tuple[str, ...]] = {
-    "codebook": ("radius_scale",),
-    "baft": ("temperature",),
-}
 #: knobs every method has (implemented here, not by the method).
 GENERIC_KNOBS: tuple[str, ...] = ("scale",)
 DEFAULT_VALUES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
@@ -115,12 +102,10 @@ def _scale_hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
 
 
 def _method_knobs(module: Any) -> dict[str, float]:
-    fn = getattr(module, "knobs", None)
-    if callable(fn):
-        try:
-            return dict(fn())
-        except Exception as err:  # a method's knobs() should not break the listing
-            logger.warning("%s.knobs() failed: %s", type(module).__name__, err)
+    try:
+        return dict(module.knobs())
+    except Exception as err:  # a method's knobs() should not break the listing
+        logger.warning("%s.knobs() failed: %s", type(module).__name__, err)
     return {}
 
 
@@ -135,9 +120,6 @@ def knobs(edited: Any, attachments: Sequence[Any] | None = None) -> dict[str, di
     out: dict[str, dict[str, float]] = {}
     for att in _select(edited, attachments):
         ks = {name: get_knob(att, name) for name in GENERIC_KNOBS}
-        for name in LIVE_CONFIG_KNOBS.get(att.method, ()):
-            if hasattr(att.module.config, name):
-                ks[name] = float(getattr(att.module.config, name))
         ks.update(_method_knobs(att.module))
         out[att.name] = ks
     return out
@@ -157,13 +139,11 @@ def get_knob(attachment: Any, name: str) -> float:
     if name == "scale":
         entry = _SCALES.get(module)
         return 1.0 if entry is None else float(entry[1])
-    if name in LIVE_CONFIG_KNOBS.get(attachment.method, ()) and hasattr(module.config, name):
-        return float(getattr(module.config, name))
     raise ValueError(_unknown(attachment, name))
 
 
 def _unknown(attachment: Any, name: str) -> str:
-    avail = sorted(set(GENERIC_KNOBS) | set(LIVE_CONFIG_KNOBS.get(attachment.method, ())) | set(_method_knobs(attachment.module)))
+    avail = sorted(set(GENERIC_KNOBS) | set(_method_knobs(attachment.module)))
     return f"intervention {attachment.name!r} ({attachment.method}) has no knob {name!r}; its knobs: {', '.join(avail)}"
 
 
@@ -192,12 +172,6 @@ def set_knob(attachment: Any, name: str, value: float) -> None:
             entry = _SCALES.pop(module, None)
             if entry is not None:
                 entry[0].remove()
-        return
-    if name in LIVE_CONFIG_KNOBS.get(attachment.method, ()) and hasattr(module.config, name):
-        if isinstance(getattr(type(module), name, None), property):
-            setattr(module, name, value)  # the module's own validating setter
-        else:
-            setattr(module.config, name, value)
         return
     raise ValueError(_unknown(attachment, name))
 

@@ -383,20 +383,20 @@ class BaFT(Intervention):
             sweep(edited, tok, requests, knob="gate_shift", values=[-2, -1, 0, 1, 2])
         """
         if self.config.gate == "constant":
-            return {}
-        return {"gate_shift": float(self.config.gate_shift), "temperature": float(self.config.temperature)}
+            return {"temperature": float(self.config.temperature)}
+        return {"temperature": float(self.config.temperature), "gate_shift": float(self.config.gate_shift)}
 
     def set_knob(self, name: str, value: float) -> None:
-        if name == "gate_shift":
+        if name == "gate_shift" and "gate_shift" in self.knobs():
             if not math.isfinite(value):
                 raise ValueError("gate_shift must be finite")
             self.config.gate_shift = float(value)
         elif name == "temperature":
-            if not value > 0:
+            if not value > 0:  # a constant gate has temperature too (unused, kept settable)
                 raise ValueError("temperature must be > 0")
             self.config.temperature = float(value)
         else:
-            raise ValueError(f"BaFT has no knob {name!r}; its knobs: gate_shift, temperature")
+            super().set_knob(name, value)
 
     # ----------------------------------------------------------------- null space
     def build_nullspace(self, editor: Any, attachment: Any, texts: list[str] | None = None) -> dict:

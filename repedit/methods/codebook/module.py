@@ -91,6 +91,15 @@ class Codebook(Intervention):
             raise ValueError("radius_scale must be >= 0")
         self.config.radius_scale = float(value)
 
+    def knobs(self) -> dict[str, float]:
+        """Inference-time knobs: ``radius_scale`` (multiplies every radius)."""
+        return {"radius_scale": float(self.config.radius_scale)}
+
+    def set_knob(self, name: str, value: float) -> None:
+        if name != "radius_scale":
+            super().set_knob(name, value)
+        self.radius_scale = value
+
     def export_config(self) -> CodebookConfig:
         return dataclasses.replace(self.config, n_entries=self.n_entries, entries=[dict(e) for e in self.config.entries])
 

@@ -1,0 +1,52 @@
+"""The method contract: docs/extending.md lists exactly the hooks Intervention declares,
+and methods import only what the contract allows."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from repedit.methods.base import CONTRACT, Intervention, MethodConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def doc_contract() -> list[str]:
+    text = (ROOT / "docs" / "extending.md").read_text()
+    section = text.split("<!-- contract:", 1)[1].split("\n\n", 1)[0]
+    return re.findall(r"^\| `(\w+)\(", section, re.M)
+
+
+def test_doc_lists_the_contract():
+    assert doc_contract() == list(CONTRACT)
+    for name in CONTRACT:
+        assert name in Intervention.__dict__, name
+
+
+class _Plain(Intervention):
+    def edit(self, h, ctx=None):
+        return h
+
+
+def test_contract_defaults():
+    mod = _Plain(MethodConfig(), 4)
+    mod.bias = torch.nn.Parameter(torch.zeros(4))
+    assert mod.prepare_edit(None) is None
+    assert mod.edit_parameters(None) == [mod.bias]
+    assert mod.edit_loss(None, None) is None
+    assert mod.finish_edit(None, []) is None
+    assert mod.ready_to_stop(None) is True
+    assert mod.knobs() == {}
+    with pytest.raises(ValueError, match="no knob 'x'; its knobs: none"):
+        mod.set_knob("x", 1.0)
+
+
+def test_editor_session_satisfies_the_protocol():
+    from repedit.editing import EditSession as Session
+
+    for name in ("edited", "tokenizer", "device", "corpus", "corpus_from", "cached", "memory", "encode", "site_states"):
+        assert hasattr(Session, name), name
