@@ -45,16 +45,17 @@ from safetensors.torch import load_file, save_file
 
 from repedit.arch import COMPONENTS
 from repedit.hashing import file_sha256 as _file_sha256
-from repedit.hooks import COMPUTE_DTYPES, check_name
+from repedit.hooks import COMPUTE_DTYPES, EditableModel, check_name
 from repedit.positions import Positions
 from repedit.version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
-    from repedit.hooks import Attachment, EditableModel
+    from repedit.hooks import Attachment
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "merge_adapters",
     "FORMAT_VERSION",
     "CONFIG_NAME",
     "WEIGHTS_NAME",
@@ -525,3 +526,43 @@ def load_adapter(
         raise
     logger.info("loaded adapter %r (%d interventions) from %s", name, len(attached), where)
     return attached
+
+
+def merge_adapters(model: Any, dir_a: str, dir_b: str, out_dir: str, tokenizer: Any = None) -> Path:
+    """Merge two saved codebook adapters (same base model) into a new adapter directory.
+
+    Example::
+
+        merge_adapters(model, "edits-a", "edits-b", "edits-ab")
+
+
+    Codebooks with the same intervention name (same layer) are merged entry-wise; other
+    interventions are copied from ``dir_a`` then ``dir_b``.
+    """
+    from repedit.methods.codebook.manage import merge
+    from repedit.methods.codebook.module import Codebook
+
+    ea, eb = EditableModel(model, tokenizer), EditableModel(model, tokenizer)
+    try:
+        ea.load_adapter(dir_a)
+        eb.load_adapter(dir_b)
+        merged = EditableModel(model, tokenizer)
+        try:
+            for att in ea.attachments():
+                other = eb.get(att.name) if att.name in eb else None
+                module = att.module
+                if other is not None and isinstance(module, Codebook) and isinstance(other.module, Codebook):
+                    if (other.layer, other.component) != (att.layer, att.component):
+                        raise ValueError(f"{att.name}: codebooks sit at different sites")
+                    module = merge(module, other.module)
+                merged.add(att.name, module, layer=att.layer, component=att.component, positions=att.positions)
+            for att in eb.attachments():
+                if att.name not in merged:
+                    merged.add(att.name, att.module, layer=att.layer, component=att.component, positions=att.positions)
+            merged.save_pretrained(out_dir)
+        finally:
+            merged.unwrap()
+    finally:
+        ea.unwrap()
+        eb.unwrap()
+    return Path(out_dir)

@@ -240,6 +240,18 @@ class EditSession:
                subjects: Sequence[str | None] | None = None) -> EncodedBatch:
         return encode(self.tokenizer, list(prompts), continuations, subjects).to(self.device)
 
+    def attachment_of(self, module: nn.Module) -> Attachment:
+        """The editor's attachment that holds ``module``."""
+        for att in self.editor.attachments():
+            if att.module is module:
+                return att
+        raise RuntimeError(f"this {type(module).__name__} module is not attached to the session's editor")
+
+    def capture(self, attachment: Attachment, batch: EncodedBatch, edited: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden states entering ``attachment`` for ``batch`` and its position mask
+        (:meth:`Editor.capture`)."""
+        return self.editor.capture(attachment, batch, edited=edited)
+
     def site_states(
         self,
         attachment: Attachment,
@@ -406,30 +418,9 @@ class Editor:
                 p.requires_grad_(flag)
 
     def capture(self, attachment: Attachment, batch: EncodedBatch, edited: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run ``batch`` and return the hidden states entering ``attachment`` plus its position mask."""
-        store: dict[str, torch.Tensor] = {}
-        module = attachment.module
-
-        def grab(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            store["h"] = args[0].detach()
-            store["mask"] = args[1].detach()
-            raise _CaptureDone  # nothing after the site matters: skip the remaining layers
-
-        handle = module.register_forward_pre_hook(grab, with_kwargs=True)
-        was_active = attachment.active
-        try:
-            attachment.active = True
-            ctx = contextlib.nullcontext() if edited else _only(self.edited.attachments(), keep=attachment)
-            with torch.no_grad(), ctx, batch.info():
-                self.edited.model(**batch.model_inputs())
-        except _CaptureDone:
-            self.edited.abort_forward()
-        finally:
-            handle.remove()
-            attachment.active = was_active
-        if "h" not in store:
-            raise RuntimeError("the intervention did not run; is the model wrapped?")
-        return store["h"], store["mask"]
+        """Run ``batch`` and return the hidden states entering ``attachment`` plus its position
+        mask (:meth:`EditableModel.capture`, stopped at the site)."""
+        return self.edited.capture(attachment.layer, attachment.component, batch, before=attachment.name, edited=edited)
 
     # ------------------------------------------------------------ editing
     def edit(
@@ -678,23 +669,6 @@ def _mark_verified(outcomes: list[RequestOutcome], ok: torch.Tensor, probs: torc
         o.flags["trained_target_prob"] = o.target_prob
         o.success = bool(ok[i])
         o.target_prob = float(probs[i])
-
-
-class _CaptureDone(Exception):
-    """Raised by :meth:`Editor.capture`'s hook once the site's states are stored."""
-
-
-@contextlib.contextmanager
-def _only(atts: list[Attachment], keep: Attachment) -> Iterator[None]:
-    """Deactivate ``atts`` except ``keep`` (whose module still runs, for capture)."""
-    flags = [a.active for a in atts]
-    try:
-        for a in atts:
-            a.active = a is keep
-        yield
-    finally:
-        for a, f in zip(atts, flags):
-            a.active = f
 
 
 def resolve_config(config: EditorConfig, method_config_cls: Any = None) -> EditorConfig:

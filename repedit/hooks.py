@@ -71,6 +71,7 @@ class _ThreadState(threading.local):
         self.gen_state: dict = {}
         self.prompt_width = 0
         self.disabled = 0
+        self.probe: _Probe | None = None
 
     def __reduce__(self) -> tuple:
         return (_ThreadState, ())  # a copy (deepcopy) starts with no forward in flight
@@ -121,10 +122,36 @@ class Attachment:
     positions: Positions
     adapter: str = "default"
     active: bool = True
+    #: the sweeps' ``scale`` knob: ``h + scale · (Φ(h) − h)`` (1: the edit as trained, bit-exact),
+    #: applied by a forward hook the EditableModel registers on the module
+    scale: float = 1.0
 
     @property
     def site(self) -> tuple[int, str]:
         return (self.layer, self.component)
+
+
+class _CaptureDone(Exception):
+    """Raised by a site hook once :meth:`EditableModel.capture` has its states (stop=True)."""
+
+
+@dataclass
+class _Probe:
+    """What :meth:`EditableModel.capture` asks of the site hook of one forward."""
+
+    site: tuple[int, str]
+    before: str | None
+    positions: Positions | None
+    stop: bool
+    store: dict = field(default_factory=dict)
+
+    def grab(self, h: torch.Tensor, ctx: "ForwardContext | None") -> None:
+        self.store["h"] = h.detach()
+        rule = self.positions or Positions.ALL
+        self.store["mask"] = ctx.mask(rule, h.device).detach() if ctx is not None else None
+        self.store["ctx"] = ctx
+        if self.stop:
+            raise _CaptureDone
 
 
 def _find_cache(kwargs: dict) -> Any:
@@ -201,8 +228,10 @@ class EditableModel(nn.Module):
         self.interventions = nn.ModuleDict()
         self._attachments: dict[str, Attachment] = {}
         self._site_handles: dict[tuple[int, str], Any] = {}
+        self._scale_handles: dict[str, Any] = {}
         self._stack_handles: list[Any] = []
         self._local = _ThreadState()
+        self._memory: dict[str, dict] = {}
         self._attached = True
         self._install_stack_hooks()
 
@@ -253,17 +282,87 @@ class EditableModel(nn.Module):
         def hook(module: nn.Module, args: tuple, output: Any):
             local = self._local
             ctx = local.ctx
-            if local.disabled or ctx is None:
+            probe = local.probe if local.probe is not None and local.probe.site == site else None
+            if probe is None and (local.disabled or ctx is None):
                 return None
             h, rest = _split_output(output)
             changed = False
             for att in tuple(self._attachments.values()):
-                if att.site != site or not att.active:
+                if att.site != site:
                     continue
-                mask = ctx.mask(att.positions, h.device)
-                h = att.module(h, mask, ctx)
+                if probe is not None and probe.before == att.name:
+                    probe.grab(h, ctx)  # the states entering this intervention
+                    probe = None
+                if not att.active or local.disabled or ctx is None:
+                    continue
+                h = att.module(h, ctx.mask(att.positions, h.device), ctx)
                 changed = True
+            if probe is not None:
+                probe.grab(h, ctx)  # the site's output after its interventions
             return _join_output(h, rest) if changed else None
+
+        return hook
+
+    def capture(
+        self,
+        layer: int,
+        component: str,
+        batch: Any,
+        before: str | None = None,
+        positions: str | Positions | None = None,
+        stop: bool = True,
+        edited: bool = False,
+        with_context: bool = False,
+    ) -> tuple:
+        """Run ``batch`` (an :class:`~repedit.positions.EncodedBatch`) and return the hidden
+        states at a site and a position mask, ``(h (B, T, d), mask (B, T))``, stopping the
+        forward there when ``stop`` (baukit's ``Trace(stop=True)``; later layers are skipped).
+
+        ``h`` is the site's output entering the intervention named ``before`` (its positions
+        give the mask) or, without ``before``, after the site's interventions; ``positions``
+        (default ``all``) names the mask's rule otherwise. With ``edited=False`` no
+        intervention runs (the unedited model's states). ``with_context`` adds the forward's
+        :class:`ForwardContext` as a third element. No gradient is recorded.
+
+        Example::
+
+            h, mask = edited.capture(5, "block_output", encode(tok, ["The Eiffel Tower is in"]))
+        """
+        if not self._attached:
+            raise RuntimeError("capture needs the hooks: this EditableModel was unwrapped")
+        if before is not None:
+            att = self.get(before)
+            site, rule = att.site, Positions.parse(positions) if positions is not None else att.positions
+        else:
+            if component not in COMPONENTS:
+                raise ValueError(f"unknown component {component!r}; choose one of: {', '.join(COMPONENTS)}")
+            site, rule = (layer % self.num_layers, component), Positions.parse(positions) if positions is not None else None
+        added = site not in self._site_handles
+        self._ensure_site(site)
+        probe = _Probe(site, before, rule, stop)
+        local = self._local
+        local.probe = probe
+        try:
+            with torch.no_grad(), (contextlib.nullcontext() if edited else self.disabled()), batch.info():
+                self.model(**batch.model_inputs())
+        except _CaptureDone:
+            self.abort_forward()
+        finally:
+            local.probe = None
+            if added:
+                self._drop_site_if_unused(site)
+        if "h" not in probe.store:
+            raise RuntimeError(f"the forward did not reach layer {site[0]} {site[1]}; is the model wrapped?")
+        out = (probe.store["h"], probe.store["mask"])
+        return out + (probe.store["ctx"],) if with_context else out
+
+    @staticmethod
+    def _scale_hook(att: Attachment):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if att.scale == 1.0 or not isinstance(output, torch.Tensor):
+                return None
+            h = args[0].to(output.dtype)
+            return h + (output - h) * att.scale
 
         return hook
 
@@ -343,6 +442,7 @@ class EditableModel(nn.Module):
         self._attachments[name] = att
         if self._attached:
             self._ensure_site(att.site)
+            self._scale_handles[name] = intervention.register_forward_hook(self._scale_hook(att))
         return intervention
 
     def remove(self, name: str) -> Intervention:
@@ -351,6 +451,9 @@ class EditableModel(nn.Module):
         if att is None:
             raise KeyError(f"no intervention named {name!r}; attached: {sorted(self._attachments)}")
         del self.interventions[name]
+        handle = self._scale_handles.pop(name, None)
+        if handle is not None:
+            handle.remove()
         self._drop_site_if_unused(att.site)
         return att.module
 
@@ -391,6 +494,12 @@ class EditableModel(nn.Module):
     def __contains__(self, name: object) -> bool:
         return name in self._attachments
 
+    def memory(self, kind: str) -> dict:
+        """A dict kept as long as this object, under ``kind``: state that depends only on the
+        model and outlives one Editor (a codebook's corpus bank, shared by the fresh codebooks
+        of single edits in a loop)."""
+        return self._memory.setdefault(kind, {})
+
     def adapters(self) -> list[str]:
         return sorted({a.adapter for a in self._attachments.values()})
 
@@ -414,9 +523,10 @@ class EditableModel(nn.Module):
 
     def unwrap(self) -> nn.Module:
         """Remove every hook this object registered and return the base model."""
-        for handle in list(self._site_handles.values()) + self._stack_handles:
+        for handle in list(self._site_handles.values()) + self._stack_handles + list(self._scale_handles.values()):
             handle.remove()
         self._site_handles.clear()
+        self._scale_handles.clear()
         self._stack_handles.clear()
         self._local.ctx = None
         self._attached = False

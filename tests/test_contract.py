@@ -50,3 +50,25 @@ def test_editor_session_satisfies_the_protocol():
 
     for name in ("edited", "tokenizer", "device", "corpus", "corpus_from", "cached", "memory", "encode", "site_states"):
         assert hasattr(Session, name), name
+
+
+ALLOWED = ("torch", "repedit.methods", "repedit.positions", "repedit.requests", "__future__")
+
+
+def _imports(path: Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield ("." * node.level) + (node.module or "")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "repedit" / "methods").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_methods_import_only_methods_positions_requests_torch(path):
+    """A method gets its data from the session: it imports no cache, corpus, hooks or adapters."""
+    import sys
+
+    bad = [name for name in _imports(path)
+           if not (name.split(".")[0] in sys.stdlib_module_names
+                   or any(name == a or name.startswith(a + ".") for a in ALLOWED))]
+    assert not bad, f"{path.name} imports {bad}"

@@ -8,9 +8,9 @@ retraining. Resolution order for a knob name on one attachment:
 1. **The method's own knobs**, from the method contract
    (:meth:`~repedit.methods.base.Intervention.knobs` / ``set_knob``), e.g. a codebook's
    ``radius_scale``, BaFT's ``gate_shift`` and ``temperature``.
-2. **``"scale"``, for every method.** A forward hook on the intervention module rescales
-   its change: ``Φ_s(h) = h + s · (Φ(h) − h)``. ``s = 1`` is the trained edit (the hook
-   then returns the output untouched, bit-exact), ``s = 0`` switches it off. Works for
+2. **``"scale"``, for every method.** The attachment's ``scale`` (EditableModel state, read
+   by its site hook) rescales the change: ``Φ_s(h) = h + s · (Φ(h) − h)``. ``s = 1`` is the
+   trained edit (the output untouched, bit-exact), ``s = 0`` switches it off. Works for
    LoReFT, BaFT, codebooks and any method, with no change to the method's file.
 
 Or pass ``setter=`` (a callable taking the value) to sweep anything else.
@@ -40,7 +40,6 @@ import logging
 import math
 import os
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -90,17 +89,6 @@ AXIS_LABELS: dict[str, tuple[str, str]] = {
 
 
 # ============================================================================ knobs
-_SCALES: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()
-
-
-def _scale_hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
-    entry = _SCALES.get(module)
-    if entry is None or entry[1] == 1.0 or not isinstance(output, torch.Tensor):
-        return None
-    h = args[0].to(output.dtype)
-    return h + (output - h) * entry[1]
-
-
 def _method_knobs(module: Any) -> dict[str, float]:
     try:
         return dict(module.knobs())
@@ -137,8 +125,7 @@ def get_knob(attachment: Any, name: str) -> float:
     if name in own:
         return float(own[name])
     if name == "scale":
-        entry = _SCALES.get(module)
-        return 1.0 if entry is None else float(entry[1])
+        return float(attachment.scale)
     raise ValueError(_unknown(attachment, name))
 
 
@@ -162,16 +149,7 @@ def set_knob(attachment: Any, name: str, value: float) -> None:
         module.set_knob(name, value)
         return
     if name == "scale":
-        entry = _SCALES.get(module)
-        if entry is None:
-            handle = module.register_forward_hook(_scale_hook)
-            _SCALES[module] = [handle, value]
-        else:
-            entry[1] = value
-        if value == 1.0:  # back to the trained edit: drop the hook
-            entry = _SCALES.pop(module, None)
-            if entry is not None:
-                entry[0].remove()
+        attachment.scale = value
         return
     raise ValueError(_unknown(attachment, name))
 
@@ -275,22 +253,6 @@ def scope_scores(
     prompts, subjects, labels = _scope_prompts(reqs)
     n = len(prompts)
     per_att: dict[str, list[float]] = {a.name: [float("nan")] * n for a in atts}
-    current: dict[str, Any] = {}
-
-    def make_hook(att: Any) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            h, mask = args[0], args[1]
-            ctx = args[2] if len(args) > 2 else kwargs.get("ctx")
-            if ctx is not None and not ctx.is_prefill:
-                return
-            with torch.no_grad():
-                score = module.firing_score(h, mask, ctx).float().cpu().tolist()
-            for row, i in enumerate(current["idx"]):
-                per_att[att.name][i] = score[row]
-
-        return hook
-
-    handles = [a.module.register_forward_pre_hook(make_hook(a), with_kwargs=True) for a in atts]
     model = edited.model
     device = next(model.parameters()).device
     was_training = model.training
@@ -300,12 +262,13 @@ def scope_scores(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             batch = encode(tokenizer, [prompts[i] for i in idx], subjects=[subjects[i] for i in idx]).to(device)
-            current["idx"] = idx
-            with torch.no_grad(), batch.info():
-                model(**batch.model_inputs())
+            for a in atts:  # the states entering each intervention in an edited forward
+                h, mask, ctx = edited.capture(a.layer, a.component, batch, before=a.name, edited=True, with_context=True)
+                with torch.no_grad():
+                    score = a.module.firing_score(h, mask, ctx).float().cpu().tolist()
+                for row, i in enumerate(idx):
+                    per_att[a.name][i] = score[row]
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     out: dict[str, dict[str, list]] = {}
     for a in atts:

@@ -126,7 +126,7 @@ class NegativesMixin:
             for i in range(0, len(prompts), 64):
                 chunk = prompts[i : i + 64]
                 batch = session.encode([p for p, _ in chunk], subjects=[s for _, s in chunk])
-                h, _ = session.editor.capture(att, batch)
+                h, _ = session.capture(att, batch)
                 idx = last_true_index(batch.subject_mask)
                 has = batch.subject_mask.any(1).tolist()
                 rows = h[torch.arange(len(chunk), device=h.device), idx].float()
@@ -188,7 +188,7 @@ class NegativesMixin:
 
         subs = [s if s and s in p else None for p, s in zip(prompts, subjects)]
         batch = session.encode(prompts, subjects=subs)
-        h, mask = session.editor.capture(att, batch)
+        h, mask = session.capture(att, batch)
         prompt = batch.prompt_mask & batch.attention_mask.bool()
         idx = torch.where(batch.subject_mask.any(1), last_true_index(batch.subject_mask), last_true_index(prompt))
         rows = torch.arange(len(prompts), device=h.device)

@@ -28,7 +28,9 @@ class TrainingMixin:
 
     # ----------------------------------------------------------------- null space
     def build_nullspace(self, editor: Any, attachment: Any, texts: list[str] | None = None) -> dict:
-        """Build ``P`` from ``texts`` (default: the configured corpus) at this module's site."""
+        """Build ``P`` from ``texts`` (default: the configured corpus) at this module's site.
+        ``editor`` is an :class:`~repedit.methods.base.EditSession` or the Editor (what it
+        uses: ``corpus_from``, ``cached``, ``capture``, ``tokenizer``, ``device``)."""
         from repedit.methods import nullspace as ns
 
         cfg = self.config
@@ -53,16 +55,13 @@ class TrainingMixin:
 
     # ----------------------------------------------------------------- editing hooks
     def _attachment(self, session: Any):
-        for att in session.editor.attachments():
-            if att.module is self:
-                return att
-        raise RuntimeError("this BaFT module is not attached to the session's editor")
+        return session.attachment_of(self)
 
     def prepare_edit(self, session: Any) -> None:
         cfg = self.config
         att = self._attachment(session)
         if cfg.nullspace != "none" and not cfg.nullspace_built:
-            self.build_nullspace(session.editor, att)
+            self.build_nullspace(session, att)
         rng = random.Random(1000003 * (session.indices[0] if session.indices else 0) + (cfg.seed or 0))
         reqs = session.requests
         prompts = list(getattr(session, "prompts", [r.prompt for r in reqs]))

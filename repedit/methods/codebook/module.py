@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from repedit.corpus import Corpus
 from repedit.methods.base import Intervention
 from repedit.methods.codebook.config import CodebookConfig
 from repedit.methods.codebook import radius as R
@@ -39,10 +38,6 @@ def _first_token(ctx: Any, device) -> torch.Tensor:
     attn = ctx.attention_mask.to(device)
     first = (attn.long().cumsum(-1) == 1) & attn.bool()
     return first[:, ctx.past_len:]
-
-
-#: the last site's corpus bank, statistics and null-space projector (see Codebook._ensure_bank)
-_BANK_CACHE: dict = {}
 
 
 class Codebook(Intervention):
@@ -357,21 +352,18 @@ class Codebook(Intervention):
 
     # ------------------------------------------------------------ editing hooks
     def _attachment(self, session):
-        for att in session.editor.attachments():
-            if att.module is self:
-                return att
-        raise RuntimeError("this codebook is not among the editor's attachments")
+        return session.attachment_of(self)
 
     def _hidden(self, session, att, prompts, subjects):
         return list(R.site_hidden(session.edited, att.layer, att.component, session.tokenizer, prompts, subjects))
 
-    def _corpus(self, session) -> Corpus:
-        """``corpus_path`` if set, else the editor's corpus."""
+    def _corpus(self, session) -> Any:
+        """``corpus_path`` if set, else the editor's corpus (a :class:`repedit.corpus.Corpus`)."""
         path = self.config.corpus_path
         if path is None:
             return session.corpus
         if getattr(self, "_own_corpus", None) is None or self._own_corpus.source != str(Path(path).expanduser()):
-            self._own_corpus = Corpus.from_file(path)
+            self._own_corpus = session.corpus_from(path)
         return self._own_corpus
 
     def _names(self, session) -> tuple[str, ...]:
@@ -387,15 +379,16 @@ class Codebook(Intervention):
 
     def _ensure_bank(self, session, att) -> None:
         """Corpus statistics (first use) and the nearest-neighbour negative bank (cached per
-        module, and for one site across modules, so single edits in a loop, each on a fresh
-        codebook, capture the corpus once)."""
+        module, and for one site across modules in ``session.edited.memory``, so single
+        edits in a loop, each on a fresh codebook, capture the corpus once)."""
         if self._bank is not None:
             return
         cfg = self.config
         corpus = self._corpus(session)
         key = (id(session.edited.model), att.layer, att.component, str(session.device), corpus.sha256,
                cfg.corpus_sentences, cfg.key_positions, cfg.normalize, cfg.null_space, cfg.null_space_threshold)
-        hit = _BANK_CACHE.get(key)
+        banks = session.edited.memory("codebook_bank")
+        hit = banks.get(key)
         if hit is not None and (not cfg.has_stats or (torch.equal(self.stat_mean, hit["stat_mean"].to(self.stat_mean))
                                                       and torch.equal(self.stat_std, hit["stat_std"].to(self.stat_std)))):
             if not cfg.has_stats:
@@ -451,11 +444,11 @@ class Codebook(Intervention):
         self._bank = bank
         if not own_stats or not sents:  # cache only banks of a corpus, with statistics computed from it
             return
-        _BANK_CACHE.clear()  # one site at a time
-        _BANK_CACHE[key] = {"bank": bank, "stat_mean": self.stat_mean.detach().clone(),
+        banks.clear()  # one site at a time
+        banks[key] = {"bank": bank, "stat_mean": self.stat_mean.detach().clone(),
                             "stat_std": self.stat_std.detach().clone()}
         if cfg.null_space:
-            _BANK_CACHE[key]["projector"] = self._null_projector
+            banks[key]["projector"] = self._null_projector
 
     def _sample_distances(self, session, att, prompts, subjects, key_n: torch.Tensor) -> torch.Tensor:
         """What the lookup would measure from ``key_n`` for each prompt (inf: no query)."""
