@@ -35,6 +35,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from repedit.adapters import AdapterError, attach_adapter, read_adapter_config, save_adapter
+from repedit.adapters.format import COMPUTE_DTYPES, check_name
 from repedit.arch import COMPONENTS, ArchLayout, get_submodule, resolve_layout
 from repedit.methods.base import Intervention
 from repedit.positions import Positions, TokenInfo, current_token_info, encode, rule_mask
@@ -42,26 +44,6 @@ from repedit.positions import Positions, TokenInfo, current_token_info, encode, 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ForwardContext", "Attachment", "EditableModel", "wrap", "check_name", "COMPUTE_DTYPES"]
-
-#: How interventions compute: ``"float32"`` (default) casts the hidden state to float32,
-#: computes the edit, and casts the result back to the model's dtype; ``"model"`` keeps the
-#: intervention parameters and the computation in the model's dtype.
-COMPUTE_DTYPES = ("float32", "model")
-
-
-def check_name(name: Any, what: str = "intervention") -> str:
-    """Check an intervention or adapter name: a non-empty string without '.', '/' or '\\'
-    (names become tensor-key prefixes and folder names, so they must not hold a path).
-
-    Example::
-
-        check_name("fact")                 # "fact"
-        check_name("../x", "adapter")      # ValueError
-    """
-    if not isinstance(name, str) or not name or any(c in name for c in "./\\"):
-        raise ValueError(f"{what} names are non-empty strings without '.', '/' or '\\', got {name!r}")
-    return name
-
 
 class _ThreadState(threading.local):
     """Per-thread forward state: each thread's forwards see their own context."""
@@ -590,8 +572,6 @@ class EditableModel(nn.Module):
     # ---------------------------------------------------------------- adapters
     def save_pretrained(self, directory: str, adapter: str | None = None, **kwargs: Any) -> None:
         """Save adapters: ``default`` at the top of ``directory``, others in subfolders."""
-        from repedit.adapters import save_adapter
-
         if adapter is not None:
             check_name(adapter, "adapter")
         names = [adapter] if adapter is not None else self.adapters()
@@ -601,16 +581,24 @@ class EditableModel(nn.Module):
             save_adapter(self, directory, adapter=name, **kwargs)
 
     def load_adapter(self, directory: str, adapter: str | None = None, **kwargs: Any) -> list[Attachment]:
-        """Load a saved adapter onto this model (see :func:`repedit.adapters.load_adapter`)."""
-        from repedit.adapters import load_adapter
+        """Load a saved adapter onto this model, named ``adapter`` (peft's ``load_adapter``;
+        see :func:`repedit.adapters.attach_adapter`).
 
-        return load_adapter(self, directory, adapter=adapter, **kwargs)
+        Example::
+
+            edited.load_adapter("eiffel-rome")
+        """
+        return attach_adapter(self, directory, adapter=adapter, **kwargs)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str, tokenizer: Any = None, **kwargs: Any) -> "EditableModel":
-        """Wrap ``model`` and load the adapter saved in ``directory`` onto it."""
-        from repedit.adapters import AdapterError, read_adapter_config
+        """Wrap ``model`` and load the adapter saved in ``directory`` onto it (peft's
+        ``from_pretrained``; ``repedit.load_adapter`` is the same call).
 
+        Example::
+
+            edited = EditableModel.from_pretrained(model, "eiffel-rome", tokenizer=tok)
+        """
         cfg = read_adapter_config(directory, adapter=kwargs.get("adapter"))
         try:
             edited = cls(model, tokenizer, layers_path=cfg.layers_path, compute_dtype=cfg.compute_dtype)

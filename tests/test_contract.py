@@ -72,3 +72,9 @@ def test_methods_import_only_methods_positions_requests_torch(path):
            if not (name.split(".")[0] in sys.stdlib_module_names
                    or any(name == a or name.startswith(a + ".") for a in ALLOWED))]
     assert not bad, f"{path.name} imports {bad}"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "repedit" / "adapters").rglob("*.py")), ids=lambda p: p.name)
+def test_adapters_do_not_import_hooks(path):
+    """The dependency is one-way: hooks (EditableModel) uses the adapter files, never the reverse."""
+    assert not [n for n in _imports(path) if n.startswith(("repedit.hooks", "repedit.editing"))]

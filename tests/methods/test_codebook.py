@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import pytest
 
-from repedit.adapters import merge_adapters
+from repedit.edits import merge_adapters
 from repedit.editing import Editor, EditorConfig
 from repedit.hooks import EditableModel
 from repedit.methods import available_methods, build

@@ -7,7 +7,7 @@ Example::
     manage.explain(edited, "The mother tongue of Danielle Darrieux is")
     manage.delete_entry(edited, 3)
 
-Merging two saved adapters (files) is :func:`repedit.adapters.merge_adapters`.
+Merging two saved adapters (files) is :func:`repedit.edits.merge_adapters`.
 """
 
 from __future__ import annotations
