@@ -107,8 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"repedit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="command")
+    _add_edit_parser(sub)
+    _add_eval_parser(sub)
+    _add_sweep_parser(sub)
+    _add_inspect_parser(sub)
+    _add_generate_parser(sub)
+    return parser
 
-    # ---- edit
+
+def _add_edit_parser(sub: Any) -> None:
+    """``repedit edit``: train edits and save an adapter directory."""
     p = sub.add_parser("edit", help="train edits for requests and save them as an adapter directory",
                        description="Train representation edits for edit requests and save an adapter directory.",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -164,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocols", default="teacher_forced", help="protocols for --evaluate (default teacher_forced)")
     _common(p)
 
-    # ---- eval
+
+def _add_eval_parser(sub: Any) -> None:
+    """``repedit eval``: score an adapter's edits, pre vs post."""
     p = sub.add_parser("eval", help="score an adapter's edits (pre vs post) and write metrics JSON",
                        description="Score edits before (edits disabled) and after (edits on) with labelled protocols; "
                                    "prints a table and writes EasyEdit-style records. Shards over processes under "
@@ -187,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fluency-tokens", type=int, default=0, help="> 0: also n-gram entropy of that many generated tokens")
     _common(p)
 
-    # ---- sweep
+
+def _add_sweep_parser(sub: Any) -> None:
+    """``repedit sweep``: sweep a knob of trained edits."""
     p = sub.add_parser("sweep", help="sweep a knob of trained edits; JSON + generality/locality PNG",
                        description="Evaluate trained edits at several values of a knob (no retraining): generality, "
                                    "locality and scope AUC per value, one curve per adapter, and a Pareto plot.",
@@ -213,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--plot", default=None, help="PNG to write (default: --out with .png)")
     _common(p)
 
-    # ---- inspect
+
+def _add_inspect_parser(sub: Any) -> None:
+    """``repedit inspect``: summarise an adapter directory."""
     p = sub.add_parser("inspect", help="summarise an adapter directory (no model needed)",
                        description="Summarise an adapter: interventions (method, layer, positions), sizes, entries, "
                                    "base model, provenance. Reads files only; loads no model.")
@@ -223,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", action="store_true", help="list the registered methods and their options")
     _common(p)
 
-    # ---- generate
+
+def _add_generate_parser(sub: Any) -> None:
+    """``repedit generate``: generate with and without an adapter."""
     p = sub.add_parser("generate", help="generate with and without an adapter, side by side",
                        description="Greedy generation from prompts without the adapter (left) and with it (right).")
     _model_args(p, adapter="required")
@@ -234,7 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON instead of columns")
     _common(p)
-    return parser
 
 
 # ============================================================================ helpers
@@ -436,14 +451,13 @@ def _protocols(text: str) -> tuple[str, ...]:
 
 
 # ============================================================================ commands
-def cmd_edit(args: argparse.Namespace) -> int:
+def _edit_spec(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Check ``repedit edit``'s arguments (nothing loaded yet) and return the data spec."""
     from repedit.adapters import CONFIG_NAME
-    from repedit.editing import Editor, EditorConfig
     from repedit.eval.distributed import launched
 
     if launched():
         raise CLIError("`repedit edit` runs in one process; start it without torchrun/accelerate launch")
-    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
     if (out / CONFIG_NAME).exists() and not args.overwrite:
@@ -466,7 +480,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if args.evaluate != "none" and not args.sequential:
         raise CLIError("--evaluate immediate|final needs --sequential")
     _check_checkpoint_args(args)
+    return spec
+
+
+def _editor_config(args: argparse.Namespace) -> Any:
+    """The :class:`~repedit.editing.EditorConfig` of ``repedit edit``'s options (checked)."""
     from repedit.arch import COMPONENTS
+    from repedit.editing import EditorConfig
+    from repedit.methods import config_from_dict
 
     if args.component not in COMPONENTS:
         raise CLIError(f"--component must be one of {', '.join(COMPONENTS)}, got {args.component!r}")
@@ -476,24 +497,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
     for name in ("lr", "max_steps", "stop_prob"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    from repedit.methods import config_from_dict
-
     config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
-    cfg = EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
-                       positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-                       progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)
-    _check_against_model_size(args, cfg)
-    ds, recorded = _load_data(spec)
-    from repedit.eval.data import to_requests
+    return EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
+                        positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+                        progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)
 
-    reqs = to_requests(ds)
-    model, tok, model_name = _load_model(args)
-    editor = Editor(model, tok, cfg)
-    _note(f"editing {len(reqs)} request(s) with {cfg.method} at layers {editor.default_layers()} "
-          f"({'sequential' if args.sequential else 'one batch'})")
+
+def _train(args: argparse.Namespace, editor: Any, ds: Any, reqs: list, ck: Any,
+           model_name: str) -> tuple[dict, dict]:
+    """Train the edits (resuming checkpoint ``ck``, or with sequential evaluation when asked):
+    (outcome summary, sequential-protocol reports)."""
+    cfg = editor.config
     t0 = time.perf_counter()
-    reports = {}
-    ck = _edit_checkpoint(args, cfg, recorded, reqs, editor, out)
     if ck is not None:
         from repedit.editing import EditResult
 
@@ -504,16 +519,36 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if done < len(reqs):
             new = editor.edit(reqs, sequential=True, start=done,
                               callback=ck.callback(editor.edited, cfg.adapter, len(reqs))).outcomes
-        outcome = EditResult(prior + new, editor.edited, prior_seconds + time.perf_counter() - t0).summary()
-    elif args.evaluate != "none":
+        return EditResult(prior + new, editor.edited, prior_seconds + time.perf_counter() - t0).summary(), {}
+    if args.evaluate != "none":
         from repedit.eval.harness import run_sequential_protocols
 
         reports = run_sequential_protocols(editor, ds, (args.evaluate,), _protocols(args.protocols),
                                            model_name=model_name, progress=args.progress)
-        outcome = {"edits": len(reqs), "success_rate": reports[args.evaluate].metadata.get("edit_success_rate")}
-    else:
-        result = editor.edit(reqs, sequential=args.sequential)
-        outcome = result.summary()
+        return {"edits": len(reqs), "success_rate": reports[args.evaluate].metadata.get("edit_success_rate")}, reports
+    return editor.edit(reqs, sequential=args.sequential).summary(), {}
+
+
+def run_edit(args: argparse.Namespace) -> dict[str, Any]:
+    """``repedit edit`` as a library call, without printing results: check the options, load
+    the data and model, train, save the adapter to ``--out`` (with its provenance) and return
+    ``{"out", "requests", "outcome", "reports", "seconds", "interventions"}``."""
+    from repedit.editing import Editor
+    from repedit.eval.data import to_requests
+
+    out = Path(args.out)
+    spec = _edit_spec(args, out)
+    cfg = _editor_config(args)
+    _check_against_model_size(args, cfg)
+    ds, recorded = _load_data(spec)
+    reqs = to_requests(ds)
+    model, tok, model_name = _load_model(args)
+    editor = Editor(model, tok, cfg)
+    _note(f"editing {len(reqs)} request(s) with {cfg.method} at layers {editor.default_layers()} "
+          f"({'sequential' if args.sequential else 'one batch'})")
+    t0 = time.perf_counter()
+    ck = _edit_checkpoint(args, cfg, recorded, reqs, editor, out)
+    outcome, reports = _train(args, editor, ds, reqs, ck, model_name)
     seconds = time.perf_counter() - t0
     editor_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "augment_corpus")}
     editor_cfg["layers"] = editor.default_layers()
@@ -522,13 +557,20 @@ def cmd_edit(args: argparse.Namespace) -> int:
     editor.edited.save_pretrained(str(out), adapter=cfg.adapter, metadata=metadata)
     if ck is not None:
         ck.clear()
-    for sp, rep in reports.items():
+    return {"out": out, "requests": len(reqs), "outcome": outcome, "reports": reports, "seconds": seconds,
+            "interventions": len(editor.attachments())}
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    run = run_edit(args)
+    out = run["out"]
+    for sp, rep in run["reports"].items():
         path = rep.save(out / f"metrics_{sp}.json")
         _say(rep.table())
         _say(f"sequential protocol: {sp}; metrics: {path}")
-    sr = outcome.get("success_rate")
-    _say(f"saved {len(editor.attachments())} intervention(s) to {out} "
-         f"({len(reqs)} edits, success rate {sr if sr is None else f'{sr:.3f}'}, {seconds:.1f} s)")
+    sr = run["outcome"].get("success_rate")
+    _say(f"saved {run['interventions']} intervention(s) to {out} "
+         f"({run['requests']} edits, success rate {sr if sr is None else f'{sr:.3f}'}, {run['seconds']:.1f} s)")
     return 0
 
 

@@ -535,27 +535,8 @@ def run_sequential_protocols(
     if not reqs:
         raise ValueError("run_sequential() needs at least one request")
     pre = evaluate_pre(edited, tok, reqs, protocols, batch_size, extra_tokens=extra_tokens)
-    immediate: list[dict[str, Any] | None] = [None] * len(reqs)
-    chunks = _chunks(len(reqs), cfg.batch_size)
-    outcomes: list[Any] = []
-    bar = tqdm(total=len(reqs), desc=f"sequential editing ({cfg.method})", unit="edit", disable=not progress)
-    # Mirrors Editor.edit(sequential=True): one RNG fork and seed for the whole run, base frozen.
-    with torch.random.fork_rng(devices=[]), editor._frozen_base():
-        torch.manual_seed(cfg.seed)
-        editor.attachments()
-        for k, chunk in enumerate(chunks):
-            outcomes.extend(editor._train_chunk([reqs[i] for i in chunk], chunk, reqs))
-            if "immediate" in seqp:
-                sub = [reqs[i] for i in chunk]
-                with torch.no_grad():
-                    post = M.evaluate_requests(edited.model, tok, sub, protocols=protocols, pre=[pre[i] for i in chunk],
-                                               batch_size=batch_size, extra_tokens=extra_tokens)
-                for i, r in zip(chunk, post):
-                    immediate[i] = r
-            if on_edit is not None:
-                on_edit(k, chunk)
-            bar.update(len(chunk))
-    bar.close()
+    outcomes, immediate = _edit_and_score(editor, reqs, pre, protocols, "immediate" in seqp, batch_size,
+                                          extra_tokens, progress, on_edit)
     edit_seconds = time.perf_counter() - t0
     base_extra = {
         "editor": {"method": cfg.method, "layers": editor.default_layers(), "positions": cfg.positions,
@@ -571,21 +552,8 @@ def run_sequential_protocols(
                            model_name=model_name, extra_tokens=extra_tokens, keep_outputs=keep_outputs,
                            distributed=False)
         else:
-            post = [r for r in immediate if r is not None]
-            records = M.build_case_records(reqs, pre, post, keep_outputs=keep_outputs)
-            for rec in records:
-                rec["pre"].setdefault("metric_meta", rec["post"].get("metric_meta", {}))
-            meta = M.results_metadata([M.PROTOCOLS[p] for p in protocols], model=model_metadata(edited, model_name),
-                                      data=data, seed=cfg.seed, extra={
-                                          "evaluation": {
-                                              "pre": "edits disabled (the base model), before any edit",
-                                              "post": "edits enabled, right after the request's own edit",
-                                              "locality": "EasyEdit: fraction of locality-answer tokens whose "
-                                                          "teacher-forced argmax is unchanged by the edits",
-                                              "protocol_names": {p: M.PROTOCOLS[p] for p in protocols}},
-                                          "n_requests": len(reqs), "batch_size": batch_size, "world_size": 1})
-            rep = EvalReport(records=records, summary=_summary(records), metadata=meta, pre_results=pre,
-                             post_results=post)
+            rep = _immediate_report(edited, reqs, pre, immediate, protocols, data, cfg.seed, model_name, batch_size,
+                                    keep_outputs)
         rep.metadata.update(base_extra)
         rep.metadata["sequential_protocol"] = sp
         rep.metadata["sequential_protocol_definition"] = (
@@ -597,6 +565,54 @@ def run_sequential_protocols(
             rec["sequential_protocol"] = sp
         out[sp] = rep
     return out
+
+
+def _edit_and_score(editor: Any, reqs: list, pre: list, protocols: tuple, immediate: bool, batch_size: int,
+                    extra_tokens: int, progress: bool, on_edit: Callable[[int, list[int]], None] | None,
+                    ) -> tuple[list[Any], list[dict[str, Any] | None]]:
+    """Train ``reqs`` sequentially as ``Editor.edit(sequential=True)`` does (one RNG fork and
+    seed for the whole run, base frozen), scoring each chunk right after its edit when
+    ``immediate``: (outcomes, per-request post results or None)."""
+    edited, tok, cfg = editor.edited, editor.tokenizer, editor.config
+    scored: list[dict[str, Any] | None] = [None] * len(reqs)
+    outcomes: list[Any] = []
+    bar = tqdm(total=len(reqs), desc=f"sequential editing ({cfg.method})", unit="edit", disable=not progress)
+    with torch.random.fork_rng(devices=[]), editor._frozen_base():
+        torch.manual_seed(cfg.seed)
+        editor.attachments()
+        for k, chunk in enumerate(_chunks(len(reqs), cfg.batch_size)):
+            outcomes.extend(editor._train_chunk([reqs[i] for i in chunk], chunk, reqs))
+            if immediate:
+                sub = [reqs[i] for i in chunk]
+                with torch.no_grad():
+                    post = M.evaluate_requests(edited.model, tok, sub, protocols=protocols, pre=[pre[i] for i in chunk],
+                                               batch_size=batch_size, extra_tokens=extra_tokens)
+                for i, r in zip(chunk, post):
+                    scored[i] = r
+            if on_edit is not None:
+                on_edit(k, chunk)
+            bar.update(len(chunk))
+    bar.close()
+    return outcomes, scored
+
+
+def _immediate_report(edited: Any, reqs: list, pre: list, immediate: list, protocols: tuple, data: Any, seed: int,
+                      model_name: str | None, batch_size: int, keep_outputs: bool) -> EvalReport:
+    """The report of the ``immediate`` protocol from the results scored right after each edit."""
+    post = [r for r in immediate if r is not None]
+    records = M.build_case_records(reqs, pre, post, keep_outputs=keep_outputs)
+    for rec in records:
+        rec["pre"].setdefault("metric_meta", rec["post"].get("metric_meta", {}))
+    meta = M.results_metadata([M.PROTOCOLS[p] for p in protocols], model=model_metadata(edited, model_name),
+                              data=data, seed=seed, extra={
+                                  "evaluation": {
+                                      "pre": "edits disabled (the base model), before any edit",
+                                      "post": "edits enabled, right after the request's own edit",
+                                      "locality": "EasyEdit: fraction of locality-answer tokens whose "
+                                                  "teacher-forced argmax is unchanged by the edits",
+                                      "protocol_names": {p: M.PROTOCOLS[p] for p in protocols}},
+                                  "n_requests": len(reqs), "batch_size": batch_size, "world_size": 1})
+    return EvalReport(records=records, summary=_summary(records), metadata=meta, pre_results=pre, post_results=post)
 
 
 def run_sequential(

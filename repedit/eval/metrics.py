@@ -659,8 +659,41 @@ def evaluate_requests(
         raise ValueError(f"{len(requests)} requests but {len(pre)} pre-edit results")
     tf, prob, gen = ("teacher_forced" in protocols), ("probability" in protocols), ("generation" in protocols)
 
-    # ---- one flat list of teacher-forced rows: (request, kind, j, prompt, target, subject)
-    rows: list[tuple[int, str, int, str, str, str | None]] = []
+    rows = _score_rows(requests, tf, prob)
+    scores = score_targets(
+        model,
+        tokenizer,
+        [x[3] for x in rows],
+        [x[4] for x in rows],
+        subjects=[x[5] for x in rows],
+        batch_size=batch_size,
+        max_length=max_length,
+    ) if rows else TargetScores()
+    by: dict[tuple[int, str, int], int] = {(x[0], x[1], x[2]): k for k, x in enumerate(rows)}
+
+    meta = _metric_meta(protocols)
+    results: list[dict[str, Any]] = []
+    for r, req in enumerate(requests):
+        res: dict[str, Any] = {}
+        if tf:
+            res.update(_teacher_forced_result(req, r, scores, by, pre[r] if pre is not None else None))
+        if prob:
+            res["rome"] = _probability_result(req, r, scores, by)
+        res["metric_meta"] = meta
+        results.append(res)
+
+    if gen:
+        _add_generation(model, tokenizer, requests, results, pre, batch_size, extra_tokens)
+    return results
+
+
+_Row = tuple[int, str, int, str, str, "str | None"]
+
+
+def _score_rows(requests: Sequence[EditRequest], tf: bool, prob: bool) -> list[_Row]:
+    """One flat list of teacher-forced rows, (request, kind, j, prompt, target, subject), so all
+    of them go through one batched :func:`score_targets` call."""
+    rows: list[_Row] = []
     for r, req in enumerate(requests):
         subj = req.subject
         if tf or prob:
@@ -681,69 +714,56 @@ def evaluate_requests(
                     rows.append((r, "rephrase_true", j, p, req.ground_truth, _subject_in(p, subj)))
             for j, lp in enumerate(req.locality_prompts):
                 rows.append((r, "loc_new", j, lp.prompt, req.target_new, None))
+    return rows
 
-    scores = score_targets(
-        model,
-        tokenizer,
-        [x[3] for x in rows],
-        [x[4] for x in rows],
-        subjects=[x[5] for x in rows],
-        batch_size=batch_size,
-        max_length=max_length,
-    ) if rows else TargetScores()
-    by: dict[tuple[int, str, int], int] = {(x[0], x[1], x[2]): k for k, x in enumerate(rows)}
 
-    def get(r: int, kind: str, j: int) -> int:
-        return by[(r, kind, j)]
+def _teacher_forced_result(req: EditRequest, r: int, scores: "TargetScores", by: dict, pre: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The teacher-forced keys of request ``r``: rewrite, rephrase, locality (agreement with
+    ``pre`` when given) and portability accuracies."""
+    nr, nl, npt = len(req.rephrase_prompts), len(req.locality_prompts), len(req.portability)
+    ns = len(req.subject_locality_prompts)
+    acc = scores.token_acc
+    res: dict[str, Any] = {
+        "rewrite_acc": [acc[by[(r, "rewrite", 0)]]],
+        "rephrase_acc": [acc[by[(r, "rephrase", j)]] for j in range(nr)],
+        "locality": {
+            "neighborhood_output": [scores.pred_ids[by[(r, "loc", j)]] for j in range(nl)],
+            "neighborhood_gold_acc": [acc[by[(r, "loc", j)]] for j in range(nl)],
+        },
+    }
+    if ns:
+        res["locality"]["subject_output"] = [scores.pred_ids[by[(r, "subj", j)]] for j in range(ns)]
+    res["portability"] = {"portability_acc": [acc[by[(r, "port", j)]] for j in range(npt)]}
+    if pre is not None:
+        pre_loc = pre.get("locality", {})
+        if "neighborhood_output" not in pre_loc:
+            raise ValueError(f"pre-edit result {r} has no locality.neighborhood_output (run it with teacher_forced)")
+        _add_agreement(pre_loc, res["locality"])
+    return res
 
-    meta = _metric_meta(protocols)
-    results: list[dict[str, Any]] = []
-    for r, req in enumerate(requests):
-        res: dict[str, Any] = {}
-        nr, nl, npt = len(req.rephrase_prompts), len(req.locality_prompts), len(req.portability)
-        ns = len(req.subject_locality_prompts)
-        if tf:
-            res["rewrite_acc"] = [scores.token_acc[get(r, "rewrite", 0)]]
-            res["rephrase_acc"] = [scores.token_acc[get(r, "rephrase", j)] for j in range(nr)]
-            res["locality"] = {
-                "neighborhood_output": [scores.pred_ids[get(r, "loc", j)] for j in range(nl)],
-                "neighborhood_gold_acc": [scores.token_acc[get(r, "loc", j)] for j in range(nl)],
-            }
-            if ns:
-                res["locality"]["subject_output"] = [scores.pred_ids[get(r, "subj", j)] for j in range(ns)]
-            res["portability"] = {"portability_acc": [scores.token_acc[get(r, "port", j)] for j in range(npt)]}
-            if pre is not None:
-                pre_loc = pre[r].get("locality", {})
-                if "neighborhood_output" not in pre_loc:
-                    raise ValueError(f"pre-edit result {r} has no locality.neighborhood_output (run it with teacher_forced)")
-                _add_agreement(pre_loc, res["locality"])
-        if prob:
-            rome: dict[str, Any] = {}
-            if req.ground_truth is not None:
-                rw = [(scores.mean_nll[get(r, "rewrite", 0)], scores.mean_nll[get(r, "rewrite_true", 0)])]
-                pa = [
-                    (scores.mean_nll[get(r, "rephrase", j)], scores.mean_nll[get(r, "rephrase_true", j)])
-                    for j in range(nr)
-                ]
-                rome["rewrite_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in rw]
-                rome["paraphrase_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in pa]
-                rome["efficacy_success"] = _mean(b > a for a, b in rw)
-                rome["efficacy_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in rw)
-                if pa:
-                    rome["paraphrase_success"] = _mean(b > a for a, b in pa)
-                    rome["paraphrase_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in pa)
-            nb = [(scores.mean_nll[get(r, "loc_new", j)], scores.mean_nll[get(r, "loc", j)]) for j in range(nl)]
-            rome["neighborhood_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in nb]
-            if nb:
-                rome["neighborhood_success"] = _mean(a > b for a, b in nb)
-                rome["neighborhood_diff"] = _mean(math.exp(-b) - math.exp(-a) for a, b in nb)
-            res["rome"] = rome
-        res["metric_meta"] = meta
-        results.append(res)
 
-    if gen:
-        _add_generation(model, tokenizer, requests, results, pre, batch_size, extra_tokens)
-    return results
+def _probability_result(req: EditRequest, r: int, scores: "TargetScores", by: dict) -> dict[str, Any]:
+    """ROME's probability block of request ``r``: P(new) against P(true) on the edit,
+    paraphrase and neighbourhood prompts (NLL pairs, success rates, differences)."""
+    nll = scores.mean_nll
+    nr, nl = len(req.rephrase_prompts), len(req.locality_prompts)
+    rome: dict[str, Any] = {}
+    if req.ground_truth is not None:
+        rw = [(nll[by[(r, "rewrite", 0)]], nll[by[(r, "rewrite_true", 0)]])]
+        pa = [(nll[by[(r, "rephrase", j)]], nll[by[(r, "rephrase_true", j)]]) for j in range(nr)]
+        rome["rewrite_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in rw]
+        rome["paraphrase_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in pa]
+        rome["efficacy_success"] = _mean(b > a for a, b in rw)
+        rome["efficacy_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in rw)
+        if pa:
+            rome["paraphrase_success"] = _mean(b > a for a, b in pa)
+            rome["paraphrase_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in pa)
+    nb = [(nll[by[(r, "loc_new", j)]], nll[by[(r, "loc", j)]]) for j in range(nl)]
+    rome["neighborhood_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in nb]
+    if nb:
+        rome["neighborhood_success"] = _mean(a > b for a, b in nb)
+        rome["neighborhood_diff"] = _mean(math.exp(-b) - math.exp(-a) for a, b in nb)
+    return rome
 
 
 def _add_generation(
