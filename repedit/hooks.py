@@ -28,149 +28,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from repedit.adapters import AdapterError, attach_adapter, read_adapter_config, save_adapter
+from repedit.adapters.mixin import AdapterMixin
 from repedit.adapters.format import COMPUTE_DTYPES, check_name
 from repedit.arch import COMPONENTS, ArchLayout, get_submodule, resolve_layout
 from repedit.methods.base import Intervention
-from repedit.positions import Positions, TokenInfo, current_token_info, encode, rule_mask
+from repedit.positions import Positions, current_token_info, encode
+from repedit.sites import (Attachment, ForwardContext, _CaptureDone, _find_cache, _join_output, _Probe, _split_output,
+                           _ThreadState)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ForwardContext", "Attachment", "EditableModel", "wrap", "check_name", "COMPUTE_DTYPES"]
 
-class _ThreadState(threading.local):
-    """Per-thread forward state: each thread's forwards see their own context."""
-
-    def __init__(self) -> None:
-        self.ctx: ForwardContext | None = None
-        self.gen_state: dict = {}
-        self.prompt_width = 0
-        self.disabled = 0
-        self.probe: _Probe | None = None
-
-    def __reduce__(self) -> tuple:
-        return (_ThreadState, ())  # a copy (deepcopy) starts with no forward in flight
-
-
-@dataclass
-class ForwardContext:
-    """What one forward pass of the wrapped model knows about its tokens.
-
-    ``state`` persists over the forwards of one generation (it is reset at each prefill)
-    so a method can hold, say, the codebook entry chosen from the prompt while decoding.
-    """
-
-    attention_mask: torch.Tensor
-    past_len: int
-    prompt_width: int
-    info: TokenInfo | None
-    state: dict
-    _masks: dict = field(default_factory=dict)
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.past_len == 0
-
-    def mask(self, rule: Positions, device: torch.device | None = None) -> torch.Tensor:
-        """(B, T_new) boolean mask of the tokens ``rule`` acts on in this forward."""
-        key = (rule, device)
-        m = self._masks.get(key)
-        if m is None:
-            base = self._masks.get((rule, None))
-            if base is None:
-                base = rule_mask(rule, self.attention_mask, self.past_len, self.prompt_width, self.info)
-                self._masks[(rule, None)] = base
-            m = base if device is None else base.to(device, non_blocking=True)
-            self._masks[key] = m
-        return m
-
-
-@dataclass
-class Attachment:
-    """One intervention attached at one site."""
-
-    name: str
-    module: Intervention
-    method: str
-    layer: int
-    component: str
-    positions: Positions
-    adapter: str = "default"
-    active: bool = True
-    #: the sweeps' ``scale`` knob: ``h + scale · (Φ(h) − h)`` (1: the edit as trained, bit-exact),
-    #: applied by a forward hook the EditableModel registers on the module
-    scale: float = 1.0
-
-    @property
-    def site(self) -> tuple[int, str]:
-        return (self.layer, self.component)
-
-
-class _CaptureDone(Exception):
-    """Raised by a site hook once :meth:`EditableModel.capture` has its states (stop=True)."""
-
-
-@dataclass
-class _Probe:
-    """What :meth:`EditableModel.capture` asks of the site hook of one forward."""
-
-    site: tuple[int, str]
-    before: str | None
-    positions: Positions | None
-    stop: bool
-    store: dict = field(default_factory=dict)
-
-    def grab(self, h: torch.Tensor, ctx: "ForwardContext | None") -> None:
-        self.store["h"] = h.detach()
-        rule = self.positions or Positions.ALL
-        self.store["mask"] = ctx.mask(rule, h.device).detach() if ctx is not None else None
-        self.store["ctx"] = ctx
-        if self.stop:
-            raise _CaptureDone
-
-
-def _find_cache(kwargs: dict) -> Any:
-    """The KV cache passed to the decoder stack, whatever transformers calls the argument
-    (``past_key_values`` up to 5.23, ``cache`` from 5.24), or ``None``."""
-    for name in ("past_key_values", "cache"):
-        cache = kwargs.get(name)
-        if cache is not None and hasattr(cache, "get_seq_length"):
-            return cache
-    for value in kwargs.values():  # a future name: any argument that is a cache
-        if hasattr(value, "get_seq_length"):
-            return value
-    return None
-
-
-def _split_output(output: Any) -> tuple[torch.Tensor, Any]:
-    if isinstance(output, torch.Tensor):
-        return output, None
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return output[0], output
-    if hasattr(output, "__getitem__") and hasattr(output, "keys"):  # ModelOutput-like
-        first = next(iter(output.keys()))
-        return output[first], output
-    raise TypeError(f"cannot find the hidden state in a module output of type {type(output).__name__}")
-
-
-def _join_output(h: torch.Tensor, rest: Any) -> Any:
-    if rest is None:
-        return h
-    if isinstance(rest, tuple):
-        return (h,) + tuple(rest[1:])
-    first = next(iter(rest.keys()))
-    rest[first] = h
-    return rest
-
-
-class EditableModel(nn.Module):
+class EditableModel(AdapterMixin, nn.Module):
     """A causal LM with representation interventions attached by forward hooks.
 
     The base model's weights are never changed. Calling the object, or the base model
@@ -568,48 +443,6 @@ class EditableModel(nn.Module):
             return out
         new = out[:, batch.input_ids.shape[1] :]
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
-
-    # ---------------------------------------------------------------- adapters
-    def save_pretrained(self, directory: str, adapter: str | None = None, **kwargs: Any) -> None:
-        """Save adapters: ``default`` at the top of ``directory``, others in subfolders."""
-        if adapter is not None:
-            check_name(adapter, "adapter")
-        names = [adapter] if adapter is not None else self.adapters()
-        if not names:
-            raise ValueError("nothing to save: no interventions are attached")
-        for name in names:
-            save_adapter(self, directory, adapter=name, **kwargs)
-
-    def load_adapter(self, directory: str, adapter: str | None = None, **kwargs: Any) -> list[Attachment]:
-        """Load a saved adapter onto this model, named ``adapter`` (peft's ``load_adapter``;
-        see :func:`repedit.adapters.attach_adapter`).
-
-        Example::
-
-            edited.load_adapter("eiffel-rome")
-        """
-        return attach_adapter(self, directory, adapter=adapter, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, directory: str, tokenizer: Any = None, **kwargs: Any) -> "EditableModel":
-        """Wrap ``model`` and load the adapter saved in ``directory`` onto it (peft's
-        ``from_pretrained``; ``repedit.load_adapter`` is the same call).
-
-        Example::
-
-            edited = EditableModel.from_pretrained(model, "eiffel-rome", tokenizer=tok)
-        """
-        cfg = read_adapter_config(directory, adapter=kwargs.get("adapter"))
-        try:
-            edited = cls(model, tokenizer, layers_path=cfg.layers_path, compute_dtype=cfg.compute_dtype)
-        except (AttributeError, IndexError, TypeError) as err:
-            raise AdapterError(f"adapter {directory}: its layers_path {cfg.layers_path!r} does not fit the model ({err})") from None
-        try:
-            edited.load_adapter(directory, **kwargs)
-        except BaseException:
-            edited.unwrap()  # a failed load leaves no hook of ours on the model
-            raise
-        return edited
 
     def __repr__(self) -> str:
         rows = [
