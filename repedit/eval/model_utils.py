@@ -17,6 +17,13 @@ PROBABILITY = "probability/rome"
 GENERATION = "generation/mirage"
 FLUENCY = "fluency/rome"
 
+#: Short names accepted by ``evaluate_requests(protocols=...)`` and their labels.
+PROTOCOLS: dict[str, str] = {
+    "teacher_forced": TEACHER_FORCED,
+    "probability": PROBABILITY,
+    "generation": GENERATION,
+}
+
 
 def _model_device(model: Any) -> torch.device:
     dev = getattr(model, "device", None)
