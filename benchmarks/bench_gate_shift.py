@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     set_threads(args.threads)
 
     from repedit import models
-    from repedit.adapters import load_adapter
+    from repedit.adapters import attach_adapter
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
     from repedit.hooks import EditableModel
     from repedit.methods.baft import BaFT
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     edited = EditableModel(model, tok)
     # the run's adapter name is part of its identity (bench_baft's baft_ns saves 'ns')
     adapter = args.adapter or state["identity"].get("config", {}).get("adapter")
-    load_adapter(edited, run / state["step_dir"], adapter=adapter)
+    attach_adapter(edited, run / state["step_dir"], adapter=adapter)
     mods = [a.module for a in edited.attachments() if isinstance(a.module, BaFT)]
     shifts = [float(v) for v in args.shifts.split(",") if v.strip()] or [None]
     if not mods and shifts != [None]:

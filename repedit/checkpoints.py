@@ -70,13 +70,13 @@ class SequentialCheckpoint:
     def restore(self, edited: Any, adapter: str) -> tuple[int, list, float]:
         """Load the last checkpoint's adapter onto ``edited``; returns (edits done, their
         outcomes, edit seconds so far), or (0, [], 0.0) when there is none."""
-        from repedit.adapters import load_adapter
+        from repedit.adapters import attach_adapter
         from repedit.editing import RequestOutcome
 
         state = self.state()
         if state is None:
             return 0, [], 0.0
-        load_adapter(edited, self.dir / state["step_dir"], adapter=adapter)
+        attach_adapter(edited, self.dir / state["step_dir"], adapter=adapter)
         outcomes = [RequestOutcome(**o) for o in state["outcomes"]]
         self._outcomes = list(outcomes)
         self._seconds0 = float(state["seconds"])

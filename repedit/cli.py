@@ -30,211 +30,15 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Sequence
 
+from repedit.cli_parser import DATA_NAMES, PROG, build_parser
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["main", "build_parser", "CLIError"]
 
-PROG = "repedit"
-DATA_NAMES = ("counterfact", "zsre")
-DATA_FORMATS = ("auto", "counterfact", "zsre", "requests")
-
 
 class CLIError(Exception):
     """An error in the user's arguments or files: printed as one line, no traceback."""
-
-
-# ============================================================================ parser
-def _common(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("general")
-    g.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    g.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-
-
-def _model_args(p: argparse.ArgumentParser, adapter: str | None = None) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help=(
-        "model alias (smollm2-135m, gemma3-270m), Hugging Face id or local path "
-        "(default: the adapter's base model if it is an alias or an existing path, else smollm2-135m)"))
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32", help="model dtype (default float32)")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
-    if adapter == "optional":
-        g.add_argument("--adapter", default=None, help="adapter directory (made by `repedit edit`); without it the base model is scored")
-    elif adapter == "required":
-        g.add_argument("--adapter", required=True, help="adapter directory (made by `repedit edit`)")
-    elif adapter == "multi":
-        g.add_argument("--adapter", action="append", required=True,
-                       help="adapter directory; repeat for one curve per adapter (method)")
-    if adapter is not None:
-        g.add_argument("--ignore-fingerprint", action="store_true",
-                       help="load an adapter even if it was made for another base model (warns)")
-
-
-def _data_args(p: argparse.ArgumentParser, default_note: str = "") -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help=(
-        "counterfact, zsre (from the data directory, $REPEDIT_DATA) or a path to a CounterFact/zsRE file "
-        "or your own JSON/JSONL requests" + default_note))
-    g.add_argument("--format", dest="data_format", choices=DATA_FORMATS, default="auto",
-                   help="layout of a --data PATH file (default: detected)")
-    g.add_argument("--limit", type=int, default=None, help="use N records")
-    g.add_argument("--offset", type=int, default=None, help="skip the first K records (default 0)")
-    g.add_argument("--data-seed", type=int, default=None,
-                   help="take the slice from a seeded permutation instead of file order")
-    g.add_argument("--zsre-target", choices=("alt", "answers"), default=None,
-                   help="zsRE edit target: alt (EasyEdit, default) or answers (ROME/MEMIT)")
-    g.add_argument("--skip-invalid", action="store_true", default=None,
-                   help="drop invalid records with a warning instead of stopping at the first")
-
-
-def _eval_args(p: argparse.ArgumentParser, default_protocols: str) -> None:
-    g = p.add_argument_group("evaluation")
-    g.add_argument("--protocols", default=default_protocols,
-                   help=f"comma list of teacher_forced, probability, generation (default {default_protocols})")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts per forward (default 16)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``repedit`` command (subcommands edit, eval, sweep, inspect, generate)."""
-    from repedit.version import __version__
-
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Edit what a language model knows through representation interventions (forward hooks, "
-                    "no weight changes), evaluate edits, sweep knobs, inspect adapters.",
-        epilog="Run `repedit <command> --help` for a command's options.",
-    )
-    parser.add_argument("--version", action="version", version=f"repedit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="command")
-
-    # ---- edit
-    p = sub.add_parser("edit", help="train edits for requests and save them as an adapter directory",
-                       description="Train representation edits for edit requests and save an adapter directory.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=textwrap.dedent("""\
-                           examples:
-                             repedit edit --data counterfact --limit 10 --method loreft --layers 9 --out cf10
-                             repedit edit --data my_edits.jsonl --method baft --sequential --out mine
-                             repedit edit --prompt "The Eiffel Tower is in" --target Rome --subject "Eiffel Tower" --out eiffel
-                           """))
-    _model_args(p)
-    _data_args(p)
-    p.add_argument("--requests", dest="requests_file", default=None, help="alias of --data PATH")
-    g = p.add_argument_group("a single request instead of --data")
-    g.add_argument("--prompt", default=None, help="prompt of one edit request")
-    g.add_argument("--target", default=None, help="new target of that request")
-    g.add_argument("--subject", default=None, help="subject (must occur in the prompt)")
-    g.add_argument("--ground-truth", default=None, help="the old answer (optional)")
-    g = p.add_argument_group("method")
-    g.add_argument("--method", default="baft", help="registered method (see `repedit inspect --methods`; default baft)")
-    g.add_argument("--method-config", default=None,
-                   help="method options as a JSON object, or @file.json (e.g. '{\"rank\": 8}')")
-    g.add_argument("--layers", default=None, help="comma list of decoder layers (default: the method's choice)")
-    g.add_argument("--component", default="block_output", help="block_output, mlp_output or attention_output")
-    g.add_argument("--positions", default=None, help="last_prompt, subject, prompt or all (default: the method's: "
-                   "prompt for baft, whose gates pick the subject token; last_prompt otherwise)")
-    g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: the method's: 2e-2 for baft "
-                   "and loreft, 0.1 for codebook)")
-    g.add_argument("--max-steps", type=int, default=None, help="most steps per edit (default: the method's: 60 for baft "
-                   "and loreft, 50 for codebook)")
-    g.add_argument("--stop-prob", type=float, default=None, help="early-stop target probability (default: the method's, 0.9)")
-    g.add_argument("--corpus", default=None, help="general text for negatives, prefixes and names: a text file, or "
-                   "'model' for text the model generates (default: the WikiText-2 test split shipped with repedit)")
-    g.add_argument("--sequential", action="store_true", help="edit the requests one after another (else as one batch)")
-    g.add_argument("--batch-size", type=int, default=1, help="requests per sequential step (default 1)")
-    g.add_argument("--augment", type=int, default=None,
-                   help="extra training copies per request with random prefixes (default: the method's: 2 for baft, else 0)")
-    g.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
-    g.add_argument("--no-verify", action="store_true", help=(
-        "report the training-time verdict of each edit instead of re-checking it as it runs at inference"))
-    g = p.add_argument_group("output")
-    g.add_argument("--out", required=True, help="adapter directory to write")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
-    g.add_argument("--checkpoint-every", type=int, default=None, metavar="N", help=(
-        "with --sequential: save the adapter and progress to <out>/checkpoint every N edits (removed once the "
-        "final adapter is saved)"))
-    g.add_argument("--resume", action="store_true", help=(
-        "continue an interrupted --sequential run from <out>/checkpoint (same data, model and options); "
-        "the result equals an uninterrupted run"))
-    g.add_argument("--evaluate", choices=("none", "immediate", "final"), default="none", help=(
-        "with --sequential: also score the edits, right after each edit (immediate) or after the last (final); "
-        "metrics go to <out>/metrics_<protocol>.json"))
-    g.add_argument("--protocols", default="teacher_forced", help="protocols for --evaluate (default teacher_forced)")
-    _common(p)
-
-    # ---- eval
-    p = sub.add_parser("eval", help="score an adapter's edits (pre vs post) and write metrics JSON",
-                       description="Score edits before (edits disabled) and after (edits on) with labelled protocols; "
-                                   "prints a table and writes EasyEdit-style records. Shards over processes under "
-                                   "torchrun / accelerate launch.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=textwrap.dedent("""\
-                           examples:
-                             repedit eval --adapter cf10 --out cf10/metrics.json
-                             repedit eval --adapter cf10 --data counterfact --offset 10 --limit 100 --protocols teacher_forced
-                             torchrun --nproc_per_node 2 -m repedit.cli eval --adapter cf10 --out m.json
-                           """))
-    _model_args(p, adapter="optional")
-    _data_args(p, " (default: the requests the adapter was trained on)")
-    _eval_args(p, "teacher_forced,probability,generation")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default=None, help="metrics JSON file to write (default: print only)")
-    g.add_argument("--no-records", dest="records", action="store_false", help="write the summary only")
-    g.add_argument("--keep-outputs", action="store_true", help="keep argmax token lists in the records")
-    g.add_argument("--chunk-size", type=int, default=64, help="requests per work unit (default 64)")
-    g.add_argument("--fluency-tokens", type=int, default=0, help="> 0: also n-gram entropy of that many generated tokens")
-    _common(p)
-
-    # ---- sweep
-    p = sub.add_parser("sweep", help="sweep a knob of trained edits; JSON + generality/locality PNG",
-                       description="Evaluate trained edits at several values of a knob (no retraining): generality, "
-                                   "locality and scope AUC per value, one curve per adapter, and a Pareto plot.",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=textwrap.dedent("""\
-                           knobs: 'scale' (every method: h + s*(edit(h) - h)), codebook 'radius_scale',
-                           baft 'temperature', or any knob a method exposes through knobs()/set_knob().
-
-                           examples:
-                             repedit sweep --adapter lo --adapter cb --knob scale --knob radius_scale \\
-                                 --values 0,0.5,1,1.5,2 --out sweep.json --plot sweep.png
-                           """))
-    _model_args(p, adapter="multi")
-    _data_args(p, " (default: the first adapter's requests)")
-    _eval_args(p, "teacher_forced")
-    g = p.add_argument_group("sweep")
-    g.add_argument("--knob", action="append", default=None,
-                   help="knob name; give one for all adapters or one per adapter (default scale)")
-    g.add_argument("--values", default="0,0.25,0.5,0.75,1,1.25,1.5,2", help="comma list of knob values")
-    g.add_argument("--label", action="append", default=None, help="curve label per adapter (default: its methods)")
-    g.add_argument("--no-scope", dest="scope", action="store_false", help="skip the scope AUC")
-    g.add_argument("--out", required=True, help="sweep JSON file to write")
-    g.add_argument("--plot", default=None, help="PNG to write (default: --out with .png)")
-    _common(p)
-
-    # ---- inspect
-    p = sub.add_parser("inspect", help="summarise an adapter directory (no model needed)",
-                       description="Summarise an adapter: interventions (method, layer, positions), sizes, entries, "
-                                   "base model, provenance. Reads files only; loads no model.")
-    p.add_argument("adapter", nargs="?", default=None, help="adapter directory")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--entries", type=int, default=10, help="list at most N entries per codebook (default 10)")
-    p.add_argument("--methods", action="store_true", help="list the registered methods and their options")
-    _common(p)
-
-    # ---- generate
-    p = sub.add_parser("generate", help="generate with and without an adapter, side by side",
-                       description="Greedy generation from prompts without the adapter (left) and with it (right).")
-    _model_args(p, adapter="required")
-    p.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
-    p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line")
-    p.add_argument("--subject", action="append", default=None,
-                   help="the subject of each prompt, in order (for subject-position edits)")
-    p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate (default 20)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of columns")
-    _common(p)
-    return parser
 
 
 # ============================================================================ helpers
@@ -436,14 +240,13 @@ def _protocols(text: str) -> tuple[str, ...]:
 
 
 # ============================================================================ commands
-def cmd_edit(args: argparse.Namespace) -> int:
+def _edit_spec(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Check ``repedit edit``'s arguments (nothing loaded yet) and return the data spec."""
     from repedit.adapters import CONFIG_NAME
-    from repedit.editing import Editor, EditorConfig
     from repedit.eval.distributed import launched
 
     if launched():
         raise CLIError("`repedit edit` runs in one process; start it without torchrun/accelerate launch")
-    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
     if (out / CONFIG_NAME).exists() and not args.overwrite:
@@ -466,7 +269,14 @@ def cmd_edit(args: argparse.Namespace) -> int:
     if args.evaluate != "none" and not args.sequential:
         raise CLIError("--evaluate immediate|final needs --sequential")
     _check_checkpoint_args(args)
+    return spec
+
+
+def _editor_config(args: argparse.Namespace) -> Any:
+    """The :class:`~repedit.editing.EditorConfig` of ``repedit edit``'s options (checked)."""
     from repedit.arch import COMPONENTS
+    from repedit.editing import EditorConfig
+    from repedit.methods import config_from_dict
 
     if args.component not in COMPONENTS:
         raise CLIError(f"--component must be one of {', '.join(COMPONENTS)}, got {args.component!r}")
@@ -476,24 +286,18 @@ def cmd_edit(args: argparse.Namespace) -> int:
     for name in ("lr", "max_steps", "stop_prob"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    from repedit.methods import config_from_dict
-
     config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
-    cfg = EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
-                       positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
-                       progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)
-    _check_against_model_size(args, cfg)
-    ds, recorded = _load_data(spec)
-    from repedit.eval.data import to_requests
+    return EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
+                        positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
+                        progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)
 
-    reqs = to_requests(ds)
-    model, tok, model_name = _load_model(args)
-    editor = Editor(model, tok, cfg)
-    _note(f"editing {len(reqs)} request(s) with {cfg.method} at layers {editor.default_layers()} "
-          f"({'sequential' if args.sequential else 'one batch'})")
+
+def _train(args: argparse.Namespace, editor: Any, ds: Any, reqs: list, ck: Any,
+           model_name: str) -> tuple[dict, dict]:
+    """Train the edits (resuming checkpoint ``ck``, or with sequential evaluation when asked):
+    (outcome summary, sequential-protocol reports)."""
+    cfg = editor.config
     t0 = time.perf_counter()
-    reports = {}
-    ck = _edit_checkpoint(args, cfg, recorded, reqs, editor, out)
     if ck is not None:
         from repedit.editing import EditResult
 
@@ -504,16 +308,36 @@ def cmd_edit(args: argparse.Namespace) -> int:
         if done < len(reqs):
             new = editor.edit(reqs, sequential=True, start=done,
                               callback=ck.callback(editor.edited, cfg.adapter, len(reqs))).outcomes
-        outcome = EditResult(prior + new, editor.edited, prior_seconds + time.perf_counter() - t0).summary()
-    elif args.evaluate != "none":
+        return EditResult(prior + new, editor.edited, prior_seconds + time.perf_counter() - t0).summary(), {}
+    if args.evaluate != "none":
         from repedit.eval.harness import run_sequential_protocols
 
         reports = run_sequential_protocols(editor, ds, (args.evaluate,), _protocols(args.protocols),
                                            model_name=model_name, progress=args.progress)
-        outcome = {"edits": len(reqs), "success_rate": reports[args.evaluate].metadata.get("edit_success_rate")}
-    else:
-        result = editor.edit(reqs, sequential=args.sequential)
-        outcome = result.summary()
+        return {"edits": len(reqs), "success_rate": reports[args.evaluate].metadata.get("edit_success_rate")}, reports
+    return editor.edit(reqs, sequential=args.sequential).summary(), {}
+
+
+def run_edit(args: argparse.Namespace) -> dict[str, Any]:
+    """``repedit edit`` as a library call, without printing results: check the options, load
+    the data and model, train, save the adapter to ``--out`` (with its provenance) and return
+    ``{"out", "requests", "outcome", "reports", "seconds", "interventions"}``."""
+    from repedit.editing import Editor
+    from repedit.eval.data import to_requests
+
+    out = Path(args.out)
+    spec = _edit_spec(args, out)
+    cfg = _editor_config(args)
+    _check_against_model_size(args, cfg)
+    ds, recorded = _load_data(spec)
+    reqs = to_requests(ds)
+    model, tok, model_name = _load_model(args)
+    editor = Editor(model, tok, cfg)
+    _note(f"editing {len(reqs)} request(s) with {cfg.method} at layers {editor.default_layers()} "
+          f"({'sequential' if args.sequential else 'one batch'})")
+    t0 = time.perf_counter()
+    ck = _edit_checkpoint(args, cfg, recorded, reqs, editor, out)
+    outcome, reports = _train(args, editor, ds, reqs, ck, model_name)
     seconds = time.perf_counter() - t0
     editor_cfg = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "augment_corpus")}
     editor_cfg["layers"] = editor.default_layers()
@@ -522,13 +346,20 @@ def cmd_edit(args: argparse.Namespace) -> int:
     editor.edited.save_pretrained(str(out), adapter=cfg.adapter, metadata=metadata)
     if ck is not None:
         ck.clear()
-    for sp, rep in reports.items():
+    return {"out": out, "requests": len(reqs), "outcome": outcome, "reports": reports, "seconds": seconds,
+            "interventions": len(editor.attachments())}
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    run = run_edit(args)
+    out = run["out"]
+    for sp, rep in run["reports"].items():
         path = rep.save(out / f"metrics_{sp}.json")
         _say(rep.table())
         _say(f"sequential protocol: {sp}; metrics: {path}")
-    sr = outcome.get("success_rate")
-    _say(f"saved {len(editor.attachments())} intervention(s) to {out} "
-         f"({len(reqs)} edits, success rate {sr if sr is None else f'{sr:.3f}'}, {seconds:.1f} s)")
+    sr = run["outcome"].get("success_rate")
+    _say(f"saved {run['interventions']} intervention(s) to {out} "
+         f"({run['requests']} edits, success rate {sr if sr is None else f'{sr:.3f}'}, {run['seconds']:.1f} s)")
     return 0
 
 
@@ -704,145 +535,6 @@ def _sweep_table(res: Any) -> str:
     return "\n".join(lines)
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict[str, Any]:
-    """A JSON-friendly summary of an adapter directory (and its named sub-adapters); no model.
-
-    Example::
-
-        inspect_adapter("cf10")["interventions"][0]["parameters"]
-    """
-    from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, find_weights, read_adapter_config
-
-    base = Path(directory)
-    if not base.is_dir():
-        raise CLIError(f"adapter directory {base} does not exist")
-    subs = sorted(p.name for p in base.iterdir() if p.is_dir() and (p / CONFIG_NAME).is_file())
-    has_default = (base / CONFIG_NAME).is_file()
-    if not has_default and not subs:
-        raise CLIError(f"{base} holds no adapter ({CONFIG_NAME} not found)")
-    out: dict[str, Any] = {"directory": str(base.resolve()), "adapters": []}
-    for name in (["default"] if has_default else []) + subs:
-        cfg = read_adapter_config(base, None if name == "default" else name)
-        where = base if name == "default" else base / name
-        found = find_weights(where, cfg.tensors_sha256)  # the pending file if a save was interrupted
-        weights = found or where / WEIGHTS_NAME
-        shapes: dict[str, tuple[list[int], str]] = {}
-        try:
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="numpy") as f:
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    shapes[k] = (list(sl.get_shape()), str(sl.get_dtype()))
-        except Exception as err:  # an unreadable file is reported, not fatal
-            raise CLIError(f"{weights} is not a readable safetensors file: {err}") from None
-        sha_ok = found is not None
-        ints = []
-        for rec in cfg.interventions:
-            iname = rec.get("name")
-            own = {k[len(iname) + 1 :]: v for k, v in shapes.items() if k.startswith(f"{iname}.")}
-            numel = sum(_prod(s) for s, _ in own.values())
-            nbytes = sum(_prod(s) * _DTYPE_BYTES.get(d, 4) for s, d in own.values())
-            mcfg = dict(rec.get("config") or {})
-            entries = mcfg.pop("entries", None)
-            info: dict[str, Any] = {
-                "name": iname, "method": rec.get("method"), "layer": rec.get("layer"),
-                "component": rec.get("component"), "positions": rec.get("positions"), "active": rec.get("active", True),
-                "parameters": numel, "bytes": nbytes,
-                "tensors": {k: {"shape": s, "dtype": d} for k, (s, d) in sorted(own.items())},
-                "config": {k: v for k, v in mcfg.items() if not (isinstance(v, (list, dict)) and len(json.dumps(v)) > 200)},
-            }
-            if isinstance(entries, list):
-                info["n_entries"] = len(entries)
-                info["entries"] = [_entry_summary(e) for e in entries[:max_entries]]
-            for key in ("n_entries", "num_bases"):
-                if key in mcfg and key not in info:
-                    info[key] = mcfg[key]
-            ints.append(info)
-        out["adapters"].append({
-            "adapter": name, "format_version": cfg.format_version, "repedit_version": cfg.repedit_version,
-            "base_model": cfg.base_model_name_or_path, "revision": cfg.revision, "fingerprint": cfg.fingerprint,
-            "compute_dtype": cfg.compute_dtype, "weights_file": str(weights), "weights_bytes": weights.stat().st_size,
-            "tensors_sha256_ok": sha_ok, "interventions": ints, "metadata": cfg.metadata,
-        })
-    return out
-
-
-def _prod(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-def _entry_summary(e: Any) -> Any:
-    if not isinstance(e, dict):
-        return e
-    keep = ("prompt", "target_new", "target", "subject", "case_id", "radius")
-    short = {k: e[k] for k in keep if k in e}
-    return short or {k: v for k, v in list(e.items())[:5]}
-
-
-def _format_inspect(info: dict[str, Any]) -> str:
-    lines = [f"adapter directory: {info['directory']}"]
-    for ad in info["adapters"]:
-        fp = ad.get("fingerprint") or {}
-        lines.append("")
-        lines.append(f"[{ad['adapter']}] format {ad['format_version']}, made by repedit {ad['repedit_version']}")
-        lines.append(f"  base model: {ad['base_model']} ({fp.get('architecture')}, {fp.get('num_layers')} layers, "
-                     f"hidden {fp.get('hidden_size')}, weights sha256 {str(fp.get('weights_sha256'))[:12]}...)")
-        ok = "sha256 ok" if ad["tensors_sha256_ok"] else "SHA256 MISMATCH"
-        total = sum(i["parameters"] for i in ad["interventions"])
-        lines.append(f"  weights: {_human_bytes(ad['weights_bytes'])} ({total:,} parameters, {ok}); "
-                     f"compute dtype {ad['compute_dtype']}")
-        lines.append(f"  interventions: {len(ad['interventions'])}")
-        for i in ad["interventions"]:
-            extra = ""
-            if "n_entries" in i:
-                extra += f", {i['n_entries']} entries"
-            if "num_bases" in i:
-                extra += f", {i['num_bases']} frozen bases"
-            lines.append(f"    {i['name']}: {i['method']} @ layer {i['layer']} {i['component']} [{i['positions']}]"
-                         f"{'' if i['active'] else ' (inactive)'}, {i['parameters']:,} parameters "
-                         f"({_human_bytes(i['bytes'])}){extra}")
-            cfg = ", ".join(f"{k}={v}" for k, v in sorted(i["config"].items()))
-            lines.append("      config: " + textwrap.shorten(cfg, 160, placeholder=" ..."))
-            for k, e in enumerate(i.get("entries", [])):
-                if isinstance(e, dict) and "prompt" in e:
-                    tgt = e.get("target_new", e.get("target", "?"))
-                    lines.append(f"      entry {k}: {e['prompt']!r} -> {tgt!r}")
-                else:
-                    lines.append(f"      entry {k}: {e}")
-            if "entries" in i and i.get("n_entries", 0) > len(i["entries"]):
-                lines.append(f"      ... {i['n_entries'] - len(i['entries'])} more")
-        meta = ad.get("metadata") or {}
-        if meta:
-            d, e, o = meta.get("data") or {}, meta.get("editor") or {}, meta.get("outcome") or {}
-            if d.get("inline_requests"):
-                src = f"{len(d['inline_requests'])} inline request(s)"
-            else:
-                src = ", ".join(f"{k}={d[k]}" for k in ("data", "limit", "offset", "seed", "zsre_target") if d.get(k) is not None)
-            lines.append(f"  trained on: {src or '?'}")
-            if e:
-                lines.append(f"  editor: method={e.get('method')} layers={e.get('layers')} positions={e.get('positions')} "
-                             f"lr={e.get('lr')} max_steps={e.get('max_steps')} seed={e.get('seed')} "
-                             f"sequential={meta.get('sequential')}")
-            if o:
-                lines.append("  outcome: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.items()))
-    return "\n".join(lines)
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     if args.methods:
         from repedit.methods import available_methods, get_method
@@ -855,13 +547,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         return 0
     if not args.adapter:
         raise CLIError("give an adapter directory (or --methods)")
+    from repedit.adapters import format_inspect, inspect_adapter
+
     info = inspect_adapter(args.adapter, max_entries=args.entries)
     if args.json:
         from repedit.eval.harness import _clean
 
         print(json.dumps(_clean(info), indent=2))
     else:
-        print(_format_inspect(info))
+        print(format_inspect(info))
     return 0
 
 

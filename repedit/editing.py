@@ -8,25 +8,12 @@ Example::
     result.edited.generate(["The Eiffel Tower is in"])
     result.save_pretrained("eiffel-rome")
 
-Methods take part in training through optional hooks on their intervention module
-(each gets the :class:`EditSession`):
-
-``prepare_edit(session)``
-    before training an edit (a codebook adds an entry, BaFT allocates bases);
-``edit_parameters(session) -> list[Parameter]``
-    what the optimiser trains for this edit (default: every parameter);
-``edit_loss(session, outputs) -> Tensor | None``
-    extra loss terms (locality, load balancing) added to the target NLL;
-``finish_edit(session, outcomes) -> None``
-    after training (a codebook sets its radius, null-space statistics are folded in);
-``ready_to_stop(session) -> bool``
-    asked (host-side, between steps) once every target is reached: ``False`` vetoes the
-    early stop and training goes on, up to ``max_steps`` (BaFT waits until its gates
-    separate their positives from the negatives).
-
-A method's config class may also expose ``editor_defaults`` (a dict, e.g. ``{"positions":
-"prompt", "augment": 2}``, or a function of the ``method_config`` dict returning one): the
-Editor uses those values for :class:`EditorConfig` fields left at ``None``. ``Editor.config`` always holds the resolved values.
+Methods take part in training through the hooks of the method contract, declared with
+no-op defaults on :class:`~repedit.methods.base.Intervention` (``prepare_edit``,
+``edit_parameters``, ``edit_loss``, ``finish_edit``, ``ready_to_stop``); each gets the
+:class:`EditSession`. A method's config class gives its tuned :class:`EditorConfig` values
+(``editor_defaults``), used for fields left at ``None``; ``Editor.config`` holds the
+resolved values. docs/extending.md describes the contract.
 """
 
 from __future__ import annotations
@@ -34,160 +21,28 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from repedit.corpus import Corpus, resolve_corpus
+from repedit.edit_config import EditorConfig, config_dict, resolve_config
+from repedit.edit_results import EditResult, RequestOutcome, _mark_verified, _target_stats, target_nll, target_positions
 from repedit.hooks import Attachment, EditableModel
-from repedit.positions import EncodedBatch, Positions, encode
+from repedit.positions import EncodedBatch, encode
 from repedit.requests import EditRequest, normalize_text, validate_requests
+from repedit.session import EditSession
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Editor", "target_nll", "target_positions", "resolve_config"]
-
-
-@dataclass
-class EditorConfig:
-    """How edits are trained and where they sit. Every field has a help string."""
-
-    method: str = field(default="baft", metadata={"help": "registered method name (repedit.methods.available_methods()); default BaFT, the best measured (docs/methods.md#which-method)"})
-    method_config: dict = field(default_factory=dict, metadata={"help": "keyword arguments of the method's config dataclass"})
-    layers: list | None = field(default=None, metadata={"help": "decoder layers to edit (None: the method's default, else 1/3 of the depth)"})
-    component: str = field(default="block_output", metadata={"help": "block_output, mlp_output or attention_output"})
-    positions: str | None = field(default=None, metadata={"help": "last_prompt, subject, prompt or all (None: the method's default, else last_prompt)"})
-    lr: float | None = field(default=None, metadata={"help": "Adam learning rate (None: the method's default, else 5e-3)"})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
-    max_steps: int | None = field(default=None, metadata={"help": "most optimisation steps per edit or batch (None: the method's default, else 100)"})
-    stop_prob: float | None = field(default=None, metadata={"help": "early stop once every target token is the argmax and exp(mean log p) >= this (None: the method's default, else 0.9)"})
-    batch_size: int = field(default=1, metadata={"help": "requests trained together in sequential mode"})
-    seed: int = field(default=0, metadata={"help": "seed: edits are deterministic for a given seed"})
-    adapter: str = field(default="default", metadata={"help": "adapter name the trained interventions belong to"})
-    progress: bool = field(default=False, metadata={"help": "show a tqdm progress bar (off in library calls)"})
-    augment: int | None = field(default=None, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off; None: the method's default, else 0"})
-    augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a corpus sentence start)"})
-    augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (the editor's corpus), a path, or a list of strings"})
-    relation_templates: Any = field(default=None, metadata={"help": "other phrasings of each relation: a mapping from a relation template ('The mother tongue of {} is') to other templates of the same relation, e.g. repedit.eval.data.relation_templates(known_facts_file); with relation_copies > 0 the subject is put into some of them as extra training copies. Never a request's own evaluation prompts"})
-    relation_copies: int = field(default=0, metadata={"help": "extra training copies per request: its subject in this many other templates of its relation (from relation_templates; 0: off)"})
-    answer_end: str | None = field(default=None, metadata={"help": "train the target followed by its natural end so greedy generation says the answer and stops: '.' (a full stop) or None (the target alone)"})
-    corpus: Any = field(default=None, metadata={"help": "general text behind negatives, augmentation prefixes, null-space statistics and entity names: None (WikiText-2's test split, shipped with repedit), 'model' (text the unedited model samples, cached per model), a path to a text file, or a list of strings"})
-    disk_cache: bool = field(default=True, metadata={"help": "keep what a method builds once per model and site (corpus states, name banks) on disk under $REPEDIT_CACHE, keyed by the model's fingerprint, so later processes skip it"})
-    verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
-
-    #: values used for fields left at None when no method default applies
-    FALLBACKS = {"positions": "last_prompt", "augment": 0, "lr": 5e-3, "max_steps": 100, "stop_prob": 0.9}
-
-    def __post_init__(self) -> None:
-        if self.positions is not None:
-            Positions.parse(self.positions)
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError("max_steps must be >= 0")
-        if self.stop_prob is not None and not 0.0 < self.stop_prob <= 1.0:
-            raise ValueError("stop_prob must be in (0, 1]")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError("lr must be > 0")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if (self.augment is not None and self.augment < 0) or self.augment_words < 1:
-            raise ValueError("augment must be >= 0 and augment_words >= 1")
-        if self.relation_copies < 0:
-            raise ValueError("relation_copies must be >= 0")
-        if self.relation_copies and not isinstance(self.relation_templates, Mapping):
-            raise ValueError("relation_copies > 0 needs relation_templates: a mapping from a relation template to "
-                             "other templates of the same relation (repedit.eval.data.relation_templates(path))")
-        if self.answer_end not in (None, "."):
-            raise ValueError(f"answer_end must be None or '.', got {self.answer_end!r}")
-
-
-@dataclass
-class RequestOutcome:
-    """Whether one request's edit took."""
-
-    index: int
-    case_id: Any
-    success: bool
-    loss: float
-    steps: int
-    target_prob: float
-    flags: dict = field(default_factory=dict)
-
-
-@dataclass
-class EditResult:
-    """What :meth:`Editor.edit` returns: per-request outcomes, the edited model, timing."""
-
-    outcomes: list[RequestOutcome]
-    edited: EditableModel
-    seconds: float
-
-    @property
-    def success_rate(self) -> float:
-        return sum(o.success for o in self.outcomes) / max(1, len(self.outcomes))
-
-    @property
-    def seconds_per_edit(self) -> float:
-        return self.seconds / max(1, len(self.outcomes))
-
-    @property
-    def model(self) -> nn.Module:
-        return self.edited.model
-
-    def save_pretrained(self, directory: str, **kwargs: Any) -> None:
-        self.edited.save_pretrained(directory, **kwargs)
-
-    def summary(self) -> dict:
-        return {
-            "edits": len(self.outcomes),
-            "success_rate": self.success_rate,
-            "seconds_per_edit": self.seconds_per_edit,
-            "mean_steps": sum(o.steps for o in self.outcomes) / max(1, len(self.outcomes)),
-        }
-
-
-def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-example mean NLL over target tokens, whether every target token is the argmax,
-    and exp(-mean NLL). ``labels`` follows :class:`~repedit.positions.EncodedBatch`."""
-    positions, target, mask = target_positions(labels)
-    return _target_stats(logits[:, :-1].gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), target, mask)
-
-
-def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The positions whose logits predict target tokens, per row: ``(positions (B, K), target
-    ids (B, K), valid (B, K))`` with ``K`` the longest target. Short rows repeat position 0,
-    marked invalid. Passing ``positions`` as ``logits_to_keep`` skips the vocabulary projection
-    (a fifth of SmolLM2's forward) everywhere else.
-
-    Example::
-
-        pos, tgt, ok = target_positions(batch.labels)
-        logits = model(**batch.model_inputs(), logits_to_keep=pos).logits   # (B, K, V)
-    """
-    shifted = labels[:, 1:]
-    tmask = shifted != -100
-    k = max(1, int(tmask.sum(1).max()))
-    order = torch.sort((~tmask).to(torch.int8), dim=1, stable=True).indices[:, :k]
-    valid = tmask.gather(1, order)
-    positions = torch.where(valid, order, torch.zeros_like(order))
-    return positions, shifted.gather(1, positions).clamp_min(0), valid
-
-
-def _target_stats(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
-    tok = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    n = mask.sum(-1).clamp_min(1)
-    nll = -(tok * mask).sum(-1) / n
-    correct = ((logits.argmax(-1) == target) | ~mask).all(-1)
-    return nll, correct, torch.exp(-nll)
+# EditorConfig (edit_config.py), EditSession (session.py), the outcomes and target statistics
+# (edit_results.py) are re-exported here, where the Editor uses them.
+__all__ = ["EditorConfig", "EditSession", "RequestOutcome", "EditResult", "Editor", "target_nll", "target_positions",
+           "resolve_config", "config_dict"]
 
 
 def _accepts_logits_to_keep(model: nn.Module) -> bool:
@@ -197,68 +52,6 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-class EditSession:
-    """What a method sees while one edit (or batch) is trained."""
-
-    def __init__(self, editor: "Editor", requests: list[EditRequest], indices: list[int], batch: EncodedBatch,
-                 all_requests: list[EditRequest] | None = None, prompts: list[str] | None = None,
-                 owners: list[int] | None = None):
-        self.editor = editor
-        self.requests = requests
-        #: the training prompts (the requests' prompts first, then augmented copies) and,
-        #: per training row, the index into ``requests`` it belongs to
-        self.prompts = prompts if prompts is not None else [r.prompt for r in requests]
-        self.owners = owners if owners is not None else list(range(len(requests)))
-        #: every request of the current ``edit()`` call (sequential runs see them all), so a
-        #: method can draw negatives from other facts; never their evaluation fields.
-        self.all_requests = all_requests if all_requests is not None else requests
-        self.indices = indices
-        self.batch = batch
-        self.step = 0
-
-    @property
-    def edited(self) -> EditableModel:
-        return self.editor.edited
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.editor.tokenizer
-
-    @property
-    def device(self) -> torch.device:
-        return self.batch.input_ids.device
-
-    @property
-    def corpus(self) -> Corpus:
-        """General text for negatives, prefixes and names (:attr:`Editor.corpus`)."""
-        return self.editor.corpus
-
-    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
-        """Tensors that depend only on the model and ``parts`` (:meth:`Editor.cached`)."""
-        return self.editor.cached(kind, build, **parts)
-
-    def memory(self, kind: str) -> dict:
-        """A dict that lives as long as the editor, for a method's per-model working state
-        (:meth:`Editor.memory`)."""
-        return self.editor.memory(kind)
-
-    def encode(self, prompts: Sequence[str], continuations: Sequence[str] | None = None,
-               subjects: Sequence[str | None] | None = None) -> EncodedBatch:
-        return encode(self.tokenizer, list(prompts), continuations, subjects).to(self.device)
-
-    def site_states(
-        self,
-        attachment: Attachment,
-        prompts: Sequence[str],
-        subjects: Sequence[str | None] | None = None,
-        edited: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Hidden states at an attachment's site for some prompts: ((B, T, d), (B, T) mask
-        of the attachment's positions). With ``edited=False`` the model runs without edits."""
-        batch = self.encode(prompts, subjects=subjects)
-        return self.editor.capture(attachment, batch, edited=edited)
 
 
 class Editor:
@@ -304,6 +97,20 @@ class Editor:
                 self._corpus = resolve_corpus(self.config.corpus, self.edited.model, self.tokenizer)
             logger.info("corpus: %s", self._corpus)
         return self._corpus
+
+    def corpus_from(self, source: Any) -> Corpus:
+        """``source`` as a :class:`Corpus`: ``None`` (:attr:`corpus`), a list of strings, or a
+        path to a text file.
+
+        Example::
+
+            editor.corpus_from("notes.txt").sentences(limit=100)
+        """
+        if source is None:
+            return self.corpus
+        if isinstance(source, (list, tuple)):
+            return Corpus.from_texts(list(source))
+        return Corpus.from_file(source)
 
     def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
         """Tensors that depend only on the model and ``parts`` (a fixed corpus's states at a site):
@@ -400,30 +207,9 @@ class Editor:
                 p.requires_grad_(flag)
 
     def capture(self, attachment: Attachment, batch: EncodedBatch, edited: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run ``batch`` and return the hidden states entering ``attachment`` plus its position mask."""
-        store: dict[str, torch.Tensor] = {}
-        module = attachment.module
-
-        def grab(mod: nn.Module, args: tuple, kwargs: dict) -> None:
-            store["h"] = args[0].detach()
-            store["mask"] = args[1].detach()
-            raise _CaptureDone  # nothing after the site matters: skip the remaining layers
-
-        handle = module.register_forward_pre_hook(grab, with_kwargs=True)
-        was_active = attachment.active
-        try:
-            attachment.active = True
-            ctx = contextlib.nullcontext() if edited else _only(self.edited.attachments(), keep=attachment)
-            with torch.no_grad(), ctx, batch.info():
-                self.edited.model(**batch.model_inputs())
-        except _CaptureDone:
-            self.edited.abort_forward()
-        finally:
-            handle.remove()
-            attachment.active = was_active
-        if "h" not in store:
-            raise RuntimeError("the intervention did not run; is the model wrapped?")
-        return store["h"], store["mask"]
+        """Run ``batch`` and return the hidden states entering ``attachment`` plus its position
+        mask (:meth:`EditableModel.capture`, stopped at the site)."""
+        return self.edited.capture(attachment.layer, attachment.component, batch, before=attachment.name, edited=edited)
 
     # ------------------------------------------------------------ editing
     def edit(
@@ -557,15 +343,11 @@ class Editor:
         session = self._start_session(reqs, indices, all_requests)
         atts = self.attachments()
         for att in atts:
-            hook = getattr(att.module, "prepare_edit", None)
-            if hook is not None:
-                hook(session)
+            att.module.prepare_edit(session)
         fixed = self._fixed_inputs(session)
         outcomes, trained = self._optimise(session, atts, fixed)
         for att in atts:
-            hook = getattr(att.module, "finish_edit", None)
-            if hook is not None:
-                hook(session, outcomes)
+            att.module.finish_edit(session, outcomes)
         if self.config.verify and trained:
             self._verify(session, fixed, outcomes)
         return outcomes
@@ -603,8 +385,7 @@ class Editor:
         reqs, batch, n = session.requests, session.batch, len(session.requests)
         params: list[nn.Parameter] = []
         for att in atts:
-            getter = getattr(att.module, "edit_parameters", None)
-            params.extend(getter(session) if getter is not None else att.module.parameters())
+            params.extend(att.module.edit_parameters(session))
         params = [p for p in dict.fromkeys(params) if p.requires_grad]
         for att in atts:
             att.module.train()
@@ -626,16 +407,13 @@ class Editor:
                 if step == cfg.max_steps or opt is None:
                     break
                 if bool(done.all()):
-                    vetoes = [getattr(att.module, "ready_to_stop", None) for att in atts]
-                    if all(v is None or v(session) for v in vetoes):
+                    if all(att.module.ready_to_stop(session) for att in atts):
                         break
                 loss = row_nll.mean()
                 for att in atts:
-                    extra = getattr(att.module, "edit_loss", None)
-                    if extra is not None:
-                        term = extra(session, out)
-                        if term is not None:
-                            loss = loss + term
+                    term = att.module.edit_loss(session, out)
+                    if term is not None:
+                        loss = loss + term
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -673,46 +451,3 @@ class Editor:
         return row_nll, row_prob, reached
 
 
-def _mark_verified(outcomes: list[RequestOutcome], ok: torch.Tensor, probs: torch.Tensor) -> None:
-    """Report the inference-mode verdict; the training verdict moves to ``flags``."""
-    for i, o in enumerate(outcomes):
-        o.flags["trained"] = o.success
-        o.flags["trained_target_prob"] = o.target_prob
-        o.success = bool(ok[i])
-        o.target_prob = float(probs[i])
-
-
-class _CaptureDone(Exception):
-    """Raised by :meth:`Editor.capture`'s hook once the site's states are stored."""
-
-
-@contextlib.contextmanager
-def _only(atts: list[Attachment], keep: Attachment) -> Iterator[None]:
-    """Deactivate ``atts`` except ``keep`` (whose module still runs, for capture)."""
-    flags = [a.active for a in atts]
-    try:
-        for a in atts:
-            a.active = a is keep
-        yield
-    finally:
-        for a, f in zip(atts, flags):
-            a.active = f
-
-
-def resolve_config(config: EditorConfig, method_config_cls: Any = None) -> EditorConfig:
-    """A copy of ``config`` whose ``None`` fields take the method's ``editor_defaults``
-    (then :attr:`EditorConfig.FALLBACKS`)."""
-    import dataclasses
-
-    defaults = getattr(method_config_cls, "editor_defaults", None) or {}
-    if callable(defaults):
-        defaults = defaults(dict(config.method_config))
-    changes = {}
-    for name, fallback in EditorConfig.FALLBACKS.items():
-        if getattr(config, name) is None:
-            changes[name] = defaults.get(name, fallback)
-    return dataclasses.replace(config, **changes) if changes else config
-
-
-def config_dict(config: EditorConfig) -> dict:
-    return asdict(config)

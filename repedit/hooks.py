@@ -28,140 +28,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
 
+from repedit.adapters.mixin import AdapterMixin
+from repedit.adapters.format import COMPUTE_DTYPES, check_name
 from repedit.arch import COMPONENTS, ArchLayout, get_submodule, resolve_layout
 from repedit.methods.base import Intervention
-from repedit.positions import Positions, TokenInfo, current_token_info, encode, rule_mask
+from repedit.positions import Positions, current_token_info, encode
+from repedit.sites import (Attachment, ForwardContext, _CaptureDone, _find_cache, _join_output, _Probe, _split_output,
+                           _ThreadState)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ForwardContext", "Attachment", "EditableModel", "wrap", "check_name", "COMPUTE_DTYPES"]
 
-#: How interventions compute: ``"float32"`` (default) casts the hidden state to float32,
-#: computes the edit, and casts the result back to the model's dtype; ``"model"`` keeps the
-#: intervention parameters and the computation in the model's dtype.
-COMPUTE_DTYPES = ("float32", "model")
-
-
-def check_name(name: Any, what: str = "intervention") -> str:
-    """Check an intervention or adapter name: a non-empty string without '.', '/' or '\\'
-    (names become tensor-key prefixes and folder names, so they must not hold a path).
-
-    Example::
-
-        check_name("fact")                 # "fact"
-        check_name("../x", "adapter")      # ValueError
-    """
-    if not isinstance(name, str) or not name or any(c in name for c in "./\\"):
-        raise ValueError(f"{what} names are non-empty strings without '.', '/' or '\\', got {name!r}")
-    return name
-
-
-class _ThreadState(threading.local):
-    """Per-thread forward state: each thread's forwards see their own context."""
-
-    def __init__(self) -> None:
-        self.ctx: ForwardContext | None = None
-        self.gen_state: dict = {}
-        self.prompt_width = 0
-        self.disabled = 0
-
-    def __reduce__(self) -> tuple:
-        return (_ThreadState, ())  # a copy (deepcopy) starts with no forward in flight
-
-
-@dataclass
-class ForwardContext:
-    """What one forward pass of the wrapped model knows about its tokens.
-
-    ``state`` persists over the forwards of one generation (it is reset at each prefill)
-    so a method can hold, say, the codebook entry chosen from the prompt while decoding.
-    """
-
-    attention_mask: torch.Tensor
-    past_len: int
-    prompt_width: int
-    info: TokenInfo | None
-    state: dict
-    _masks: dict = field(default_factory=dict)
-
-    @property
-    def is_prefill(self) -> bool:
-        return self.past_len == 0
-
-    def mask(self, rule: Positions, device: torch.device | None = None) -> torch.Tensor:
-        """(B, T_new) boolean mask of the tokens ``rule`` acts on in this forward."""
-        key = (rule, device)
-        m = self._masks.get(key)
-        if m is None:
-            base = self._masks.get((rule, None))
-            if base is None:
-                base = rule_mask(rule, self.attention_mask, self.past_len, self.prompt_width, self.info)
-                self._masks[(rule, None)] = base
-            m = base if device is None else base.to(device, non_blocking=True)
-            self._masks[key] = m
-        return m
-
-
-@dataclass
-class Attachment:
-    """One intervention attached at one site."""
-
-    name: str
-    module: Intervention
-    method: str
-    layer: int
-    component: str
-    positions: Positions
-    adapter: str = "default"
-    active: bool = True
-
-    @property
-    def site(self) -> tuple[int, str]:
-        return (self.layer, self.component)
-
-
-def _find_cache(kwargs: dict) -> Any:
-    """The KV cache passed to the decoder stack, whatever transformers calls the argument
-    (``past_key_values`` up to 5.23, ``cache`` from 5.24), or ``None``."""
-    for name in ("past_key_values", "cache"):
-        cache = kwargs.get(name)
-        if cache is not None and hasattr(cache, "get_seq_length"):
-            return cache
-    for value in kwargs.values():  # a future name: any argument that is a cache
-        if hasattr(value, "get_seq_length"):
-            return value
-    return None
-
-
-def _split_output(output: Any) -> tuple[torch.Tensor, Any]:
-    if isinstance(output, torch.Tensor):
-        return output, None
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return output[0], output
-    if hasattr(output, "__getitem__") and hasattr(output, "keys"):  # ModelOutput-like
-        first = next(iter(output.keys()))
-        return output[first], output
-    raise TypeError(f"cannot find the hidden state in a module output of type {type(output).__name__}")
-
-
-def _join_output(h: torch.Tensor, rest: Any) -> Any:
-    if rest is None:
-        return h
-    if isinstance(rest, tuple):
-        return (h,) + tuple(rest[1:])
-    first = next(iter(rest.keys()))
-    rest[first] = h
-    return rest
-
-
-class EditableModel(nn.Module):
+class EditableModel(AdapterMixin, nn.Module):
     """A causal LM with representation interventions attached by forward hooks.
 
     The base model's weights are never changed. Calling the object, or the base model
@@ -201,8 +85,10 @@ class EditableModel(nn.Module):
         self.interventions = nn.ModuleDict()
         self._attachments: dict[str, Attachment] = {}
         self._site_handles: dict[tuple[int, str], Any] = {}
+        self._scale_handles: dict[str, Any] = {}
         self._stack_handles: list[Any] = []
         self._local = _ThreadState()
+        self._memory: dict[str, dict] = {}
         self._attached = True
         self._install_stack_hooks()
 
@@ -253,17 +139,87 @@ class EditableModel(nn.Module):
         def hook(module: nn.Module, args: tuple, output: Any):
             local = self._local
             ctx = local.ctx
-            if local.disabled or ctx is None:
+            probe = local.probe if local.probe is not None and local.probe.site == site else None
+            if probe is None and (local.disabled or ctx is None):
                 return None
             h, rest = _split_output(output)
             changed = False
             for att in tuple(self._attachments.values()):
-                if att.site != site or not att.active:
+                if att.site != site:
                     continue
-                mask = ctx.mask(att.positions, h.device)
-                h = att.module(h, mask, ctx)
+                if probe is not None and probe.before == att.name:
+                    probe.grab(h, ctx)  # the states entering this intervention
+                    probe = None
+                if not att.active or local.disabled or ctx is None:
+                    continue
+                h = att.module(h, ctx.mask(att.positions, h.device), ctx)
                 changed = True
+            if probe is not None:
+                probe.grab(h, ctx)  # the site's output after its interventions
             return _join_output(h, rest) if changed else None
+
+        return hook
+
+    def capture(
+        self,
+        layer: int,
+        component: str,
+        batch: Any,
+        before: str | None = None,
+        positions: str | Positions | None = None,
+        stop: bool = True,
+        edited: bool = False,
+        with_context: bool = False,
+    ) -> tuple:
+        """Run ``batch`` (an :class:`~repedit.positions.EncodedBatch`) and return the hidden
+        states at a site and a position mask, ``(h (B, T, d), mask (B, T))``, stopping the
+        forward there when ``stop`` (baukit's ``Trace(stop=True)``; later layers are skipped).
+
+        ``h`` is the site's output entering the intervention named ``before`` (its positions
+        give the mask) or, without ``before``, after the site's interventions; ``positions``
+        (default ``all``) names the mask's rule otherwise. With ``edited=False`` no
+        intervention runs (the unedited model's states). ``with_context`` adds the forward's
+        :class:`ForwardContext` as a third element. No gradient is recorded.
+
+        Example::
+
+            h, mask = edited.capture(5, "block_output", encode(tok, ["The Eiffel Tower is in"]))
+        """
+        if not self._attached:
+            raise RuntimeError("capture needs the hooks: this EditableModel was unwrapped")
+        if before is not None:
+            att = self.get(before)
+            site, rule = att.site, Positions.parse(positions) if positions is not None else att.positions
+        else:
+            if component not in COMPONENTS:
+                raise ValueError(f"unknown component {component!r}; choose one of: {', '.join(COMPONENTS)}")
+            site, rule = (layer % self.num_layers, component), Positions.parse(positions) if positions is not None else None
+        added = site not in self._site_handles
+        self._ensure_site(site)
+        probe = _Probe(site, before, rule, stop)
+        local = self._local
+        local.probe = probe
+        try:
+            with torch.no_grad(), (contextlib.nullcontext() if edited else self.disabled()), batch.info():
+                self.model(**batch.model_inputs())
+        except _CaptureDone:
+            self.abort_forward()
+        finally:
+            local.probe = None
+            if added:
+                self._drop_site_if_unused(site)
+        if "h" not in probe.store:
+            raise RuntimeError(f"the forward did not reach layer {site[0]} {site[1]}; is the model wrapped?")
+        out = (probe.store["h"], probe.store["mask"])
+        return out + (probe.store["ctx"],) if with_context else out
+
+    @staticmethod
+    def _scale_hook(att: Attachment):
+        def hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            if att.scale == 1.0 or not isinstance(output, torch.Tensor):
+                return None
+            h = args[0].to(output.dtype)
+            return h + (output - h) * att.scale
 
         return hook
 
@@ -343,6 +299,7 @@ class EditableModel(nn.Module):
         self._attachments[name] = att
         if self._attached:
             self._ensure_site(att.site)
+            self._scale_handles[name] = intervention.register_forward_hook(self._scale_hook(att))
         return intervention
 
     def remove(self, name: str) -> Intervention:
@@ -351,6 +308,9 @@ class EditableModel(nn.Module):
         if att is None:
             raise KeyError(f"no intervention named {name!r}; attached: {sorted(self._attachments)}")
         del self.interventions[name]
+        handle = self._scale_handles.pop(name, None)
+        if handle is not None:
+            handle.remove()
         self._drop_site_if_unused(att.site)
         return att.module
 
@@ -391,6 +351,12 @@ class EditableModel(nn.Module):
     def __contains__(self, name: object) -> bool:
         return name in self._attachments
 
+    def memory(self, kind: str) -> dict:
+        """A dict kept as long as this object, under ``kind``: state that depends only on the
+        model and outlives one Editor (a codebook's corpus bank, shared by the fresh codebooks
+        of single edits in a loop)."""
+        return self._memory.setdefault(kind, {})
+
     def adapters(self) -> list[str]:
         return sorted({a.adapter for a in self._attachments.values()})
 
@@ -414,9 +380,10 @@ class EditableModel(nn.Module):
 
     def unwrap(self) -> nn.Module:
         """Remove every hook this object registered and return the base model."""
-        for handle in list(self._site_handles.values()) + self._stack_handles:
+        for handle in list(self._site_handles.values()) + self._stack_handles + list(self._scale_handles.values()):
             handle.remove()
         self._site_handles.clear()
+        self._scale_handles.clear()
         self._stack_handles.clear()
         self._local.ctx = None
         self._attached = False
@@ -476,42 +443,6 @@ class EditableModel(nn.Module):
             return out
         new = out[:, batch.input_ids.shape[1] :]
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
-
-    # ---------------------------------------------------------------- adapters
-    def save_pretrained(self, directory: str, adapter: str | None = None, **kwargs: Any) -> None:
-        """Save adapters: ``default`` at the top of ``directory``, others in subfolders."""
-        from repedit.adapters import save_adapter
-
-        if adapter is not None:
-            check_name(adapter, "adapter")
-        names = [adapter] if adapter is not None else self.adapters()
-        if not names:
-            raise ValueError("nothing to save: no interventions are attached")
-        for name in names:
-            save_adapter(self, directory, adapter=name, **kwargs)
-
-    def load_adapter(self, directory: str, adapter: str | None = None, **kwargs: Any) -> list[Attachment]:
-        """Load a saved adapter onto this model (see :func:`repedit.adapters.load_adapter`)."""
-        from repedit.adapters import load_adapter
-
-        return load_adapter(self, directory, adapter=adapter, **kwargs)
-
-    @classmethod
-    def from_pretrained(cls, model: nn.Module, directory: str, tokenizer: Any = None, **kwargs: Any) -> "EditableModel":
-        """Wrap ``model`` and load the adapter saved in ``directory`` onto it."""
-        from repedit.adapters import AdapterError, read_adapter_config
-
-        cfg = read_adapter_config(directory, adapter=kwargs.get("adapter"))
-        try:
-            edited = cls(model, tokenizer, layers_path=cfg.layers_path, compute_dtype=cfg.compute_dtype)
-        except (AttributeError, IndexError, TypeError) as err:
-            raise AdapterError(f"adapter {directory}: its layers_path {cfg.layers_path!r} does not fit the model ({err})") from None
-        try:
-            edited.load_adapter(directory, **kwargs)
-        except BaseException:
-            edited.unwrap()  # a failed load leaves no hook of ours on the model
-            raise
-        return edited
 
     def __repr__(self) -> str:
         rows = [

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import repedit
-from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, fingerprint, load_adapter
+from repedit.adapters import CONFIG_NAME, WEIGHTS_NAME, AdapterError, fingerprint, attach_adapter
 
 from conftest import all_hooks, ours, tiny_model
 

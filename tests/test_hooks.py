@@ -276,3 +276,34 @@ def test_the_cache_is_found_whatever_transformers_calls_it():
     assert _find_cache({"cache": cache, "use_cache": True}) is cache
     assert _find_cache({"kv": cache}) is cache
     assert _find_cache({"attention_mask": None}) is None
+
+
+def test_capture_stops_at_the_site_and_removes_its_hooks(tok):
+    """EditableModel.capture: the states at a site (unedited, or entering a named intervention
+    with the edits before it), the forward stopped there, and no hook of its own left behind."""
+    model = tiny_model("llama")
+    model(input_ids=torch.randint(3, 40, (1, 4)))
+    edited = repedit.wrap(model, tok)
+    batch = encode(tok, ["the capital of france is", "danielle darrieux speaks"])
+    with torch.no_grad():
+        ref = model(**batch.model_inputs(), output_hidden_states=True).hidden_states
+    before = all_hooks(model)
+    late = []
+    handle = model.model.layers[1].register_forward_hook(lambda *a: late.append(1))
+    h, mask = edited.capture(0, "block_output", batch)
+    handle.remove()
+    assert not late  # stopped after layer 0
+    assert torch.equal(h, ref[1]) and mask.shape == h.shape[:2]
+    assert all_hooks(model) == before  # the temporary site hook is gone
+    handle = model.model.layers[1].register_forward_hook(lambda *a: late.append(1))
+    h_full, _ = edited.capture(0, "block_output", batch, stop=False)
+    handle.remove()
+    assert late and torch.equal(h_full, ref[1])  # stop=False: the forward ran on
+    edited.add("e", "loreft", layer=0, positions="last_prompt", config={"seed": 0})
+    _strong(edited)
+    edited.add("f", "loreft", layer=1, positions="last_prompt", config={"seed": 1})
+    unedited, _ = edited.capture(1, "block_output", batch, before="f")
+    entering, m, ctx = edited.capture(1, "block_output", batch, before="f", edited=True, with_context=True)
+    assert not torch.allclose(entering, unedited)  # the edit at layer 0 runs before
+    assert torch.equal(m, ctx.mask(edited.get("f").positions, m.device))
+    assert not edited._local.disabled and edited._local.probe is None

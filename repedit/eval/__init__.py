@@ -48,6 +48,10 @@ from repedit.eval.metrics import (
     token_accuracy,
     truncate_answer,
 )
+from repedit.eval.harness import EvalReport, evaluate, evaluate_pre, run_sequential, run_sequential_protocols
+
+# (the sweep *function* stays in repedit.eval.sweep: exporting it here would shadow that module)
+from repedit.eval.sweep import SweepResult, knobs, pareto_plot, scope_auc, scope_scores
 
 __all__ = [
     "ZSRE_TARGETS",
@@ -82,21 +86,7 @@ __all__ = [
     "summarize",
     "token_accuracy",
     "truncate_answer",
-]
-
-# Orchestration (pre/post harness, sequential protocols, knob sweeps); see harness.py, sweep.py
-# and distributed.py.
-from repedit.eval.harness import (  # noqa: E402
-    EvalReport,
-    evaluate,
-    evaluate_pre,
-    run_sequential,
-    run_sequential_protocols,
-)
-# (the sweep *function* stays in repedit.eval.sweep: exporting it here would shadow that module)
-from repedit.eval.sweep import SweepResult, knobs, pareto_plot, scope_auc, scope_scores  # noqa: E402
-
-__all__ += [
+    # orchestration (pre/post harness, sequential protocols, knob sweeps): harness.py, sweep.py, distributed.py
     "EvalReport",
     "evaluate",
     "evaluate_pre",

@@ -52,18 +52,19 @@ gives both the token accuracy and NLL(new).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import os
-import re
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from repedit.eval.generation import (compute_n_gram_entropy, fluency, generate_text, generation_match,
+                                     n_gram_entropy, truncate_answer)
+from repedit.eval.model_utils import (FLUENCY, GENERATION, PROBABILITY, PROTOCOLS, TEACHER_FORCED, _accepts, _length_order,
+                                      _logits, _mean, _model_device, _subject_in, _warn_if_training)
+from repedit.eval.records import (_add_agreement, build_case_records, case_record, harmonic_mean, locality_agreement,
+                                  results_metadata, summarize)
 from repedit.hashing import file_sha256
 from repedit.positions import encode
 from repedit.requests import EditRequest
@@ -96,80 +97,6 @@ __all__ = [
     "results_metadata",
     "file_sha256",
 ]
-
-TEACHER_FORCED = "teacher_forced/easyedit"
-PROBABILITY = "probability/rome"
-GENERATION = "generation/mirage"
-FLUENCY = "fluency/rome"
-
-#: Short names accepted by :func:`evaluate_requests` ``protocols=`` and their labels.
-PROTOCOLS: dict[str, str] = {
-    "teacher_forced": TEACHER_FORCED,
-    "probability": PROBABILITY,
-    "generation": GENERATION,
-}
-
-
-# ============================================================================ helpers
-def _model_device(model: Any) -> torch.device:
-    dev = getattr(model, "device", None)
-    if isinstance(dev, torch.device):
-        return dev
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")
-
-
-def _accepts(model: Any, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError, AttributeError):
-        return False
-
-
-def _warn_if_training(model: Any) -> None:
-    if getattr(model, "training", False):
-        logger.warning("model is in training mode (dropout on): metrics will be noisy; call model.eval()")
-
-
-def _logits(out: Any) -> torch.Tensor:
-    return out.logits if hasattr(out, "logits") else out[0]
-
-
-def _pad_id(tokenizer: Any) -> int:
-    if tokenizer.pad_token_id is not None:
-        return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gc = getattr(model, "generation_config", None)
-    eos = getattr(gc, "eos_token_id", None)
-    if isinstance(eos, int):
-        ids.add(eos)
-    elif isinstance(eos, (list, tuple)):
-        ids.update(int(e) for e in eos)
-    return ids
-
-
-def _length_order(prompts: Sequence[str], conts: Sequence[str] | None = None) -> list[int]:
-    """Indices sorted by character length (a cheap proxy for token length) to cut padding."""
-    if conts is None:
-        return sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    return sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(conts[i]))
-
-
-def _mean(xs: Iterable[float]) -> float:
-    xs = [float(x) for x in xs]
-    return sum(xs) / len(xs) if xs else float("nan")
-
-
-def _subject_in(prompt: str, subject: str | None) -> str | None:
-    return subject if subject and subject in prompt else None
 
 
 # ============================================================================ teacher forcing
@@ -309,23 +236,6 @@ def predict_target_tokens(
     return score_targets(model, tokenizer, prompts, answers, batch_size=batch_size).pred_ids
 
 
-def locality_agreement(pre: Sequence[Sequence[int]], post: Sequence[Sequence[int]]) -> list[float]:
-    """Per prompt, the fraction of positions whose argmax token is unchanged (EasyEdit locality).
-
-    Example::
-
-        locality_agreement([[1, 2, 3]], [[1, 5, 3]])  # [0.666...]
-    """
-    if len(pre) != len(post):
-        raise ValueError(f"{len(pre)} pre-edit outputs but {len(post)} post-edit outputs")
-    out = []
-    for k, (a, b) in enumerate(zip(pre, post)):
-        if len(a) != len(b):
-            raise ValueError(f"locality output {k}: {len(a)} pre-edit tokens but {len(b)} post-edit tokens")
-        out.append(sum(int(x == y) for x, y in zip(a, b)) / len(a) if len(a) else float("nan"))
-    return out
-
-
 def probability_scores(
     model: Any,
     tokenizer: Any,
@@ -361,237 +271,6 @@ def probability_scores(
         "diff": [math.exp(-w) - math.exp(-t) for w, t in zip(new, true)],
         "protocol": PROBABILITY,
     }
-
-
-# ============================================================================ generation
-def generate_text(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int | Sequence[int],
-    *,
-    subjects: Sequence[str | None] | None = None,
-    batch_size: int = 16,
-    do_sample: bool = False,
-    top_k: int | None = None,
-    seed: int | None = None,
-    stop_at_eos: bool = True,
-    include_prompt: bool = False,
-) -> list[str]:
-    """Generate from each prompt (greedy by default, left padding, with the attention mask).
-
-    ``max_new_tokens`` may be one int or one per prompt (rows are cut to their own limit,
-    so a row's text does not depend on its batch). Generation stops at EOS when
-    ``stop_at_eos``. With ``seed`` and ``do_sample`` the global torch RNG is seeded first.
-    Subject/prompt masks are passed through ``token_info`` during generation so that
-    subject-position interventions work too.
-
-    Example::
-
-        generate_text(model, tok, ["The capital of France is"], 5)  # [' Paris. It is']
-    """
-    if isinstance(prompts, str):
-        raise TypeError("generate_text() takes a list of prompts, not a single string")
-    n = len(prompts)
-    limits = [int(max_new_tokens)] * n if isinstance(max_new_tokens, int) else [int(m) for m in max_new_tokens]
-    if len(limits) != n:
-        raise ValueError(f"{n} prompts but {len(limits)} max_new_tokens")
-    _warn_if_training(model)
-    if seed is not None:
-        torch.manual_seed(seed)
-    device = _model_device(model)
-    eos = _eos_ids(model, tokenizer) if stop_at_eos else set()
-    pad = _pad_id(tokenizer)
-    texts = [""] * n
-    order = _length_order(prompts)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        batch = encode(
-            tokenizer,
-            [prompts[i] for i in idx],
-            subjects=None if subjects is None else [subjects[i] for i in idx],
-            padding_side="left",
-        ).to(device)
-        gen_kwargs: dict[str, Any] = dict(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max(limits[i] for i in idx),
-            do_sample=do_sample,
-            pad_token_id=pad,
-        )
-        if do_sample and top_k is not None:
-            gen_kwargs["top_k"] = top_k
-        with torch.no_grad(), batch.info():
-            out = model.generate(**gen_kwargs)
-        seqs = out.sequences if hasattr(out, "sequences") else out
-        width = batch.input_ids.shape[1]
-        new_rows = seqs[:, width:].tolist()
-        for row, i in enumerate(idx):
-            toks = new_rows[row][: limits[i]]
-            for j, t in enumerate(toks):
-                if t in eos:
-                    toks = toks[:j]
-                    break
-            text = tokenizer.decode(toks, skip_special_tokens=True)
-            texts[i] = prompts[i] + text if include_prompt else text
-    return texts
-
-
-_PERIOD = re.compile(r"\.(?=\s|$)")
-
-
-def truncate_answer(text: str, target: str | None = None) -> str:
-    """Cut a generation at the first newline or sentence-ending period, then strip.
-
-    A period ends the answer only when followed by whitespace or the end of the text (so
-    "1.5" survives), and not while the text so far is still a prefix of ``target`` (so
-    "St. Louis" survives when it is the target).
-
-    Example::
-
-        truncate_answer(" Paris. It is big.\\n")  # 'Paris'
-    """
-    text = text.split("\n", 1)[0]
-    lead = len(text) - len(text.lstrip())
-    body = text[lead:]
-    tgt = target.strip() if target else None
-    for m in _PERIOD.finditer(body):
-        if tgt and tgt.startswith(body[: m.start() + 1]) and len(tgt) > m.start() + 1:
-            continue
-        body = body[: m.start()]
-        break
-    return body.strip()
-
-
-def _prefix_match(answer: str, target: str) -> bool:
-    """``answer`` starts with ``target`` at a word boundary ("Paris, France" yes; "Parisian" no)."""
-    if not target or not answer.startswith(target):
-        return False
-    rest = answer[len(target) :]
-    return not rest or not (rest[0].isalnum() or rest[0] == "_")
-
-
-def generation_match(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    targets: Sequence[str],
-    *,
-    subjects: Sequence[str | None] | None = None,
-    extra_tokens: int = 5,
-    batch_size: int = 16,
-    ignore_case: bool = False,
-) -> dict[str, Any]:
-    """Greedy-generate answers and compare with the targets (``generation/mirage``).
-
-    ``max_new_tokens`` per prompt = tokens of ``" " + target`` + ``extra_tokens``. Returns
-    lists ``exact``, ``prefix`` (booleans) and ``text`` (the truncated answers).
-
-    Example::
-
-        generation_match(model, tok, ["The capital of France is"], ["Paris"])["exact"]  # [True]
-    """
-    if len(targets) != len(prompts):
-        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
-    if not prompts:
-        return {"exact": [], "prefix": [], "text": [], "protocol": GENERATION}
-    lens = [len(x) for x in tokenizer([" " + t for t in targets], add_special_tokens=False)["input_ids"]]
-    raw = generate_text(
-        model, tokenizer, prompts, [n + extra_tokens for n in lens], subjects=subjects, batch_size=batch_size
-    )
-    answers = [truncate_answer(r, t) for r, t in zip(raw, targets)]
-    exact, prefix = [], []
-    for a, t in zip(answers, targets):
-        a2, t2 = (a.lower(), t.strip().lower()) if ignore_case else (a, t.strip())
-        exact.append(a2 == t2)
-        prefix.append(_prefix_match(a2, t2))
-    return {"exact": exact, "prefix": prefix, "text": answers, "protocol": GENERATION}
-
-
-# ============================================================================ fluency
-_WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")
-
-
-def _words(text: str) -> list[str]:
-    # Approximates nltk.word_tokenize (used by ROME) without the nltk dependency:
-    # words and single punctuation marks.
-    return _WORD.findall(text)
-
-
-def compute_n_gram_entropy(
-    text: str, ns: Sequence[int] = (2, 3), weights: Sequence[float] = (2 / 3, 4 / 3), agg: str = "arith"
-) -> float:
-    """ROME's ``compute_n_gram_entropy``: mean of weighted n-gram entropies (bits) of one text.
-
-    Example::
-
-        compute_n_gram_entropy("a b a b a b")  # low: repetitive
-    """
-    if agg not in ("arith", "geom"):
-        raise ValueError("agg must be 'arith' or 'geom'")
-    toks = _words(text)
-    vals = []
-    for n, w in zip(ns, weights):
-        grams = Counter(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
-        total = sum(grams.values())
-        h = -sum((c / total) * math.log2(c / total) for c in grams.values()) if total else 0.0
-        vals.append(h * w)
-    if agg == "geom":
-        return math.exp(sum(math.log(v) for v in vals) / len(vals)) if all(v > 0 for v in vals) else 0.0
-    return sum(vals) / len(vals)
-
-
-def n_gram_entropy(texts: Sequence[str], agg: str = "arith") -> float:
-    """ROME's ``n_gram_entropy``: the mean of :func:`compute_n_gram_entropy` over texts.
-
-    Example::
-
-        n_gram_entropy(["The cat sat on the mat.", "the the the the"])
-    """
-    vals = [compute_n_gram_entropy(t) for t in texts]
-    if not vals:
-        return float("nan")
-    if agg == "geom":
-        return math.exp(sum(math.log(v) for v in vals) / len(vals)) if all(v > 0 for v in vals) else 0.0
-    return sum(vals) / len(vals)
-
-
-def fluency(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int = 100,
-    *,
-    batch_size: int = 16,
-    do_sample: bool = False,
-    top_k: int | None = None,
-    seed: int | None = None,
-    include_prompt: bool = True,
-) -> dict[str, Any]:
-    """Generate ``max_new_tokens`` from each prompt and score n-gram entropy (``fluency/rome``).
-
-    ROME scores the prompt plus its generation (``include_prompt=True``) sampled with
-    ``top_k=5``; the default here is greedy for determinism (pass ``do_sample=True, top_k=5,
-    seed=...`` to follow ROME).
-
-    Example::
-
-        fluency(model, tok, ["The Eiffel Tower is in"], 50)["ngram_entropy"]
-    """
-    texts = generate_text(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens,
-        batch_size=batch_size,
-        do_sample=do_sample,
-        top_k=top_k,
-        seed=seed,
-        stop_at_eos=True,
-        include_prompt=include_prompt,
-    )
-    per = [compute_n_gram_entropy(t) for t in texts]
-    return {"ngram_entropy": _mean(per), "per_prompt": per, "texts": texts, "protocol": FLUENCY}
 
 
 # ============================================================================ per-request evaluation
@@ -659,8 +338,41 @@ def evaluate_requests(
         raise ValueError(f"{len(requests)} requests but {len(pre)} pre-edit results")
     tf, prob, gen = ("teacher_forced" in protocols), ("probability" in protocols), ("generation" in protocols)
 
-    # ---- one flat list of teacher-forced rows: (request, kind, j, prompt, target, subject)
-    rows: list[tuple[int, str, int, str, str, str | None]] = []
+    rows = _score_rows(requests, tf, prob)
+    scores = score_targets(
+        model,
+        tokenizer,
+        [x[3] for x in rows],
+        [x[4] for x in rows],
+        subjects=[x[5] for x in rows],
+        batch_size=batch_size,
+        max_length=max_length,
+    ) if rows else TargetScores()
+    by: dict[tuple[int, str, int], int] = {(x[0], x[1], x[2]): k for k, x in enumerate(rows)}
+
+    meta = _metric_meta(protocols)
+    results: list[dict[str, Any]] = []
+    for r, req in enumerate(requests):
+        res: dict[str, Any] = {}
+        if tf:
+            res.update(_teacher_forced_result(req, r, scores, by, pre[r] if pre is not None else None))
+        if prob:
+            res["rome"] = _probability_result(req, r, scores, by)
+        res["metric_meta"] = meta
+        results.append(res)
+
+    if gen:
+        _add_generation(model, tokenizer, requests, results, pre, batch_size, extra_tokens)
+    return results
+
+
+_Row = tuple[int, str, int, str, str, "str | None"]
+
+
+def _score_rows(requests: Sequence[EditRequest], tf: bool, prob: bool) -> list[_Row]:
+    """One flat list of teacher-forced rows, (request, kind, j, prompt, target, subject), so all
+    of them go through one batched :func:`score_targets` call."""
+    rows: list[_Row] = []
     for r, req in enumerate(requests):
         subj = req.subject
         if tf or prob:
@@ -681,69 +393,56 @@ def evaluate_requests(
                     rows.append((r, "rephrase_true", j, p, req.ground_truth, _subject_in(p, subj)))
             for j, lp in enumerate(req.locality_prompts):
                 rows.append((r, "loc_new", j, lp.prompt, req.target_new, None))
+    return rows
 
-    scores = score_targets(
-        model,
-        tokenizer,
-        [x[3] for x in rows],
-        [x[4] for x in rows],
-        subjects=[x[5] for x in rows],
-        batch_size=batch_size,
-        max_length=max_length,
-    ) if rows else TargetScores()
-    by: dict[tuple[int, str, int], int] = {(x[0], x[1], x[2]): k for k, x in enumerate(rows)}
 
-    def get(r: int, kind: str, j: int) -> int:
-        return by[(r, kind, j)]
+def _teacher_forced_result(req: EditRequest, r: int, scores: "TargetScores", by: dict, pre: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The teacher-forced keys of request ``r``: rewrite, rephrase, locality (agreement with
+    ``pre`` when given) and portability accuracies."""
+    nr, nl, npt = len(req.rephrase_prompts), len(req.locality_prompts), len(req.portability)
+    ns = len(req.subject_locality_prompts)
+    acc = scores.token_acc
+    res: dict[str, Any] = {
+        "rewrite_acc": [acc[by[(r, "rewrite", 0)]]],
+        "rephrase_acc": [acc[by[(r, "rephrase", j)]] for j in range(nr)],
+        "locality": {
+            "neighborhood_output": [scores.pred_ids[by[(r, "loc", j)]] for j in range(nl)],
+            "neighborhood_gold_acc": [acc[by[(r, "loc", j)]] for j in range(nl)],
+        },
+    }
+    if ns:
+        res["locality"]["subject_output"] = [scores.pred_ids[by[(r, "subj", j)]] for j in range(ns)]
+    res["portability"] = {"portability_acc": [acc[by[(r, "port", j)]] for j in range(npt)]}
+    if pre is not None:
+        pre_loc = pre.get("locality", {})
+        if "neighborhood_output" not in pre_loc:
+            raise ValueError(f"pre-edit result {r} has no locality.neighborhood_output (run it with teacher_forced)")
+        _add_agreement(pre_loc, res["locality"])
+    return res
 
-    meta = _metric_meta(protocols)
-    results: list[dict[str, Any]] = []
-    for r, req in enumerate(requests):
-        res: dict[str, Any] = {}
-        nr, nl, npt = len(req.rephrase_prompts), len(req.locality_prompts), len(req.portability)
-        ns = len(req.subject_locality_prompts)
-        if tf:
-            res["rewrite_acc"] = [scores.token_acc[get(r, "rewrite", 0)]]
-            res["rephrase_acc"] = [scores.token_acc[get(r, "rephrase", j)] for j in range(nr)]
-            res["locality"] = {
-                "neighborhood_output": [scores.pred_ids[get(r, "loc", j)] for j in range(nl)],
-                "neighborhood_gold_acc": [scores.token_acc[get(r, "loc", j)] for j in range(nl)],
-            }
-            if ns:
-                res["locality"]["subject_output"] = [scores.pred_ids[get(r, "subj", j)] for j in range(ns)]
-            res["portability"] = {"portability_acc": [scores.token_acc[get(r, "port", j)] for j in range(npt)]}
-            if pre is not None:
-                pre_loc = pre[r].get("locality", {})
-                if "neighborhood_output" not in pre_loc:
-                    raise ValueError(f"pre-edit result {r} has no locality.neighborhood_output (run it with teacher_forced)")
-                _add_agreement(pre_loc, res["locality"])
-        if prob:
-            rome: dict[str, Any] = {}
-            if req.ground_truth is not None:
-                rw = [(scores.mean_nll[get(r, "rewrite", 0)], scores.mean_nll[get(r, "rewrite_true", 0)])]
-                pa = [
-                    (scores.mean_nll[get(r, "rephrase", j)], scores.mean_nll[get(r, "rephrase_true", j)])
-                    for j in range(nr)
-                ]
-                rome["rewrite_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in rw]
-                rome["paraphrase_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in pa]
-                rome["efficacy_success"] = _mean(b > a for a, b in rw)
-                rome["efficacy_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in rw)
-                if pa:
-                    rome["paraphrase_success"] = _mean(b > a for a, b in pa)
-                    rome["paraphrase_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in pa)
-            nb = [(scores.mean_nll[get(r, "loc_new", j)], scores.mean_nll[get(r, "loc", j)]) for j in range(nl)]
-            rome["neighborhood_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in nb]
-            if nb:
-                rome["neighborhood_success"] = _mean(a > b for a, b in nb)
-                rome["neighborhood_diff"] = _mean(math.exp(-b) - math.exp(-a) for a, b in nb)
-            res["rome"] = rome
-        res["metric_meta"] = meta
-        results.append(res)
 
-    if gen:
-        _add_generation(model, tokenizer, requests, results, pre, batch_size, extra_tokens)
-    return results
+def _probability_result(req: EditRequest, r: int, scores: "TargetScores", by: dict) -> dict[str, Any]:
+    """ROME's probability block of request ``r``: P(new) against P(true) on the edit,
+    paraphrase and neighbourhood prompts (NLL pairs, success rates, differences)."""
+    nll = scores.mean_nll
+    nr, nl = len(req.rephrase_prompts), len(req.locality_prompts)
+    rome: dict[str, Any] = {}
+    if req.ground_truth is not None:
+        rw = [(nll[by[(r, "rewrite", 0)]], nll[by[(r, "rewrite_true", 0)]])]
+        pa = [(nll[by[(r, "rephrase", j)]], nll[by[(r, "rephrase_true", j)]]) for j in range(nr)]
+        rome["rewrite_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in rw]
+        rome["paraphrase_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in pa]
+        rome["efficacy_success"] = _mean(b > a for a, b in rw)
+        rome["efficacy_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in rw)
+        if pa:
+            rome["paraphrase_success"] = _mean(b > a for a, b in pa)
+            rome["paraphrase_diff"] = _mean(math.exp(-a) - math.exp(-b) for a, b in pa)
+    nb = [(nll[by[(r, "loc_new", j)]], nll[by[(r, "loc", j)]]) for j in range(nl)]
+    rome["neighborhood_prompts_probs"] = [{"target_new": a, "target_true": b} for a, b in nb]
+    if nb:
+        rome["neighborhood_success"] = _mean(a > b for a, b in nb)
+        rome["neighborhood_diff"] = _mean(math.exp(-b) - math.exp(-a) for a, b in nb)
+    return rome
 
 
 def _add_generation(
@@ -786,207 +485,3 @@ def _add_generation(
 
 
 #: (what is compared, the agreement key): the locality outputs the edit should leave unchanged
-_AGREEMENTS = (("neighborhood_output", "neighborhood_acc"), ("subject_output", "subject_acc"),
-               ("neighborhood_text", "neighborhood_text_agreement"), ("subject_text", "subject_text_agreement"))
-
-
-def _add_agreement(pre: Mapping[str, Any], post: dict[str, Any]) -> None:
-    """Fill ``post``'s agreement with the unedited outputs in ``pre``: argmax tokens
-    (:func:`locality_agreement`: neighbourhood and subject locality) and greedy text (1.0 where
-    the text is unchanged)."""
-    for key, out in _AGREEMENTS:
-        if key in pre and key in post:
-            if key.endswith("_text"):
-                post[out] = [float(a == b) for a, b in zip(pre[key], post[key])]
-            else:
-                post[out] = locality_agreement(pre[key], post[key])
-
-
-# ============================================================================ records and summaries
-def case_record(
-    request: EditRequest,
-    pre: Mapping[str, Any],
-    post: Mapping[str, Any],
-    *,
-    keep_outputs: bool = False,
-) -> dict[str, Any]:
-    """EasyEdit's per-case record ``{"pre", "post", "case_id", "requested_rewrite"}``.
-
-    Fills ``post.locality.neighborhood_acc`` (pre/post argmax agreement) and, with the
-    generation protocol, ``post.generation.neighborhood_text_agreement``. Token outputs
-    (``*_output``) are dropped unless ``keep_outputs``.
-
-    Example::
-
-        rec = case_record(req, pre[0], post[0])
-        rec["post"]["locality"]["neighborhood_acc"]
-    """
-    import copy
-
-    pre_d = copy.deepcopy(dict(pre))
-    post_d = copy.deepcopy(dict(post))
-    pre_loc = pre_d.get("locality", {})
-    post_loc = post_d.get("locality", {})
-    _add_agreement(pre_loc, post_loc)
-    _add_agreement(pre_d.get("generation", {}), post_d.get("generation", {}))
-    if not keep_outputs:
-        for d in (pre_loc, post_loc):
-            for k in [k for k in d if k.endswith("_output")]:
-                del d[k]
-    return {
-        "pre": pre_d,
-        "post": post_d,
-        "case_id": request.case_id,
-        "requested_rewrite": request.to_dict(),
-    }
-
-
-def build_case_records(
-    requests: Sequence[EditRequest],
-    pre: Sequence[Mapping[str, Any]],
-    post: Sequence[Mapping[str, Any]],
-    *,
-    keep_outputs: bool = False,
-) -> list[dict[str, Any]]:
-    """:func:`case_record` for every request.
-
-    Example::
-
-        records = build_case_records(requests, pre, post)
-    """
-    if not (len(requests) == len(pre) == len(post)):
-        raise ValueError(f"{len(requests)} requests, {len(pre)} pre results, {len(post)} post results")
-    return [case_record(q, a, b, keep_outputs=keep_outputs) for q, a, b in zip(requests, pre, post)]
-
-
-def harmonic_mean(*values: float) -> float:
-    """Harmonic mean; 0 when any value is 0, NaN when any is NaN or none given.
-
-    Example::
-
-        harmonic_mean(1.0, 0.5, 1.0)  # 0.75
-    """
-    vals = [float(v) for v in values]
-    if not vals or any(math.isnan(v) for v in vals):
-        return float("nan")
-    if any(v <= 0 for v in vals):
-        return 0.0
-    return len(vals) / sum(1.0 / v for v in vals)
-
-
-def _flat_means(results: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Per-record mean of each list metric, then the mean over records that have it."""
-    acc: dict[str, list[float]] = {}
-
-    def add(key: str, value: Any) -> None:
-        if isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, (int, float)):
-            if not math.isnan(float(value)):
-                acc.setdefault(key, []).append(float(value))
-        elif isinstance(value, list) and value and all(isinstance(v, (int, float, bool)) for v in value):
-            m = _mean(value)
-            if not math.isnan(m):
-                acc.setdefault(key, []).append(m)
-
-    for res in results:
-        for key in ("rewrite_acc", "rephrase_acc"):
-            if key in res:
-                add(key, res[key])
-        for group in ("locality", "portability", "generation"):
-            for k, v in res.get(group, {}).items():
-                if not k.endswith(("_output", "_text")):
-                    add(f"{group}.{k}", v)
-        for k, v in res.get("rome", {}).items():
-            if k.endswith(("_success", "_diff")):
-                add(f"rome.{k}", v)
-    return {k: _mean(v) for k, v in sorted(acc.items())}
-
-
-def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Means over cases for ``pre`` and ``post``, plus harmonic-mean scores and protocol labels.
-
-    ``hm["teacher_forced/easyedit"]`` = HM(post rewrite_acc, rephrase_acc, neighborhood_acc)
-    (reliability, generality, locality); ``hm["probability/rome"]`` = ROME's ``score``,
-    HM(efficacy, paraphrase, neighbourhood success). Also accepts plain result dicts
-    (from :func:`evaluate_requests`), which are summarised as ``post``.
-
-    Example::
-
-        summarize(build_case_records(requests, pre, post))["hm"]
-    """
-    if records and "post" not in records[0]:
-        records = [{"post": r} for r in records]
-    out: dict[str, Any] = {"n_cases": len(records)}
-    meta: dict[str, str] = {}
-    for r in records:
-        meta.update(r.get("post", {}).get("metric_meta", {}))
-    for side in ("pre", "post"):
-        rs = [r[side] for r in records if side in r]
-        if rs:
-            out[side] = _flat_means(rs)
-    post = out.get("post", {})
-    nan = float("nan")
-    out["hm"] = {}
-    if "rewrite_acc" in post:
-        out["hm"][TEACHER_FORCED] = harmonic_mean(
-            post.get("rewrite_acc", nan), post.get("rephrase_acc", nan), post.get("locality.neighborhood_acc", nan)
-        )
-    if "rome.efficacy_success" in post:
-        out["hm"][PROBABILITY] = harmonic_mean(
-            post.get("rome.efficacy_success", nan),
-            post.get("rome.paraphrase_success", nan),
-            post.get("rome.neighborhood_success", nan),
-        )
-    out["metric_meta"] = meta
-    return out
-
-
-# ============================================================================ metadata
-def results_metadata(
-    protocols: Sequence[str] | str,
-    *,
-    model: Mapping[str, Any] | str | None = None,
-    data: Any = None,
-    seed: int | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Metadata to store next to results: protocols, model, data file + sha256, seed, version.
-
-    ``model`` is a dict (e.g. ``{"name": ..., "fingerprint": ...}``) or a name. ``data`` is a
-    loader Dataset (its recorded info is used, including the zsRE target convention) or a
-    file path (hashed here).
-
-    Example::
-
-        results_metadata(["teacher_forced"], model={"name": "smollm2-135m", "fingerprint": "ab12"},
-                         data=ds, seed=0)
-    """
-    from repedit.version import __version__
-
-    if isinstance(protocols, str):
-        protocols = [protocols]
-    labels = [PROTOCOLS.get(p, p) for p in protocols]
-    meta: dict[str, Any] = {"protocols": labels, "repedit_version": __version__, "seed": seed}
-    if isinstance(model, str):
-        meta["model"] = {"name": model}
-    elif model is not None:
-        meta["model"] = dict(model)
-    if data is not None:
-        if isinstance(data, (str, os.PathLike)):
-            p = Path(data)
-            meta["data"] = {"path": str(p.resolve()), "sha256": file_sha256(p)}
-        else:
-            from repedit.eval.data import data_info
-
-            meta["data"] = data_info(data)
-    meta["torch_version"] = torch.__version__
-    try:
-        import transformers
-
-        meta["transformers_version"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    if extra:
-        meta.update(extra)
-    return meta

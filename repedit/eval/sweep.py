@@ -1,26 +1,6 @@
 """Knob sweeps without retraining, scope AUC, and the generality/locality Pareto plot.
 
-Knobs
------
-A *knob* is an inference-time setting of a trained edit that can change without
-retraining. Resolution order for a knob name on one attachment:
-
-1. **The method's own knobs.** An intervention module may implement::
-
-       def knobs(self) -> dict[str, float]: ...            # name -> current value
-       def set_knob(self, name: str, value: float) -> None: ...
-
-   (e.g. a codebook's ``radius_scale``, a BaFT gate threshold or temperature). This is the
-   protocol method owners should implement; nothing else is needed.
-2. **``"scale"``, for every method.** A forward hook on the intervention module rescales
-   its change: ``Φ_s(h) = h + s · (Φ(h) − h)``. ``s = 1`` is the trained edit (the hook
-   then returns the output untouched, bit-exact), ``s = 0`` switches it off. Works for
-   LoReFT, BaFT, codebooks and any method, with no change to the method's file.
-3. **Live config fields** listed in :data:`LIVE_CONFIG_KNOBS` (config fields a method reads
-   at every forward, e.g. ``codebook.radius_scale``, ``baft.temperature``), for methods
-   that do not implement ``knobs()`` yet.
-
-Or pass ``setter=`` (a callable taking the value) to sweep anything else.
+Knobs (inference-time settings changed without retraining) are in :mod:`repedit.eval.knobs`.
 
 Scope AUC
 ---------
@@ -42,26 +22,24 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from repedit.eval import metrics as M
 from repedit.eval.harness import _check_protocols, _clean, _unwrap, coerce_requests, evaluate, evaluate_pre, write_json
+from repedit.eval.knobs import GENERIC_KNOBS, _select, get_knob, knob_setting, knobs, set_knob
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "LIVE_CONFIG_KNOBS",
     "GENERIC_KNOBS",
     "DEFAULT_VALUES",
     "AXIS_LABELS",
@@ -76,13 +54,6 @@ __all__ = [
     "pareto_plot",
 ]
 
-#: method name -> config fields that method reads at every forward (safe to change live).
-LIVE_CONFIG_KNOBS: dict[str, tuple[str, ...]] = {
-    "codebook": ("radius_scale",),
-    "baft": ("temperature",),
-}
-#: knobs every method has (implemented here, not by the method).
-GENERIC_KNOBS: tuple[str, ...] = ("scale",)
 DEFAULT_VALUES: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
 #: protocol label -> (x axis: locality, y axis: generality) labels a reader understands without the code.
@@ -100,163 +71,6 @@ AXIS_LABELS: dict[str, tuple[str, str]] = {
         "Generality: paraphrases answered with the new target\n(greedy generation, exact match)",
     ),
 }
-
-
-# ============================================================================ knobs
-_SCALES: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()
-
-
-def _scale_hook(module: torch.nn.Module, args: tuple, output: Any) -> Any:
-    entry = _SCALES.get(module)
-    if entry is None or entry[1] == 1.0 or not isinstance(output, torch.Tensor):
-        return None
-    h = args[0].to(output.dtype)
-    return h + (output - h) * entry[1]
-
-
-def _method_knobs(module: Any) -> dict[str, float]:
-    fn = getattr(module, "knobs", None)
-    if callable(fn):
-        try:
-            return dict(fn())
-        except Exception as err:  # a method's knobs() should not break the listing
-            logger.warning("%s.knobs() failed: %s", type(module).__name__, err)
-    return {}
-
-
-def knobs(edited: Any, attachments: Sequence[Any] | None = None) -> dict[str, dict[str, float]]:
-    """Per attachment name: the knobs it has and their current values.
-
-    Example::
-
-        knobs(edited)   # {'loreft_L9': {'scale': 1.0}, 'codebook_L10': {'scale': 1.0, 'radius_scale': 1.0}}
-    """
-    edited = _unwrap(edited)
-    out: dict[str, dict[str, float]] = {}
-    for att in _select(edited, attachments):
-        ks = {name: get_knob(att, name) for name in GENERIC_KNOBS}
-        for name in LIVE_CONFIG_KNOBS.get(att.method, ()):
-            if hasattr(att.module.config, name):
-                ks[name] = float(getattr(att.module.config, name))
-        ks.update(_method_knobs(att.module))
-        out[att.name] = ks
-    return out
-
-
-def get_knob(attachment: Any, name: str) -> float:
-    """Current value of knob ``name`` on one attachment (see the module docstring for the order).
-
-    Example::
-
-        get_knob(edited.attachments()[0], "scale")   # 1.0
-    """
-    module = attachment.module
-    own = _method_knobs(module)
-    if name in own:
-        return float(own[name])
-    if name == "scale":
-        entry = _SCALES.get(module)
-        return 1.0 if entry is None else float(entry[1])
-    if name in LIVE_CONFIG_KNOBS.get(attachment.method, ()) and hasattr(module.config, name):
-        return float(getattr(module.config, name))
-    raise ValueError(_unknown(attachment, name))
-
-
-def _unknown(attachment: Any, name: str) -> str:
-    avail = sorted(set(GENERIC_KNOBS) | set(LIVE_CONFIG_KNOBS.get(attachment.method, ())) | set(_method_knobs(attachment.module)))
-    return f"intervention {attachment.name!r} ({attachment.method}) has no knob {name!r}; its knobs: {', '.join(avail)}"
-
-
-def set_knob(attachment: Any, name: str, value: float) -> None:
-    """Set knob ``name`` of one attachment to ``value`` (no retraining).
-
-    Example::
-
-        set_knob(edited.attachments()[0], "scale", 0.5)   # half the edit
-    """
-    module = attachment.module
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"knob values must be finite, got {value}")
-    if name in _method_knobs(module):
-        module.set_knob(name, value)
-        return
-    if name == "scale":
-        entry = _SCALES.get(module)
-        if entry is None:
-            handle = module.register_forward_hook(_scale_hook)
-            _SCALES[module] = [handle, value]
-        else:
-            entry[1] = value
-        if value == 1.0:  # back to the trained edit: drop the hook
-            entry = _SCALES.pop(module, None)
-            if entry is not None:
-                entry[0].remove()
-        return
-    if name in LIVE_CONFIG_KNOBS.get(attachment.method, ()) and hasattr(module.config, name):
-        if isinstance(getattr(type(module), name, None), property):
-            setattr(module, name, value)  # the module's own validating setter
-        else:
-            setattr(module.config, name, value)
-        return
-    raise ValueError(_unknown(attachment, name))
-
-
-def _select(edited: Any, attachments: Sequence[Any] | None) -> list[Any]:
-    """Attachments by object, by name, or all of ``edited``."""
-    all_atts = edited.attachments()
-    if attachments is None:
-        return all_atts
-    by_name = {a.name: a for a in all_atts}
-    out = []
-    for a in attachments:
-        if isinstance(a, str):
-            if a not in by_name:
-                raise ValueError(f"no intervention named {a!r}; attached: {sorted(by_name)}")
-            out.append(by_name[a])
-        else:
-            out.append(a)
-    return out
-
-
-@contextlib.contextmanager
-def knob_setting(
-    edited: Any,
-    name: str,
-    value: float,
-    attachments: Sequence[Any] | None = None,
-    setter: Callable[[float], None] | None = None,
-    original: float | None = None,
-) -> Iterator[None]:
-    """Temporarily set a knob on the attachments (all by default); restores the old values.
-
-    With ``setter``, ``setter(value)`` is called instead (and ``setter(original)`` on exit
-    when ``original`` is given).
-
-    Example::
-
-        with knob_setting(edited, "scale", 0.0):
-            ...   # the edits are off
-    """
-    if setter is not None:
-        setter(float(value))
-        try:
-            yield
-        finally:
-            if original is not None:
-                setter(float(original))
-        return
-    atts = _select(_unwrap(edited), attachments)
-    if not atts:
-        raise ValueError("no interventions are attached: nothing to sweep")
-    old = [(a, get_knob(a, name)) for a in atts]
-    try:
-        for a in atts:
-            set_knob(a, name, value)
-        yield
-    finally:
-        for a, v in old:
-            set_knob(a, name, v)
 
 
 # ============================================================================ scope
@@ -301,22 +115,6 @@ def scope_scores(
     prompts, subjects, labels = _scope_prompts(reqs)
     n = len(prompts)
     per_att: dict[str, list[float]] = {a.name: [float("nan")] * n for a in atts}
-    current: dict[str, Any] = {}
-
-    def make_hook(att: Any) -> Callable:
-        def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-            h, mask = args[0], args[1]
-            ctx = args[2] if len(args) > 2 else kwargs.get("ctx")
-            if ctx is not None and not ctx.is_prefill:
-                return
-            with torch.no_grad():
-                score = module.firing_score(h, mask, ctx).float().cpu().tolist()
-            for row, i in enumerate(current["idx"]):
-                per_att[att.name][i] = score[row]
-
-        return hook
-
-    handles = [a.module.register_forward_pre_hook(make_hook(a), with_kwargs=True) for a in atts]
     model = edited.model
     device = next(model.parameters()).device
     was_training = model.training
@@ -326,12 +124,13 @@ def scope_scores(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             batch = encode(tokenizer, [prompts[i] for i in idx], subjects=[subjects[i] for i in idx]).to(device)
-            current["idx"] = idx
-            with torch.no_grad(), batch.info():
-                model(**batch.model_inputs())
+            for a in atts:  # the states entering each intervention in an edited forward
+                h, mask, ctx = edited.capture(a.layer, a.component, batch, before=a.name, edited=True, with_context=True)
+                with torch.no_grad():
+                    score = a.module.firing_score(h, mask, ctx).float().cpu().tolist()
+                for row, i in enumerate(idx):
+                    per_att[a.name][i] = score[row]
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     out: dict[str, dict[str, list]] = {}
     for a in atts:

@@ -3,7 +3,9 @@ and the orthonormal-rows parametrization that LoReFT and BaFT use.
 
 An intervention is an ``nn.Module`` that maps a hidden state ``h`` of shape
 ``(batch, seq, hidden)`` to an edited one of the same shape, touching only the positions
-its ``mask`` selects. Methods know nothing of training loops, files or datasets.
+its ``mask`` selects. Methods know nothing of training loops, files or datasets: the
+Editor calls the training hooks of :data:`CONTRACT` with an :class:`EditSession`, which
+hands them the data (the requests, the encoded batch, the corpus, cached states).
 """
 
 from __future__ import annotations
@@ -11,13 +13,66 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["MethodConfig", "Intervention", "OrthonormalRows", "apply_masked"]
+__all__ = ["MethodConfig", "Intervention", "EditSession", "CONTRACT", "OrthonormalRows", "apply_masked"]
+
+#: The methods the Editor and the sweeps call on every intervention (``Intervention`` has
+#: a no-op default for each); docs/extending.md lists the same names.
+CONTRACT: tuple[str, ...] = (
+    "prepare_edit", "edit_parameters", "edit_loss", "finish_edit", "ready_to_stop", "knobs", "set_knob",
+)
+
+
+@runtime_checkable
+class EditSession(Protocol):
+    """What a method sees while one edit (or batch) is trained
+    (:class:`repedit.editing.EditSession` implements it).
+
+    ``requests`` are the edits of this step, ``prompts``/``owners`` the training rows and the
+    request each belongs to, ``all_requests`` every request of the ``edit()`` call, ``batch``
+    the encoded training batch and ``step`` the optimisation step.
+    """
+
+    requests: list
+    prompts: list
+    owners: list
+    all_requests: list
+    indices: list
+    batch: Any
+    step: int
+
+    @property
+    def edited(self) -> Any: ...
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def corpus(self) -> Any: ...
+
+    def corpus_from(self, source: Any) -> Any: ...
+
+    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]: ...
+
+    def memory(self, kind: str) -> dict: ...
+
+    def encode(self, prompts: Sequence[str], continuations: Sequence[str] | None = None,
+               subjects: Sequence[str | None] | None = None) -> Any: ...
+
+    def attachment_of(self, module: nn.Module) -> Any: ...
+
+    def capture(self, attachment: Any, batch: Any, edited: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def site_states(self, attachment: Any, prompts: Sequence[str], subjects: Sequence[str | None] | None = None,
+                    edited: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 @dataclass
@@ -122,6 +177,37 @@ class Intervention(nn.Module):
         new = self.forward(h, mask, ctx)
         rel = (new.float() - h.float()).norm(dim=-1) / h.float().norm(dim=-1).clamp_min(1e-6)
         return torch.where(mask, rel, torch.zeros_like(rel)).amax(dim=-1)
+
+    # ------------------------------------------------------------ training hooks
+    def prepare_edit(self, session: EditSession) -> None:
+        """Before an edit is trained (a codebook adds an entry, BaFT allocates bases)."""
+
+    def edit_parameters(self, session: EditSession) -> list[nn.Parameter]:
+        """What the optimiser trains for this edit (default: every parameter)."""
+        return list(self.parameters())
+
+    def edit_loss(self, session: EditSession, outputs: Any) -> torch.Tensor | None:
+        """Extra loss terms added to the target NLL (default: none)."""
+        return None
+
+    def finish_edit(self, session: EditSession, outcomes: list) -> None:
+        """After training (a codebook sets its radius, null-space statistics are folded in)."""
+
+    def ready_to_stop(self, session: EditSession) -> bool:
+        """Asked (host-side, between steps) once every target is reached; ``False`` vetoes
+        the early stop (default: ``True``)."""
+        return True
+
+    # ------------------------------------------------------------ inference knobs
+    def knobs(self) -> dict[str, float]:
+        """Inference-time settings that change without retraining: name -> current value
+        (``repedit.eval.sweep``). Default: none."""
+        return {}
+
+    def set_knob(self, name: str, value: float) -> None:
+        """Set one of :meth:`knobs`; an unknown name is a ValueError naming the knobs there are."""
+        avail = ", ".join(sorted(self.knobs())) or "none"
+        raise ValueError(f"{type(self).__name__} has no knob {name!r}; its knobs: {avail}")
 
     def export_config(self) -> MethodConfig:
         """The config to save; methods whose shapes grow (codebooks) update it here."""

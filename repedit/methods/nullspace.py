@@ -20,11 +20,10 @@ How ``P`` is built:
    fraction of the largest eigenvalue. AlphaEdit's absolute ``2e-2`` depends on the model's
    activation scale and is not used.
 
-The second moment is cached on disk (safetensors, atomic rename) under
-``<cache dir>/nullspace/``, keyed by the model fingerprint (:func:`repedit.adapters.fingerprint`),
-layer, component, position rule and the sha256 of the corpus, so ``P`` for a new threshold
-costs one 576×576 eigendecomposition, not a corpus pass. The cache dir is
-``repedit.cache.cache_dir()`` (``$REPEDIT_CACHE`` or ``~/.cache/repedit``).
+The second moment is kept by the Editor's cache (``Editor.cached``: memory, then
+``$REPEDIT_CACHE/nullspace/``), keyed by the model fingerprint, layer, component, position
+rule and the sha256 of the corpus, so ``P`` for a new threshold costs one 576×576
+eigendecomposition, not a corpus pass.
 
 The guarantees of the two modes are documented on :class:`repedit.methods.baft.BaFT`.
 
@@ -40,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -54,7 +52,6 @@ __all__ = [
     "collect_second_moment",
     "null_space_projector",
     "cached_second_moment",
-    "nullspace_cache_dir",
     "deflate",
 ]
 
@@ -102,7 +99,7 @@ def collect_second_moment(editor: Any, attachment: Any, texts: Sequence[str], ba
     hidden states entering ``attachment`` at every attended token (see the module doc)."""
     from repedit.positions import encode
 
-    mom = SecondMoment(editor.edited.hidden_size)
+    mom = SecondMoment(attachment.module.hidden_size)
     tok = editor.tokenizer
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
@@ -161,50 +158,26 @@ def deflate(P: torch.Tensor, keys: torch.Tensor, tol: float = 1e-6) -> tuple[tor
 
 
 # ------------------------------------------------------------------------- cache
-def nullspace_cache_dir() -> Path:
-    from repedit.cache import cache_dir
+def cached_second_moment(editor: Any, attachment: Any, texts: Sequence[str], max_tokens: int = 64) -> tuple[torch.Tensor, dict]:
+    """The second moment for ``attachment`` over ``texts``, built once per model, site and
+    corpus and kept by ``editor.cached`` (the Editor's memory and disk cache; an
+    :class:`~repedit.methods.base.EditSession` works too).
 
-    return cache_dir() / "nullspace"
-
-
-def _cache_key(model: Any, layer: int, component: str, rule: str, texts_hash: str, max_tokens: int) -> str:
-    from repedit.adapters import fingerprint
-
-    blob = json.dumps(
-        {"fp": fingerprint(model), "layer": layer, "component": component, "rule": rule,
-         "corpus": texts_hash, "max_tokens": max_tokens, "v": 1},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
-def cached_second_moment(editor: Any, attachment: Any, texts: Sequence[str], use_cache: bool = True,
-                         max_tokens: int = 64) -> tuple[torch.Tensor, dict]:
-    """The second moment for ``attachment`` over ``texts``, from the on-disk cache when present.
-
-    Returns ``(moment (d, d) float32, info)``; ``info`` has the cache key, path and count.
+    Returns ``(moment (d, d) float32, info)``; ``info`` has the cache key, the count and
+    whether it came from the cache.
     """
-    from safetensors.torch import load_file, save_file
-
     h = corpus_hash(texts)
-    key = _cache_key(editor.edited.model, attachment.layer, attachment.component, attachment.positions.value, h, max_tokens)
-    path = nullspace_cache_dir() / f"{key}.safetensors"
-    info = {"cache_key": key, "path": str(path), "corpus_sha256": h, "texts": len(texts)}
-    if use_cache and path.is_file():
-        try:
-            t = load_file(str(path))
-            info["count"] = int(t["count"].item())
-            info["cached"] = True
-            return t["moment"], info
-        except Exception as err:  # a corrupt cache file is rebuilt
-            logger.warning("ignoring unreadable null-space cache %s: %s", path, err)
-    mom = collect_second_moment(editor, attachment, texts, max_tokens=max_tokens)
-    moment = mom.matrix().contiguous()
-    info["count"] = mom.count
-    info["cached"] = False
-    if use_cache:
-        from repedit.cache import atomic_write
+    parts = {"layer": attachment.layer, "component": attachment.component, "rule": attachment.positions.value,
+             "corpus": h, "max_tokens": max_tokens}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+    built = []
 
-        tensors = {"moment": moment, "count": torch.tensor([mom.count], dtype=torch.long)}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
-    return moment, info
+    def build() -> dict[str, torch.Tensor]:
+        mom = collect_second_moment(editor, attachment, texts, max_tokens=max_tokens)
+        built.append(True)
+        return {"moment": mom.matrix().contiguous(), "count": torch.tensor([mom.count], dtype=torch.long)}
+
+    t = editor.cached("nullspace", build, **parts)
+    info = {"cache_key": key, "corpus_sha256": h, "texts": len(texts), "count": int(t["count"].item()),
+            "cached": not built}
+    return t["moment"], info

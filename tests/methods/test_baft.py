@@ -581,7 +581,7 @@ def test_essence_term_keeps_the_subjects_other_predictions(tok, monkeypatch):
                 before = torch.log_softmax(editor.edited.model(**x).logits[0, -1], -1)
         return float(torch.nn.functional.kl_div(after, before, log_target=True, reduction="sum")), mod
 
-    import repedit.methods.baft as B
+    import repedit.methods.baft.negatives as B
 
     seen = []
     real = B._kl_reference

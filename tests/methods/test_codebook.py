@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import pytest
 
+from repedit.edits import merge_adapters
 from repedit.editing import Editor, EditorConfig
 from repedit.hooks import EditableModel
 from repedit.methods import available_methods, build
@@ -282,7 +283,7 @@ def test_delete_merge_explain_and_save_load(tok, tmp_path):
     ed2 = Editor(fresh, tok, ed.config)
     ed2.edit(REQS[2])
     fresh.save_pretrained(str(tmp_path / "b"))
-    manage.merge_adapters(tiny_model("llama", initializer_range=0.5), str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "ab"), tokenizer=tok)
+    merge_adapters(tiny_model("llama", initializer_range=0.5), str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "ab"), tokenizer=tok)
     merged = EditableModel.from_pretrained(tiny_model("llama", initializer_range=0.5), str(tmp_path / "ab"), tokenizer=tok)
     assert [e["prompt"] for e in manage.list_entries(merged)] == [r.prompt for r in REQS]  # repeats of a replaced by b
     ex = manage.explain(merged, REQS[2].prompt)[0]

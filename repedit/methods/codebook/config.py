@@ -38,7 +38,7 @@ class CodebookConfig(MethodConfig):
         "expand/split rules")})
     alpha: float = field(default=0.2, metadata={"help": "BalancEdit's alpha: weight of the positive distance in the radius (0: at the nearest negative)"})
     init_radius: float = field(default=0.5, metadata={"help": "GRACE mode: initial radius of a new entry (in distance units)"})
-    radius_scale: float = field(default=0.7, metadata={"help": "multiplies every radius at inference (no retraining needed). Default 0.7: measured on 1,000 sequential dev CounterFact edits (benchmarks/results/codebook_n1000_rescore07.md: locality 0.949 at 1.0, 0.968 at 0.8, 0.974 at 0.7, paraphrase 0.880 → 0.859)"})
+    radius_scale: float = field(default=0.7, metadata={"help": "multiplies every radius at inference (a sweep knob, no retraining needed); < 1 narrows every entry's scope (default 0.7, measured in docs/methods.md)"})
     value_positions: str = field(default="key", metadata={"help": (
         "where the value acts: 'attachment' = the attachment's position rule (e.g. last_prompt); "
         "'key' = the token(s) the key was read from (for key_positions='subject': the matched token, "
@@ -96,9 +96,5 @@ class CodebookConfig(MethodConfig):
     @classmethod
     def default_layers(cls, num_layers: int) -> list[int]:
         """1/6 of the depth (layer 5 of SmolLM2's 30, BaFT's layer too), where the subject's last
-        token still carries the entity with little of its context: 300 sequential dev CounterFact
-        edits there scored efficacy/paraphrase/locality 1.00/0.89/0.972 (radius scale 0.9), against
-        0.997/0.82/0.951 at layer 10 (a third of the depth, the earlier default) on the same
-        records of a 1,000-edit run, whose codebook held 1,000 entries rather than 300 (so the
-        comparison favours layer 5 somewhat; benchmarks/results/codebook_n300_L5.md, codebook_n1000.md)."""
+        token still carries the entity with little of its context (measured: docs/methods.md)."""
         return [max(0, round(num_layers / 6))]

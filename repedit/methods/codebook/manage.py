@@ -6,20 +6,19 @@ Example::
     manage.list_entries(edited)                      # one dict per entry
     manage.explain(edited, "The mother tongue of Danielle Darrieux is")
     manage.delete_entry(edited, 3)
-    manage.merge_adapters(model, "edits-a", "edits-b", "edits-ab")
+
+Merging two saved adapters (files) is :func:`repedit.edits.merge_adapters`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from repedit.methods.codebook.module import _LOWRANK, _PER_ENTRY, Codebook
 
-__all__ = ["codebooks", "list_entries", "delete_entry", "explain", "merge", "merge_adapters"]
+__all__ = ["codebooks", "list_entries", "delete_entry", "explain", "merge"]
 
 
 def codebooks(edited) -> list:
@@ -134,37 +133,3 @@ def merge(a: Codebook, b: Codebook) -> Codebook:
                             out.radii[i] = min(float(out.radii[i]), new)
                             entries[i].setdefault("flags", {})["merge_conflict_with"] = other
     return out
-
-
-def merge_adapters(model: Any, dir_a: str, dir_b: str, out_dir: str, tokenizer: Any = None) -> Path:
-    """Merge two saved codebook adapters (same base model) into a new adapter directory.
-
-    Codebooks with the same intervention name (same layer) are merged entry-wise; other
-    interventions are copied from ``dir_a`` then ``dir_b``.
-    """
-    from repedit.hooks import EditableModel
-
-    ea, eb = EditableModel(model, tokenizer), EditableModel(model, tokenizer)
-    try:
-        ea.load_adapter(dir_a)
-        eb.load_adapter(dir_b)
-        merged = EditableModel(model, tokenizer)
-        try:
-            for att in ea.attachments():
-                other = eb.get(att.name) if att.name in eb else None
-                module = att.module
-                if other is not None and isinstance(module, Codebook) and isinstance(other.module, Codebook):
-                    if (other.layer, other.component) != (att.layer, att.component):
-                        raise ValueError(f"{att.name}: codebooks sit at different sites")
-                    module = merge(module, other.module)
-                merged.add(att.name, module, layer=att.layer, component=att.component, positions=att.positions)
-            for att in eb.attachments():
-                if att.name not in merged:
-                    merged.add(att.name, att.module, layer=att.layer, component=att.component, positions=att.positions)
-            merged.save_pretrained(out_dir)
-        finally:
-            merged.unwrap()
-    finally:
-        ea.unwrap()
-        eb.unwrap()
-    return Path(out_dir)

@@ -17,7 +17,6 @@ from typing import Sequence
 
 import torch
 
-from repedit.hooks import _split_output
 from repedit.positions import encode
 
 __all__ = ["RadiusDecision", "place_radius", "grace_action", "site_hidden", "pool"]
@@ -65,40 +64,20 @@ def grace_action(d_near: float | None, r_near: float | None, init_radius: float,
     return "expand" if d_near > r_near else "update"
 
 
-class _Stop(Exception):
-    pass
-
-
 @torch.no_grad()
 def site_hidden(edited, layer: int, component: str, tokenizer, prompts: Sequence[str],
                 subjects: Sequence[str | None] | None = None, batch_size: int = 32):
     """Unedited hidden states at a site: yields ``(h (B,T,d) float32, prompt_mask, subject_mask)``
-    per batch. The forward stops right after the site (later layers are skipped)."""
-    target = edited.layout.component(edited.model, layer, component)
+    per batch, through :meth:`repedit.hooks.EditableModel.capture` (the forward stops at the site)."""
     device = next(edited.model.parameters()).device
-    store = {}
-
-    def grab(mod, args, output):
-        store["h"] = _split_output(output)[0]
-        raise _Stop
-
-    handle = target.register_forward_hook(grab)
-    try:
-        for s in range(0, len(prompts), batch_size):
-            ps = list(prompts[s : s + batch_size])
-            ss = list(subjects[s : s + batch_size]) if subjects is not None else None
-            if ss is not None:
-                ss = [x if x and x in p else None for x, p in zip(ss, ps)]
-            batch = encode(tokenizer, ps, subjects=ss).to(device)
-            store.clear()
-            with edited.disabled(), batch.info():
-                try:
-                    edited.model(**batch.model_inputs())
-                except _Stop:
-                    pass
-            yield store["h"].float(), batch.prompt_mask & batch.attention_mask.bool(), batch.subject_mask
-    finally:
-        handle.remove()
+    for s in range(0, len(prompts), batch_size):
+        ps = list(prompts[s : s + batch_size])
+        ss = list(subjects[s : s + batch_size]) if subjects is not None else None
+        if ss is not None:
+            ss = [x if x and x in p else None for x, p in zip(ss, ps)]
+        batch = encode(tokenizer, ps, subjects=ss).to(device)
+        h, _ = edited.capture(layer, component, batch)
+        yield h.float(), batch.prompt_mask & batch.attention_mask.bool(), batch.subject_mask
 
 
 def pool(h: torch.Tensor, prompt_mask: torch.Tensor, subject_mask: torch.Tensor, rule: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,28 +1,10 @@
-"""Edit adapters on disk: save, load, fingerprint, format versions.
-
-An adapter directory holds two files (peft's convention):
-
-``adapter_config.json``
-    :class:`AdapterConfig` as ``asdict`` with sorted keys: format and repedit versions,
-    the interventions (method, layer, component, positions, method config), the compute
-    dtype, the base model's name, revision and fingerprint, and the sha256 of the tensors.
-``adapter_model.safetensors``
-    The intervention tensors only, keyed ``<intervention name>.<parameter>``. No pickle.
-
-The ``default`` adapter sits at the top of the directory; an adapter named ``x`` sits in
-the subfolder ``x/`` (adapter names hold no '.', '/' or '\\', so they never leave it).
-
-A save writes the new tensors beside the old ones (``.adapter_model.safetensors.<sha256>.pending``),
-then switches over in one rename: the new config, which records that sha256, replaces the old
-one; the pending tensors are then renamed into place. A loader takes the tensors whose sha256
-the config records (the pending file while a save is between its two renames), so a crash at
-any point leaves the old or the new adapter loadable. The next save finishes or removes
-whatever an interrupted one left.
+"""The adapter format: names, the config dataclass, the model fingerprint, and reading and
+checking a saved adapter directory (no model, no hooks).
 
 Example::
 
-    edited.save_pretrained("my-edit")
-    edited = EditableModel.from_pretrained(model, "my-edit")
+    cfg = read_adapter_config("my-edit")
+    cfg.interventions[0]["method"]      # 'baft'
 """
 
 from __future__ import annotations
@@ -30,43 +12,42 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from repedit.arch import COMPONENTS
 from repedit.hashing import file_sha256 as _file_sha256
-from repedit.hooks import COMPUTE_DTYPES, check_name
 from repedit.positions import Positions
 from repedit.version import __version__
 
-if TYPE_CHECKING:  # pragma: no cover
-    from repedit.hooks import Attachment, EditableModel
+__all__ = ["FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "COMPUTE_DTYPES", "AdapterError", "AdapterConfig",
+           "check_name", "fingerprint", "adapter_dir", "find_weights", "read_adapter_config"]
 
-logger = logging.getLogger(__name__)
+#: How interventions compute: ``"float32"`` (default) casts the hidden state to float32,
+#: computes the edit, and casts the result back to the model's dtype; ``"model"`` keeps the
+#: intervention parameters and the computation in the model's dtype.
+COMPUTE_DTYPES = ("float32", "model")
 
-__all__ = [
-    "FORMAT_VERSION",
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "AdapterError",
-    "AdapterConfig",
-    "fingerprint",
-    "save_adapter",
-    "load_adapter",
-    "read_adapter_config",
-    "adapter_dir",
-    "find_weights",
-]
+
+def check_name(name: Any, what: str = "intervention") -> str:
+    """Check an intervention or adapter name: a non-empty string without '.', '/' or '\\'
+    (names become tensor-key prefixes and folder names, so they must not hold a path).
+
+    Example::
+
+        check_name("fact")                 # "fact"
+        check_name("../x", "adapter")      # ValueError
+    """
+    if not isinstance(name, str) or not name or any(c in name for c in "./\\"):
+        raise ValueError(f"{what} names are non-empty strings without '.', '/' or '\\', got {name!r}")
+    return name
+
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
@@ -156,34 +137,6 @@ def adapter_dir(directory: str | os.PathLike, adapter: str | None) -> Path:
     return base / adapter
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make the renames in ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with_suppress_unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _pending(where: Path, sha: str) -> Path:
     """The new tensors of a save, beside the old ones until the save finishes."""
     return where / f".{WEIGHTS_NAME}.{sha}.pending"
@@ -210,101 +163,6 @@ def find_weights(where: str | os.PathLike, sha: str) -> Path | None:
         if path.is_file() and _file_sha256(path) == sha:
             return path
     return None
-
-
-def _finish_interrupted_save(where: Path) -> None:
-    """Finish a save stopped after its switch (its tensors still pending), then remove the
-    temporaries of interrupted saves."""
-    sha = _recorded_sha(where)
-    if sha is not None and find_weights(where, sha) == _pending(where, sha):
-        os.replace(_pending(where, sha), where / WEIGHTS_NAME)
-        logger.info("finished an interrupted save in %s", where)
-    for path in where.iterdir():
-        name = path.name
-        if name.startswith((f".{WEIGHTS_NAME}.", f".{CONFIG_NAME}.")) and name.endswith((".tmp", ".pending")):
-            logger.info("removing %s, left by an interrupted save", path)
-            with_suppress_unlink(str(path))
-
-
-def with_suppress_unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def save_adapter(
-    edited: "EditableModel",
-    directory: str | os.PathLike,
-    adapter: str = "default",
-    metadata: dict | None = None,
-) -> Path:
-    """Write one adapter's config and tensors atomically; returns the adapter's directory.
-
-    The new tensors go beside the old ones and one rename of the config switches over, so a
-    crash at any point leaves the old or the new adapter loadable (see the module docstring).
-    """
-    atts = edited.attachments(adapter)
-    if not atts:
-        raise ValueError(f"adapter {adapter!r} has no interventions; adapters: {edited.adapters()}")
-    out = adapter_dir(directory, adapter)
-    out.mkdir(parents=True, exist_ok=True)
-    _finish_interrupted_save(out)
-    tensors: dict[str, torch.Tensor] = {}
-    records = []
-    for att in atts:
-        cfg = att.module.export_config()
-        records.append(
-            {
-                "name": att.name,
-                "method": att.method,
-                "layer": att.layer,
-                "component": att.component,
-                "positions": att.positions.value,
-                "active": att.active,
-                "config": cfg.to_dict(),
-            }
-        )
-        stored = getattr(att.module, "storage_dtypes", {})
-        for key, value in att.module.state_dict().items():
-            value = value.detach().to("cpu", dtype=stored.get(key, value.dtype))
-            tensors[f"{att.name}.{key}"] = value.contiguous().clone()
-    model = edited.model
-    mcfg = getattr(model, "config", None)
-    config = AdapterConfig(
-        adapter_name=adapter,
-        base_model_name_or_path=getattr(mcfg, "name_or_path", None) or getattr(mcfg, "_name_or_path", None),
-        revision=getattr(mcfg, "_commit_hash", None),
-        fingerprint=fingerprint(model),
-        compute_dtype=edited.compute_dtype,
-        layers_path=edited.layers_path,
-        interventions=records,
-        metadata=dict(metadata or {}),
-    )
-    tmp_fd, tmp_weights = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".tmp", dir=out)
-    os.close(tmp_fd)
-    pending = None
-    try:
-        save_file(tensors, tmp_weights, metadata={"format": "pt", "repedit_format_version": str(FORMAT_VERSION)})
-        fd = os.open(tmp_weights, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        config.tensors_sha256 = _file_sha256(Path(tmp_weights))
-        pending = _pending(out, config.tensors_sha256)
-        os.replace(tmp_weights, pending)  # the new tensors, complete, beside the old ones
-        _fsync_dir(out)
-        _atomic_write_bytes(out / CONFIG_NAME, config.to_json().encode())  # the switch: one rename
-        os.replace(pending, out / WEIGHTS_NAME)
-        _fsync_dir(out)
-    except BaseException:
-        with_suppress_unlink(tmp_weights)
-        if pending is not None and _recorded_sha(out) != config.tensors_sha256:
-            with_suppress_unlink(str(pending))  # not switched over: the old adapter stays as it was
-        raise
-    logger.info("saved adapter %r (%d interventions) to %s", adapter, len(records), out)
-    return out
 
 
 #: top-level config keys: (accepted types, required by the current format version)
@@ -442,86 +300,3 @@ def _check_tensor(iname: str, key: str, value: torch.Tensor, expected: torch.Ten
         raise AdapterError(f"intervention {iname!r}: tensor {key!r} has dtype {value.dtype}, expected {want}")
     if value.is_floating_point() and not bool(torch.isfinite(value).all()):
         raise AdapterError(f"intervention {iname!r}: tensor {key!r} holds NaN or infinite values")
-
-
-def load_adapter(
-    edited: "EditableModel",
-    directory: str | os.PathLike,
-    adapter: str | None = None,
-    ignore_fingerprint: bool = False,
-    strict_config: bool = False,
-) -> list["Attachment"]:
-    """Load a saved adapter onto ``edited``, on each layer's device and in the compute dtype.
-
-    Every check runs before anything is attached, so a bad directory raises
-    :class:`AdapterError` and leaves the model as it was. ``ignore_fingerprint=True`` loads
-    onto a model whose fingerprint differs (with a warning).
-
-    Example::
-
-        attachments = load_adapter(edited, "my-edit")
-    """
-    from repedit.methods import build, config_from_dict
-
-    where = adapter_dir(directory, adapter)
-    cfg = read_adapter_config(directory, adapter)
-    mismatch = _check_fingerprint(cfg.fingerprint, edited.model, where)
-    if mismatch:
-        msg = f"adapter {where} was made for another base model ({'; '.join(mismatch)})"
-        if not ignore_fingerprint:
-            raise AdapterError(msg + "; pass ignore_fingerprint=True to load it anyway")
-        warnings.warn(msg, stacklevel=2)
-    weights = find_weights(where, cfg.tensors_sha256)
-    if weights is None:
-        raise AdapterError(
-            f"{where / WEIGHTS_NAME} does not match the sha256 recorded in {CONFIG_NAME}: corrupted or from another save"
-        )
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise AdapterError(f"{weights} is not a readable safetensors file: {err}") from None
-
-    name = cfg.adapter_name if adapter is None else adapter
-    built = []
-    used: set[str] = set()
-    for rec in cfg.interventions:
-        iname, layer = rec["name"], rec["layer"]
-        if iname in edited:
-            raise AdapterError(f"an intervention named {iname!r} is already attached; remove it first")
-        if layer >= edited.num_layers:
-            raise AdapterError(f"intervention {iname!r} sits at layer {layer}, but the model has {edited.num_layers}")
-        try:
-            mcfg = config_from_dict(rec["method"], rec["config"], strict=strict_config)
-            module = build(rec["method"], mcfg, edited.hidden_size)
-        except (TypeError, ValueError) as err:
-            raise AdapterError(f"intervention {iname!r}: {err}") from None
-        prefix = f"{iname}."
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        used.update(prefix + k for k in state)
-        expected = module.state_dict()
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        if missing or extra:
-            raise AdapterError(f"intervention {iname!r}: tensors missing {missing}, unexpected {extra} in {weights}")
-        for key, value in state.items():
-            _check_tensor(iname, key, value, expected[key])
-        stored = getattr(module, "storage_dtypes", {})
-        state = {k: v.to(expected[k].dtype) if k in stored else v for k, v in state.items()}
-        module.load_state_dict(state, strict=True)
-        built.append((iname, module, layer, rec["component"], Positions.parse(rec["positions"]), rec["active"]))
-    stray = sorted(set(tensors) - used)
-    if stray:
-        raise AdapterError(f"{weights} holds tensors no intervention claims: {stray[:5]}")
-
-    attached = []
-    try:
-        for iname, module, layer, component, positions, active in built:
-            edited.add(iname, module, layer=layer, component=component, positions=positions, adapter=name)
-            edited.get(iname).active = active
-            attached.append(edited.get(iname))
-    except BaseException:
-        for att in attached:  # all or nothing
-            edited.remove(att.name)
-        raise
-    logger.info("loaded adapter %r (%d interventions) from %s", name, len(attached), where)
-    return attached

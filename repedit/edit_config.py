@@ -1,0 +1,88 @@
+"""How edits are trained and where they sit: :class:`EditorConfig`, and the method defaults
+that fill its ``None`` fields (:func:`resolve_config`).
+
+Example::
+
+    cfg = resolve_config(EditorConfig(method="loreft"), LoReFTConfig)
+    cfg.lr      # 0.02, LoReFT's default
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from repedit.positions import Positions
+
+__all__ = ["EditorConfig", "resolve_config", "config_dict"]
+
+
+@dataclass
+class EditorConfig:
+    """How edits are trained and where they sit. Every field has a help string."""
+
+    method: str = field(default="baft", metadata={"help": "registered method name (repedit.methods.available_methods()); default BaFT, the best measured (docs/methods.md#which-method)"})
+    method_config: dict = field(default_factory=dict, metadata={"help": "keyword arguments of the method's config dataclass"})
+    layers: list | None = field(default=None, metadata={"help": "decoder layers to edit (None: the method's default, else 1/3 of the depth)"})
+    component: str = field(default="block_output", metadata={"help": "block_output, mlp_output or attention_output"})
+    positions: str | None = field(default=None, metadata={"help": "last_prompt, subject, prompt or all (None: the method's default, else last_prompt)"})
+    lr: float | None = field(default=None, metadata={"help": "Adam learning rate (None: the method's default, else 5e-3)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay"})
+    max_steps: int | None = field(default=None, metadata={"help": "most optimisation steps per edit or batch (None: the method's default, else 100)"})
+    stop_prob: float | None = field(default=None, metadata={"help": "early stop once every target token is the argmax and exp(mean log p) >= this (None: the method's default, else 0.9)"})
+    batch_size: int = field(default=1, metadata={"help": "requests trained together in sequential mode"})
+    seed: int = field(default=0, metadata={"help": "seed: edits are deterministic for a given seed"})
+    adapter: str = field(default="default", metadata={"help": "adapter name the trained interventions belong to"})
+    progress: bool = field(default=False, metadata={"help": "show a tqdm progress bar (off in library calls)"})
+    augment: int | None = field(default=None, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off; None: the method's default, else 0"})
+    augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a corpus sentence start)"})
+    augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (the editor's corpus), a path, or a list of strings"})
+    relation_templates: Any = field(default=None, metadata={"help": "other phrasings of each relation: a mapping from a relation template ('The mother tongue of {} is') to other templates of the same relation, e.g. repedit.eval.data.relation_templates(known_facts_file); with relation_copies > 0 the subject is put into some of them as extra training copies. Never a request's own evaluation prompts"})
+    relation_copies: int = field(default=0, metadata={"help": "extra training copies per request: its subject in this many other templates of its relation (from relation_templates; 0: off)"})
+    answer_end: str | None = field(default=None, metadata={"help": "train the target followed by its natural end so greedy generation says the answer and stops: '.' (a full stop) or None (the target alone)"})
+    corpus: Any = field(default=None, metadata={"help": "general text behind negatives, augmentation prefixes, null-space statistics and entity names: None (WikiText-2's test split, shipped with repedit), 'model' (text the unedited model samples, cached per model), a path to a text file, or a list of strings"})
+    disk_cache: bool = field(default=True, metadata={"help": "keep what a method builds once per model and site (corpus states, name banks) on disk under $REPEDIT_CACHE, keyed by the model's fingerprint, so later processes skip it"})
+    verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
+
+    #: values used for fields left at None when no method default applies
+    FALLBACKS = {"positions": "last_prompt", "augment": 0, "lr": 5e-3, "max_steps": 100, "stop_prob": 0.9}
+
+    def __post_init__(self) -> None:
+        if self.positions is not None:
+            Positions.parse(self.positions)
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError("max_steps must be >= 0")
+        if self.stop_prob is not None and not 0.0 < self.stop_prob <= 1.0:
+            raise ValueError("stop_prob must be in (0, 1]")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError("lr must be > 0")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if (self.augment is not None and self.augment < 0) or self.augment_words < 1:
+            raise ValueError("augment must be >= 0 and augment_words >= 1")
+        if self.relation_copies < 0:
+            raise ValueError("relation_copies must be >= 0")
+        if self.relation_copies and not isinstance(self.relation_templates, Mapping):
+            raise ValueError("relation_copies > 0 needs relation_templates: a mapping from a relation template to "
+                             "other templates of the same relation (repedit.eval.data.relation_templates(path))")
+        if self.answer_end not in (None, "."):
+            raise ValueError(f"answer_end must be None or '.', got {self.answer_end!r}")
+
+
+def resolve_config(config: EditorConfig, method_config_cls: Any = None) -> EditorConfig:
+    """A copy of ``config`` whose ``None`` fields take the method's ``editor_defaults``
+    (then :attr:`EditorConfig.FALLBACKS`)."""
+    import dataclasses
+
+    defaults = getattr(method_config_cls, "editor_defaults", None) or {}
+    if callable(defaults):
+        defaults = defaults(dict(config.method_config))
+    changes = {}
+    for name, fallback in EditorConfig.FALLBACKS.items():
+        if getattr(config, name) is None:
+            changes[name] = defaults.get(name, fallback)
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def config_dict(config: EditorConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,238 @@
+"""BaFT's maths and forward: the gated low-rank change of every basis, vectorised.
+
+    Φ(h) = h + Σ_i w_i(h) · r_i · (⟨W_i, h⟩ + b_i − ⟨r_i, h⟩),   w_i(h) = σ((⟨u_i, h⟩ + c_i) / τ)
+
+One ``(3N × d)`` read matmul gives the gate logits, ``W h`` and ``R h``; one ``(N × d)`` write
+matmul applies the weighted change. At inference the concatenated matrices are cached (no
+per-forward QR, no loop over edits, no host sync).
+
+Example::
+
+    phi = BaFT(BaFTConfig(rank=2, incremental=False), hidden_size=64)
+    out = phi(h, mask)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from repedit.methods.base import Intervention, OrthonormalRows
+from repedit.methods.baft.config import BaFTConfig
+from repedit.methods.baft.gates import GatesMixin
+from repedit.methods.baft.negatives import NegativesMixin
+from repedit.methods.baft.training import TrainingMixin
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BaFT", "baft_delta", "normalize_gate_input"]
+
+
+def normalize_gate_input(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``y·√d/‖y‖`` with ``y = (x − μ)/σ``: what normalised gates read."""
+    y = (x - center) / scale
+    return y * (y.shape[-1] ** 0.5 / y.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+def baft_delta(x_read: torch.Tensor, read: torch.Tensor, write: torch.Tensor, bias: torch.Tensor,
+               gate_bias: torch.Tensor, temperature: float, constant_gate: bool = False,
+               gate_center: torch.Tensor | None = None, gate_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The BaFT change for inputs ``x_read`` (…, d): ``Σ_i w_i r_i (⟨W_i,x⟩ + b_i − ⟨r_i,x⟩)``.
+
+    ``read`` is ``[U; W; R]`` stacked (3N, d), ``write`` is ``R`` (N, d). With ``gate_center``
+    μ (and ``gate_scale`` σ) the gates read ``y·√d/‖y‖``, ``y = (x−μ)/σ``, instead of ``x``. Pure function, used by the module and
+    by the gradient check.
+    """
+    n = write.shape[0]
+    if gate_center is None or constant_gate:
+        g, s, r = (x_read @ read.transpose(0, 1)).split(n, dim=-1)
+    else:
+        scale = gate_scale if gate_scale is not None else torch.ones_like(gate_center)
+        g = normalize_gate_input(x_read, gate_center, scale) @ read[:n].transpose(0, 1)
+        s, r = (x_read @ read[n:].transpose(0, 1)).split(n, dim=-1)
+    diff = s + bias - r
+    if not constant_gate:
+        diff = torch.sigmoid((g + gate_bias) / temperature) * diff
+    return diff @ write
+
+
+class _Block(nn.Module):
+    """The trainable bases of the current edit (or the fixed pool)."""
+
+    def __init__(self, hidden: int, m: int, generator: torch.Generator | None):
+        super().__init__()
+        self.rotate = OrthonormalRows(hidden, m, generator=generator)
+        R = self.rotate.matrix().detach().clone()
+        self.source = nn.Parameter(R.clone())  # W = R: the edit starts at zero
+        self.bias = nn.Parameter(torch.zeros(m))
+        self.gate = nn.Parameter(torch.zeros(m, hidden))
+        self.gate_bias = nn.Parameter(torch.zeros(m))
+
+
+class BaFT(TrainingMixin, GatesMixin, NegativesMixin, Intervention):
+    """Basis-level gated low-rank subspace intervention (a reconstruction of Liu et al., ICLR
+    2025; docs/methods.md#baft). ``gate="constant"`` is exactly LoReFT."""
+    """Basis-level gated low-rank subspace intervention (reconstruction; see the module doc)."""
+
+    storage_dtypes = {"earlier_states": torch.float16}  # the bank stays float16 in memory and on disk
+
+    def __init__(self, config: BaFTConfig, hidden_size: int):
+        super().__init__(config, hidden_size)
+        d, n = hidden_size, config.num_bases
+        self.register_buffer("read_frozen", torch.zeros(3 * n, d))
+        self.register_buffer("write_frozen", torch.zeros(n, d))
+        self.register_buffer("bias_frozen", torch.zeros(n))
+        self.register_buffer("gate_bias_frozen", torch.zeros(n))
+        self.register_buffer("usage", torch.zeros(n))
+        if config.nullspace != "none":
+            self.register_buffer("projector", torch.eye(d))
+        if self._normalized:
+            self.register_buffer("gate_center", torch.zeros(d))
+            self.register_buffer("gate_scale", torch.ones(d))
+        if config.incremental and config.earlier_negatives:
+            # gate positives of every finished edit (float16) and a hash of each one's subject
+            self.register_buffer("earlier_states", torch.zeros(config.num_earlier, d, dtype=torch.float16))
+            self.register_buffer("earlier_subject", torch.zeros(config.num_earlier, dtype=torch.long))
+        self._gen = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
+        self.block: _Block | None = None
+        if not config.incremental:
+            self.usage = torch.zeros(config.rank)
+            self.block = _Block(d, config.rank, self._gen)
+            if config.gate == "sigmoid":
+                with torch.no_grad():  # gates start half-open everywhere
+                    self.block.gate_bias.zero_()
+        self._cache: tuple | None = None
+        self._cache_key: tuple | None = None
+        self._train_state: dict = {}
+        self._fold_warned = False
+
+    def _new_block(self, hidden: int, m: int, generator: torch.Generator | None) -> _Block:
+        return _Block(hidden, m, generator)
+
+    # ----------------------------------------------------------------- shapes
+    @property
+    def _normalized(self) -> bool:
+        return self.config.gate == "sigmoid" and self.config.gate_input == "normalized"
+
+    @property
+    def num_frozen(self) -> int:
+        return self.write_frozen.shape[0]
+
+    @property
+    def num_bases(self) -> int:
+        return self.num_frozen + (self.block.bias.shape[0] if self.block is not None else 0)
+
+    def export_config(self) -> BaFTConfig:
+        import dataclasses
+
+        corpus = self.config.nullspace_corpus
+        if isinstance(corpus, (list, tuple)):  # do not store a user corpus in the adapter
+            corpus = f"<{len(corpus)} texts>"
+        num_earlier = self.earlier_states.shape[0] if hasattr(self, "earlier_states") else 0
+        return dataclasses.replace(self.config, num_bases=self.num_frozen, nullspace_corpus=corpus,
+                                   nullspace_built=self.config.nullspace_built, num_earlier=num_earlier)
+
+    # ----------------------------------------------------------------- math
+    def _block_mats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        b = self.block
+        R = b.rotate.matrix()
+        read = torch.cat([b.gate, b.source, R], 0)
+        write = R
+        bias = b.bias
+        if self.config.nullspace == "read":
+            if self._normalized:  # normalised gates read h itself; W and R read P·h
+                read = torch.cat([b.gate, torch.cat([b.source, R], 0) @ self.projector], 0)
+            else:
+                read = read @ self.projector
+            bias = torch.zeros_like(bias)
+        elif self.config.nullspace == "write":
+            write = write @ self.projector
+        return read, write, bias, b.gate_bias
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(read [U;W;R] (3N, d), write R (N, d), b (N,), c (N,)) over every basis."""
+        if self.block is None:
+            return self.read_frozen, self.write_frozen, self.bias_frozen, self.gate_bias_frozen
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.block.parameters())
+        key = None
+        if not grad:
+            key = tuple((p._version, p.data_ptr()) for p in self.block.parameters()) + tuple(
+                (t._version, t.data_ptr()) for t in self.buffers())
+            if self._cache is not None and self._cache_key == key:
+                return self._cache
+        read, write, bias, gbias = self._block_mats()
+        n, m = self.num_frozen, bias.shape[0]
+        rf = self.read_frozen
+        read = torch.cat([rf[:n], read[:m], rf[n : 2 * n], read[m : 2 * m], rf[2 * n :], read[2 * m :]], 0)
+        out = (read, torch.cat([self.write_frozen, write], 0), torch.cat([self.bias_frozen, bias], 0),
+               torch.cat([self.gate_bias_frozen, gbias], 0))
+        if key is not None:
+            self._cache = tuple(t.detach() for t in out)
+            self._cache_key = key
+        return out
+
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-basis weights w_i(h), shape (..., N)."""
+        read, write, bias, gbias = self.matrices()
+        n = write.shape[0]
+        x = h.to(read.dtype)
+        if self.config.gate == "constant":
+            return torch.ones(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
+        if self._normalized:
+            x = self._gate_input(x)
+        return torch.sigmoid((x @ read[:n].T + gbias + self._shift()) / self.config.temperature)
+
+    def _shift(self) -> float:
+        return 0.0 if self.training else float(self.config.gate_shift)
+
+    def edit(self, h: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        read, write, bias, gbias = self.matrices()
+        x = h.to(read.dtype)
+        if write.shape[0] == 0:
+            return x
+        shift = self._shift()
+        if shift:
+            gbias = gbias + shift
+        center, scale = (self.gate_center, self.gate_scale) if self._normalized else (None, None)
+        return x + baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant",
+                              center, scale)
+
+    # ----------------------------------------------------------------- sweep knobs
+    def knobs(self) -> dict[str, float]:
+        """Inference-time knobs (``repedit.eval.sweep``): ``gate_shift`` (added to every gate
+        logit; > 0 widens scope, < 0 narrows it) and ``temperature``.
+
+        Example::
+
+            from repedit.eval.sweep import sweep
+            sweep(edited, tok, requests, knob="gate_shift", values=[-2, -1, 0, 1, 2])
+        """
+        if self.config.gate == "constant":
+            return {"temperature": float(self.config.temperature)}
+        return {"temperature": float(self.config.temperature), "gate_shift": float(self.config.gate_shift)}
+
+    def set_knob(self, name: str, value: float) -> None:
+        if name == "gate_shift" and "gate_shift" in self.knobs():
+            if not math.isfinite(value):
+                raise ValueError("gate_shift must be finite")
+            self.config.gate_shift = float(value)
+        elif name == "temperature":
+            if not value > 0:  # a constant gate has temperature too (unused, kept settable)
+                raise ValueError("temperature must be > 0")
+            self.config.temperature = float(value)
+        else:
+            super().set_knob(name, value)
+
+    def _read_input(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.projector if self.config.nullspace == "read" else h
+
+    def _gate_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What the gates read: ``(h−μ)·√d/‖h−μ‖`` (normalised) or the basis input."""
+        if not self._normalized:
+            return self._read_input(h)
+        return normalize_gate_input(h, self.gate_center.to(h), self.gate_scale.to(h))
+

@@ -1,0 +1,298 @@
+"""The codebook's part of the method contract: the corpus bank and statistics, a new entry
+per request with its BalancEdit radius (or GRACE's insertion rule), the trained values, and
+flags on each outcome.
+
+The radius of an entry is ``eps = (1 − alpha) · d_neg + alpha · d_pos`` from its own positive
+and negative samples (:func:`repedit.methods.codebook.radius.place_radius`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from repedit.methods.codebook import radius as R
+from repedit.methods.codebook import samples as S
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainingMixin"]
+
+
+class TrainingMixin:
+    """Training hooks of :class:`~repedit.methods.codebook.Codebook`."""
+
+    def _attachment(self, session):
+        return session.attachment_of(self)
+
+    def _hidden(self, session, att, prompts, subjects):
+        return list(R.site_hidden(session.edited, att.layer, att.component, session.tokenizer, prompts, subjects))
+
+    def _corpus(self, session) -> Any:
+        """``corpus_path`` if set, else the editor's corpus (a :class:`repedit.corpus.Corpus`)."""
+        path = self.config.corpus_path
+        if path is None:
+            return session.corpus
+        if getattr(self, "_own_corpus", None) is None or self._own_corpus.source != str(Path(path).expanduser()):
+            self._own_corpus = session.corpus_from(path)
+        return self._own_corpus
+
+    def _names(self, session) -> tuple[str, ...]:
+        """Other-subject names: the known-facts file's subjects if set, else corpus names."""
+        cfg = self.config
+        names = S.known_subjects(cfg.known_facts_path) if cfg.known_facts_path else tuple(
+            session.corpus.names(cfg.num_names) if cfg.num_names > 0 else ())
+        if not names and not getattr(self, "_names_warned", False) and (cfg.known_facts_path or cfg.num_names > 0):
+            self._names_warned = True
+            logger.warning("no entity names for other-subject negatives (from %s): radii rest on the requests' "
+                           "own relations and the corpus only", cfg.known_facts_path or session.corpus)
+        return names
+
+    def _ensure_bank(self, session, att) -> None:
+        """Corpus statistics (first use) and the nearest-neighbour negative bank (cached per
+        module, and for one site across modules in ``session.edited.memory``, so single
+        edits in a loop, each on a fresh codebook, capture the corpus once)."""
+        if self._bank is not None:
+            return
+        cfg = self.config
+        corpus = self._corpus(session)
+        key = (id(session.edited.model), att.layer, att.component, str(session.device), corpus.sha256,
+               cfg.corpus_sentences, cfg.key_positions, cfg.normalize, cfg.null_space, cfg.null_space_threshold)
+        banks = session.edited.memory("codebook_bank")
+        hit = banks.get(key)
+        if hit is not None and (not cfg.has_stats or (torch.equal(self.stat_mean, hit["stat_mean"].to(self.stat_mean))
+                                                      and torch.equal(self.stat_std, hit["stat_std"].to(self.stat_std)))):
+            if not cfg.has_stats:
+                with torch.no_grad():
+                    self.stat_mean.copy_(hit["stat_mean"])
+                    self.stat_std.copy_(hit["stat_std"])
+                cfg.has_stats = True
+            if "projector" in hit:
+                self._null_projector = hit["projector"]
+            self._bank = hit["bank"]
+            return
+        sents = corpus.spread_sentences(cfg.corpus_sentences)
+        if cfg.corpus_sentences > 0 and not sents:
+            logger.warning("the corpus %s has no sentences of 6+ words: the codebook's statistics come from the "
+                           "requests' prompts and its radii have no corpus negatives (locality may drop); pass a "
+                           "corpus (corpus_path or EditorConfig(corpus=...)), or corpus_sentences=0", corpus)
+        bank: dict = {"sentences": sents, "vecs": None, "sent_id": None}
+        if not sents:
+            sents_for_stats = [r.prompt for r in session.all_requests][:256]
+        else:
+            sents_for_stats = sents
+        rows, ids = [], []
+        for b, (h, pm, sm) in enumerate(self._hidden(session, att, sents_for_stats, None)):
+            pm = pm.clone()
+            pm[:, 0] = False  # the first token is an attention sink with outlier activations
+            rows.append(h[pm])
+            base = b * 32
+            ids.append((torch.arange(h.shape[0], device=h.device)[:, None] + base).expand_as(pm)[pm])
+        allh = torch.cat(rows)
+        own_stats = not cfg.has_stats
+        if not cfg.has_stats:
+            with torch.no_grad():
+                self.stat_mean.copy_(allh.mean(0).to(self.stat_mean))
+                self.stat_std.copy_(allh.std(0).clamp_min(1e-4).to(self.stat_std))
+            cfg.has_stats = True
+        if cfg.null_space:  # values will be projected onto the low-energy directions of the corpus states
+            from repedit.methods.nullspace import null_space_projector
+
+            moment = (allh.T @ allh) / max(1, allh.shape[0])
+            self._null_projector, info = null_space_projector(moment, cfg.null_space_threshold, "energy")
+            bank["null_space"] = info
+        if sents:
+            if cfg.key_positions == "subject":
+                bank["vecs"] = self.normalize(allh)
+                bank["sent_id"] = torch.cat(ids)
+            else:
+                pooled = []
+                for h, pm, sm in self._hidden(session, att, sents, None):
+                    k, _ = R.pool(h, pm, sm, cfg.key_positions if cfg.key_positions != "subject_mean" else "prompt")
+                    pooled.append(k)
+                bank["vecs"] = self.normalize(torch.cat(pooled))
+                bank["sent_id"] = torch.arange(len(sents), device=bank["vecs"].device)
+        self._bank = bank
+        if not own_stats or not sents:  # cache only banks of a corpus, with statistics computed from it
+            return
+        banks.clear()  # one site at a time
+        banks[key] = {"bank": bank, "stat_mean": self.stat_mean.detach().clone(),
+                            "stat_std": self.stat_std.detach().clone()}
+        if cfg.null_space:
+            banks[key]["projector"] = self._null_projector
+
+    def _sample_distances(self, session, att, prompts, subjects, key_n: torch.Tensor) -> torch.Tensor:
+        """What the lookup would measure from ``key_n`` for each prompt (inf: no query)."""
+        if not prompts:
+            return torch.empty(0)
+        out = []
+        for h, pm, sm in self._hidden(session, att, prompts, subjects):
+            rule = self.config.key_positions
+            if rule == "subject":
+                d = self.distances(self.normalize(h), key_n[None])[..., 0]
+                out.append(d.masked_fill(~R.skip_first(pm), float("inf")).min(-1).values)
+            else:
+                q, has = R.pool(h, pm, sm, rule)
+                d = self.distances(self.normalize(q), key_n[None])[..., 0]
+                out.append(d.masked_fill(~has, float("inf")))
+        return torch.cat(out).cpu()
+
+    def _corpus_distance(self, key_n: torch.Tensor, subject: str | None) -> float:
+        bank = self._bank
+        if bank is None or bank["vecs"] is None:
+            return float("inf")
+        d = self.distances(bank["vecs"], key_n[None])[:, 0]
+        if subject:
+            bad = [i for i, s in enumerate(bank["sentences"]) if subject.lower() in s.lower()]
+            if bad:
+                d = d.masked_fill(torch.isin(bank["sent_id"], torch.tensor(bad, device=d.device)), float("inf"))
+        return float(d.min()) if d.numel() else float("inf")
+
+    def prepare_edit(self, session) -> None:
+        cfg = self.config
+        att = self._attachment(session)
+        self._ensure_bank(session, att)
+        reqs = session.requests
+        raw = torch.cat([R.pool(h, pm, sm, cfg.key_positions)[0]
+                         for h, pm, sm in self._hidden(session, att, [r.prompt for r in reqs], [r.subject for r in reqs])])
+        keys_n = self.normalize(raw)
+        raw_norm = self.normalize_raw_norm(raw)
+        rows, plans = [], []
+        for i, req in enumerate(reqs):
+            k = keys_n[i]
+            repeat = next((j for j, e in enumerate(cfg.entries)
+                           if e.get("prompt") == req.prompt and e.get("subject") == req.subject), None)
+            plan = {"request": i, "action": "new", "flags": {}}
+            d_near = j_near = None
+            if self.n_entries:
+                dd = self.distances(k[None])[0]
+                if repeat is not None:
+                    dd = dd.clone()
+                    dd[repeat] = float("inf")
+                if self.n_entries > (1 if repeat is not None else 0):
+                    d_near, j_near = float(dd.min()), int(dd.argmin())
+            if repeat is not None:
+                j = repeat
+                plan["action"] = "repeat"
+                cfg.entries[j].update(target_new=req.target_new, case_id=req.case_id)
+            elif cfg.radius_mode == "grace" and d_near is not None:
+                same = cfg.entries[j_near].get("target_new") == req.target_new
+                act = R.grace_action(d_near, float(self.radii[j_near]), cfg.init_radius, same)
+                plan["action"] = act
+                if act in ("expand", "update"):
+                    j = j_near
+                    if act == "expand":
+                        self.radii[j] = d_near
+                else:
+                    j = self._new_entry(k, raw_norm[i], req)
+                    if act == "split":
+                        self.radii[j_near] = d_near / 2 - 1e-5
+                        plan["radius"] = d_near / 2
+                        plan["flags"]["split_with"] = j_near
+            else:
+                j = self._new_entry(k, raw_norm[i], req)
+            plan["entry"] = j
+            if cfg.radius_mode == "grace":
+                plan.setdefault("radius", cfg.init_radius if plan["action"] in ("new",) else None)
+            else:
+                plan.update(self._balanced_radius(session, att, req, k, j))
+            rows.append(j)
+            plans.append(plan)
+        uniq = list(dict.fromkeys(rows))
+        ent = torch.tensor(uniq, dtype=torch.long, device=self.keys.device)
+        dev = self.values.device
+        delta = nn.Parameter((self.values[ent] / cfg.value_scale).clone())
+        sess = {"rows": torch.tensor(rows, dtype=torch.long, device=dev), "entries": ent, "delta": delta,
+                "plans": plans, "params": [delta]}
+        if cfg.value == "lowrank":
+            gen = torch.Generator().manual_seed(cfg.seed + self.n_entries)
+            u = nn.Parameter(self.value_u[ent].clone())
+            v0 = self.value_v[ent].clone()
+            fresh = v0.abs().sum(dim=(1, 2)) == 0
+            init = torch.randn(v0.shape, generator=gen).to(v0) / math.sqrt(self.hidden_size)
+            v = nn.Parameter(torch.where(fresh[:, None, None], init, v0))
+            sess.update(u=u, v=v)
+            sess["params"] += [u, v]
+        self._session = sess
+
+    def normalize_raw_norm(self, raw: torch.Tensor) -> list[float]:
+        x = raw.float()
+        if self.config.normalize != "none":
+            x = x - self.stat_mean
+        if self.config.normalize == "standardize":
+            x = x / self.stat_std
+        return x.norm(dim=-1).tolist()
+
+    def _new_entry(self, key_n, key_norm, req) -> int:
+        j = self._resize_append(key_n, key_norm)
+        self.config.entries.append({"prompt": req.prompt, "target_new": req.target_new, "subject": req.subject,
+                                    "case_id": req.case_id, "relation": req.relation, "flags": {}})
+        return j
+
+    def _balanced_radius(self, session, att, req, key_n, j) -> dict:
+        cfg = self.config
+        pos = S.positives(req, cfg.num_positives)
+        negs = S.negatives(req, session.all_requests, cfg.num_negatives, cfg.seed, self._names(session))
+        neg_prompts = [p for p, _ in negs]
+        d_pos = self._sample_distances(session, att, pos, [req.subject] * len(pos), key_n)
+        d_neg = self._sample_distances(session, att, neg_prompts, [s for _, s in negs], key_n)
+        d_corpus = self._corpus_distance(key_n, req.subject)
+        # other entries with another target are negatives too (conflicts)
+        others = torch.tensor([i for i, e in enumerate(cfg.entries) if i != j and e.get("target_new") != req.target_new],
+                              dtype=torch.long, device=self.keys.device)
+        d_entries = self.distances(key_n[None], self.keys.index_select(0, others))[0].cpu() if others.numel() else torch.empty(0)
+        all_neg = torch.cat([d_neg, torch.tensor([d_corpus]), d_entries])
+        dec = R.place_radius(d_pos, all_neg, cfg.alpha)
+        conflicts = []
+        if others.numel():
+            inside = (d_entries <= self.radii.index_select(0, others).cpu())
+            for o, d in zip(others[inside].tolist(), d_entries[inside].tolist()):
+                conflicts.append((o, d))
+        return {"radius": dec.radius, "d_pos": dec.d_pos, "d_neg": dec.d_neg, "separable": dec.separable,
+                "n_pos": len(pos), "n_neg": len(neg_prompts), "d_corpus": d_corpus, "conflicts": conflicts,
+                "samples": {"positives": pos, "negatives": neg_prompts}}
+
+    def edit_parameters(self, session) -> list[nn.Parameter]:
+        return list(self._session["params"]) if self._session is not None else []
+
+    def finish_edit(self, session, outcomes) -> None:
+        sess = self._session
+        if sess is None:
+            return
+        cfg = self.config
+        with torch.no_grad():
+            ent = sess["entries"]
+            delta = sess["delta"].detach() * cfg.value_scale
+            if cfg.null_space:
+                delta = self._project(delta)
+            self.values[ent] = delta.to(self.values)
+            if cfg.value == "lowrank":
+                self.value_u[ent] = sess["u"].detach().to(self.value_u)
+                self.value_v[ent] = sess["v"].detach().to(self.value_v)
+            for plan, outcome in zip(sess["plans"], outcomes):
+                j = plan["entry"]
+                flags = {"entry": j, "action": plan["action"]}
+                if plan.get("radius") is not None:
+                    self.radii[j] = float(plan["radius"])
+                if "d_pos" in plan:
+                    self.pos_dist[j], self.neg_dist[j] = plan["d_pos"], min(plan["d_neg"], 1e30)
+                    flags.update(d_pos=plan["d_pos"], d_neg=plan["d_neg"], d_corpus=plan["d_corpus"])
+                    for o, d in plan["conflicts"]:  # shrink the other entry so the new key stays out
+                        newr = (1 - cfg.alpha) * d + cfg.alpha * min(float(self.pos_dist[o]), d)
+                        self.radii[o] = min(float(self.radii[o]), newr)
+                        cfg.entries[o].setdefault("flags", {})["shrunk_by"] = j
+                    if plan["conflicts"]:
+                        flags["conflicts"] = [o for o, _ in plan["conflicts"]]
+                    if not plan["separable"]:
+                        flags["inseparable"] = True
+                        outcome.flags["codebook_inseparable"] = {"d_pos": plan["d_pos"], "d_neg": plan["d_neg"]}
+                flags.update(plan["flags"])
+                flags["radius"] = float(self.radii[j])
+                outcome.flags["codebook"] = flags
+                cfg.entries[j]["flags"] = {k: v for k, v in flags.items() if k not in ("entry",)}
+        self._session = None

@@ -1,0 +1,35 @@
+"""A BaFT adapter saved before BaFT became a package loads and gives bit-identical logits,
+and saving it again writes the same tensors and config (the format did not change)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from repedit.hooks import EditableModel
+
+from conftest import tiny_model
+
+SAVED = Path(__file__).resolve().parents[1] / "data" / "baft_adapter_v1"
+
+
+def test_saved_adapter_loads_bit_identically(tok, tmp_path):
+    expected = torch.load(SAVED / "expected.pt")
+    model = tiny_model("llama", initializer_range=0.5)
+    with torch.no_grad():
+        base = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"]).logits[:, -3:]
+    assert not torch.equal(base, expected["logits"])  # the edit changes something
+    edited = EditableModel.from_pretrained(model, str(SAVED), tokenizer=tok)
+    with torch.no_grad():
+        logits = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"]).logits[:, -3:]
+    assert torch.equal(logits, expected["logits"])
+    edited.save_pretrained(str(tmp_path / "again"))
+    old, new = load_file(str(SAVED / "adapter_model.safetensors")), load_file(str(tmp_path / "again" / "adapter_model.safetensors"))
+    assert sorted(old) == sorted(new)
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    old_cfg = json.loads((SAVED / "adapter_config.json").read_text())
+    new_cfg = json.loads((tmp_path / "again" / "adapter_config.json").read_text())
+    assert old_cfg["interventions"] == new_cfg["interventions"]
