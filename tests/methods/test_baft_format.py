@@ -17,7 +17,7 @@ SAVED = Path(__file__).resolve().parents[1] / "data" / "baft_adapter_v1"
 
 
 def test_saved_adapter_loads_bit_identically(tok, tmp_path):
-    expected = torch.load(SAVED / "expected.pt")
+    expected = load_file(str(SAVED / "expected.safetensors"))  # no pickle, even for our own fixtures
     model = tiny_model("llama", initializer_range=0.5)
     with torch.no_grad():
         base = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"]).logits[:, -3:]
