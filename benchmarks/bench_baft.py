@@ -133,6 +133,13 @@ def set_inference_knobs(edited, cfg_kwargs: dict) -> None:
                 att.module.set_knob(k, float(mc.get(k, getattr(BaFTConfig(), k))))
 
 
+def resolved_identity(editor) -> dict:
+    """The method defaults a run resolved to, when they differ from those before they moved into
+    ``editor_defaults`` (so checkpoints made with other defaults are not reused)."""
+    cfg = editor.config
+    return {"answer_end": cfg.answer_end} if cfg.answer_end else {}
+
+
 def unedited_cache(env: dict, source: str, protocols: list[str], reqs: list, device: str) -> tuple[str, dict]:
     """Name and identity of the unedited model's scores kept in a checkpoint folder (shared by
     bench_baft's runs and bench_gate_shift). The device is part of it: locality compares
@@ -234,7 +241,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             from repedit.checkpoints import SequentialCheckpoint
 
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
-                                      {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs]})
+                                      {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
+                                       **resolved_identity(editor)})
             done, outcomes, seconds = ck.restore(edited, cfg.adapter)
             if done:  # inference knobs are not part of a checkpoint: use this run's
                 set_inference_knobs(edited, cfg_kwargs)
@@ -290,7 +298,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
 
             from repedit.adapters import fingerprint
 
-            ident = {"config": copy.deepcopy(cfg_kwargs), "protocols": PROTOCOLS, "model": fingerprint(model),
+            ident = {"config": copy.deepcopy(cfg_kwargs), **resolved_identity(editor), "protocols": PROTOCOLS,
+                     "model": fingerprint(model),
                      "device": str(next(model.parameters()).device.type)}
             key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
         for i, req in enumerate(tqdm(reqs, desc=f"{name} single", unit="edit", mininterval=10)):
@@ -371,7 +380,8 @@ def main(argv=None) -> None:
                    "this many other templates of its relation (known_1000.json's templates; default 0)")
     p.add_argument("--essence-weight", type=float, default=None, help="BaFT's essence term (KL on the subject in "
                    "essence_templates; default: BaFTConfig's)")
-    p.add_argument("--answer-end", default=None, help="EditorConfig.answer_end: '.' trains the target and a full stop")
+    p.add_argument("--answer-end", default=None, help="EditorConfig.answer_end: '.' trains the target and a full stop, "
+                   "'' the target alone (default: the method's: '.' for BaFT)")
     p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
                    "with other relations; 0: none)")
     p.add_argument("--seed", type=int, default=0)

@@ -287,6 +287,20 @@ def _editor_config(args: argparse.Namespace) -> Any:
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
+    if args.answer_end is not None:
+        kw["answer_end"] = "" if args.answer_end == "none" else args.answer_end
+    if args.relation_copies < 0:
+        raise CLIError(f"--relation-copies must be >= 0, got {args.relation_copies}")
+    if args.relation_copies and not args.relation_templates:
+        raise CLIError("--relation-copies needs --relation-templates FILE (a known_1000.json-style file)")
+    if args.relation_templates:
+        from repedit.eval.data import relation_templates
+
+        try:
+            kw["relation_templates"] = relation_templates(args.relation_templates)
+        except (OSError, ValueError) as err:
+            raise CLIError(f"--relation-templates: {err}") from None
+        kw["relation_copies"] = args.relation_copies
     return EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
                         positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
                         progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)

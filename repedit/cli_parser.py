@@ -119,6 +119,13 @@ def _add_edit_parser(sub: Any) -> None:
     g.add_argument("--stop-prob", type=float, default=None, help="early-stop target probability (default: the method's, 0.9)")
     g.add_argument("--corpus", default=None, help="general text for negatives, prefixes and names: a text file, or "
                    "'model' for text the model generates (default: the WikiText-2 test split shipped with repedit)")
+    g.add_argument("--answer-end", choices=(".", "none"), default=None, help="train the target followed by a full stop "
+                   "('.'; greedy answers then say the target and stop) or alone ('none') (default: the method's: '.' for "
+                   "baft, none otherwise)")
+    g.add_argument("--relation-templates", default=None, metavar="FILE", help="a known-facts JSON file (ROME's "
+                   "known_1000.json layout: template, relation_id) giving other phrasings of each relation")
+    g.add_argument("--relation-copies", type=int, default=0, metavar="K", help="with --relation-templates: train each "
+                   "request's subject in K other templates of its relation as well (default 0)")
     g.add_argument("--sequential", action="store_true", help="edit the requests one after another (else as one batch)")
     g.add_argument("--batch-size", type=int, default=1, help="requests per sequential step (default 1)")
     g.add_argument("--augment", type=int, default=None,

@@ -39,13 +39,13 @@ class EditorConfig:
     augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (the editor's corpus), a path, or a list of strings"})
     relation_templates: Any = field(default=None, metadata={"help": "other phrasings of each relation: a mapping from a relation template ('The mother tongue of {} is') to other templates of the same relation, e.g. repedit.eval.data.relation_templates(known_facts_file); with relation_copies > 0 the subject is put into some of them as extra training copies. Never a request's own evaluation prompts"})
     relation_copies: int = field(default=0, metadata={"help": "extra training copies per request: its subject in this many other templates of its relation (from relation_templates; 0: off)"})
-    answer_end: str | None = field(default=None, metadata={"help": "train the target followed by its natural end so greedy generation says the answer and stops: '.' (a full stop) or None (the target alone)"})
+    answer_end: str | None = field(default=None, metadata={"help": "train the target followed by its natural end so greedy generation says the answer and stops: '.' (a full stop), '' (the target alone) or None (the method's default: '.' for BaFT, '' otherwise); skipped for a tokenizer that does not know the end"})
     corpus: Any = field(default=None, metadata={"help": "general text behind negatives, augmentation prefixes, null-space statistics and entity names: None (WikiText-2's test split, shipped with repedit), 'model' (text the unedited model samples, cached per model), a path to a text file, or a list of strings"})
     disk_cache: bool = field(default=True, metadata={"help": "keep what a method builds once per model and site (corpus states, name banks) on disk under $REPEDIT_CACHE, keyed by the model's fingerprint, so later processes skip it"})
     verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
 
     #: values used for fields left at None when no method default applies
-    FALLBACKS = {"positions": "last_prompt", "augment": 0, "lr": 5e-3, "max_steps": 100, "stop_prob": 0.9}
+    FALLBACKS = {"positions": "last_prompt", "augment": 0, "lr": 5e-3, "max_steps": 100, "stop_prob": 0.9, "answer_end": ""}
 
     def __post_init__(self) -> None:
         if self.positions is not None:
@@ -65,8 +65,8 @@ class EditorConfig:
         if self.relation_copies and not isinstance(self.relation_templates, Mapping):
             raise ValueError("relation_copies > 0 needs relation_templates: a mapping from a relation template to "
                              "other templates of the same relation (repedit.eval.data.relation_templates(path))")
-        if self.answer_end not in (None, "."):
-            raise ValueError(f"answer_end must be None or '.', got {self.answer_end!r}")
+        if self.answer_end not in (None, "", "."):
+            raise ValueError(f"answer_end must be '.', '' or None (the method's default), got {self.answer_end!r}")
 
 
 def resolve_config(config: EditorConfig, method_config_cls: Any = None) -> EditorConfig:

@@ -355,13 +355,24 @@ class Editor:
     def _start_session(self, reqs: list[EditRequest], indices: list[int],
                        all_requests: list[EditRequest] | None) -> EditSession:
         """The training prompts of ``reqs`` encoded with their targets, in an :class:`EditSession`."""
-        cfg = self.config
         prompts, owners = self.training_prompts(reqs, indices)
+        end = self._answer_end()
         batch = encode(
-            self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() + (cfg.answer_end or "") for o in owners],
+            self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() + end for o in owners],
             [reqs[o].subject for o in owners],
         ).to(self.device)
         return EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
+
+    def _answer_end(self) -> str:
+        """``EditorConfig.answer_end`` when the tokenizer knows it (it decodes back), else ''."""
+        end = self.config.answer_end or ""
+        if end and "answer_end_ok" not in self._memo:
+            ids = self.tokenizer(end, add_special_tokens=False)["input_ids"]
+            back = self.tokenizer.decode(ids, skip_special_tokens=True).strip() if ids else ""
+            self._memo["answer_end_ok"] = back == end.strip()  # an unknown or special token does not decode back
+            if not self._memo["answer_end_ok"]:
+                logger.warning("the tokenizer has no token for answer_end %r: targets are trained without it", end)
+        return end if end and self._memo["answer_end_ok"] else ""
 
     def _fixed_inputs(self, session: EditSession) -> dict[str, Any]:
         """What every forward of an edit shares: the model inputs (logits only where a target

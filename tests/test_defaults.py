@@ -55,3 +55,23 @@ def test_a_method_without_defaults_falls_back():
 
     cfg = resolve_config(EditorConfig(method="x"), MethodConfig)
     assert (cfg.lr, cfg.max_steps, cfg.stop_prob, cfg.positions, cfg.augment) == (5e-3, 100, 0.9, "last_prompt", 0)
+
+
+def test_cli_passes_the_generality_options(tmp_path):
+    import json
+
+    from repedit.cli import CLIError, _editor_config
+    from repedit.cli_parser import build_parser
+
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps([{"template": "{} is a native speaker of", "relation_id": "P103"},
+                                 {"template": "The native language of {} is", "relation_id": "P103"}]))
+    base = ["edit", "--prompt", "p", "--target", "t", "--out", "o"]
+    args = build_parser().parse_args(base + ["--answer-end", "none", "--relation-templates", str(known),
+                                             "--relation-copies", "2"])
+    cfg = _editor_config(args)
+    assert cfg.answer_end == "" and cfg.relation_copies == 2
+    assert cfg.relation_templates["{} is a native speaker of"] == ["The native language of {} is"]
+    assert _editor_config(build_parser().parse_args(base)).answer_end is None  # the method's default
+    with pytest.raises(CLIError, match="--relation-templates"):
+        _editor_config(build_parser().parse_args(base + ["--relation-copies", "2"]))

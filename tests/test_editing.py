@@ -185,20 +185,44 @@ def test_relation_copies_put_the_subject_in_other_templates_of_its_relation(tok)
         EditorConfig(relation_copies=1)
 
 
-def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch):
-    import repedit.editing as E
-    from repedit import Editor, EditorConfig, EditRequest
+def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch, caplog):
+    import logging
 
-    seen = {}
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    import repedit.editing as E
+    from conftest import WORDS
+    from repedit import Editor, EditorConfig, EditRequest
+    from repedit.edit_config import resolve_config
+    from repedit.methods import get_method
+
+    seen = []
     real = E.encode
 
     def spy(tokenizer, prompts, continuations=None, subjects=None, **kw):
-        seen.setdefault("conts", continuations)
+        seen.append(continuations)
         return real(tokenizer, prompts, continuations, subjects, **kw)
 
     monkeypatch.setattr(E, "encode", spy)
+    req = EditRequest("the capital of france is", "rome", subject="france")
+    # a tokenizer that knows "." (punctuation split off): the target is trained with it
+    vocab = {w: i for i, w in enumerate(list(WORDS) + ["."])}
+    tk = Tokenizer(tok_models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    dot_tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
     cfg = EditorConfig(method="loreft", layers=[1], augment=0, max_steps=1, answer_end=".")
-    Editor(tiny_model("llama"), tok, cfg).edit(EditRequest("the capital of france is", "rome", subject="france"))
-    assert seen["conts"] == [" rome."]
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(vocab))  # one more row for "."
+    Editor(model, dot_tok, cfg).edit(req)
+    assert seen[-1] == [" rome."]
+    # one that does not know it: trained without, and said so
+    with caplog.at_level(logging.WARNING):
+        Editor(tiny_model("llama"), tok, cfg).edit(req)
+    assert seen[-1] == [" rome"] and any("answer_end" in r.getMessage() for r in caplog.records)
     with pytest.raises(ValueError, match="answer_end"):
         EditorConfig(answer_end="!")
+    # BaFT trains the full stop by default; other methods do not; '' switches it off
+    assert resolve_config(EditorConfig(method="baft"), get_method("baft").config_cls).answer_end == "."
+    assert resolve_config(EditorConfig(method="codebook"), get_method("codebook").config_cls).answer_end == ""
+    assert resolve_config(EditorConfig(method="baft", answer_end=""), get_method("baft").config_cls).answer_end == ""

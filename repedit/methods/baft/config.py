@@ -60,8 +60,9 @@ class BaFTConfig(MethodConfig):
     @classmethod
     def editor_defaults(cls, method_config: dict | None = None) -> dict:
         """Every prompt token (the gates pick the subject's last token), 2 augmented copies,
-        Adam at 2e-2 for at most 60 steps until p(target) ≥ 0.9 (docs/methods.md)."""
-        return {"positions": "prompt", "augment": 2, "lr": 2e-2, "max_steps": 60, "stop_prob": 0.9}
+        the target trained with a full stop after it, Adam at 2e-2 for at most 60 steps until
+        p(target) ≥ 0.9 (docs/methods.md)."""
+        return {"positions": "prompt", "augment": 2, "lr": 2e-2, "max_steps": 60, "stop_prob": 0.9, "answer_end": "."}
 
     @classmethod
     def default_layers(cls, num_layers: int) -> list[int]:
