@@ -77,18 +77,17 @@ def instrument(clock: PhaseClock) -> None:
     from repedit.methods.baft import BaFT
     from repedit.methods.codebook.module import Codebook
 
-    clock.wrap(BaFT, "_corpus_negatives", "setup")
-    clock.wrap(BaFT, "_subject_bank", "setup")
-    clock.wrap(BaFT, "build_nullspace", "setup")
-    clock.wrap(BaFT, "prepare_edit", "prepare")
-    clock.wrap(BaFT, "_fit_gates", "gate_fit")
-    clock.wrap(BaFT, "finish_edit", "verify")
-    clock.wrap(Codebook, "_ensure_bank", "setup")
-    clock.wrap(Codebook, "prepare_edit", "prepare")
-    clock.wrap(Codebook, "finish_edit", "verify")
-    clock.wrap(Editor, "_optimise", "train")
-    clock.wrap(Editor, "_verify", "verify")
-    clock.wrap(Editor, "_train_chunk", "other")
+    timed = {
+        "setup": [(BaFT, "_corpus_negatives"), (BaFT, "_subject_bank"), (BaFT, "build_nullspace"), (Codebook, "_ensure_bank")],
+        "prepare": [(BaFT, "prepare_edit"), (Codebook, "prepare_edit")],
+        "gate_fit": [(BaFT, "_fit_gates")],
+        "train": [(Editor, "_optimise")],
+        "verify": [(BaFT, "finish_edit"), (Codebook, "finish_edit"), (Editor, "_verify")],
+        "other": [(Editor, "_train_chunk")],
+    }
+    for phase, places in timed.items():
+        for owner, attr in places:
+            clock.wrap(owner, attr, phase)
 
 
 def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
