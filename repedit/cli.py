@@ -289,6 +289,8 @@ def _editor_config(args: argparse.Namespace) -> Any:
     config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
     if args.answer_end is not None:
         kw["answer_end"] = "" if args.answer_end == "none" else args.answer_end
+    if args.entity_names is not None:
+        kw["entity_names"] = args.entity_names
     if args.relation_copies < 0:
         raise CLIError(f"--relation-copies must be >= 0, got {args.relation_copies}")
     if args.relation_copies and not args.relation_templates:

@@ -119,6 +119,8 @@ def _add_edit_parser(sub: Any) -> None:
     g.add_argument("--stop-prob", type=float, default=None, help="early-stop target probability (default: the method's, 0.9)")
     g.add_argument("--corpus", default=None, help="general text for negatives, prefixes and names: a text file, or "
                    "'model' for text the model generates (default: the WikiText-2 test split shipped with repedit)")
+    g.add_argument("--entity-names", default=None, metavar="FILE", help="names of other entities (one per line) for "
+                   "subject negatives (default: names found in the corpus)")
     g.add_argument("--answer-end", choices=(".", "none"), default=None, help="train the target followed by a full stop "
                    "('.'; greedy answers then say the target and stop) or alone ('none') (default: the method's: '.' for "
                    "baft, none otherwise)")

@@ -58,10 +58,30 @@ class Corpus:
     of an Editor. ``source`` says where the lines came from (for logs and cache keys).
     """
 
-    def __init__(self, lines: Sequence[str], source: str):
+    def __init__(self, lines: Sequence[str], source: str, names: Sequence[str] | None = None):
         self.lines = [str(x) for x in lines]
         self.source = source
+        #: entity names given by the user (then :meth:`names` returns them instead of mining the text)
+        self.given_names = None if names is None else [str(n) for n in names]
         self._views: dict = {}
+
+    def with_names(self, names: Sequence[str] | str | os.PathLike) -> "Corpus":
+        """The same text with these entity names (a list, or a file with one name per line)
+        for subject negatives instead of the names found in the text.
+
+        Example::
+
+            Corpus.default().with_names(["Eiffel Tower", "Louvre"]).names(1)   # ['Eiffel Tower']
+        """
+        if isinstance(names, (str, os.PathLike)):
+            p = Path(names).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(f"entity-names file {p} not found; pass an existing file with one name per "
+                                        "line, a list of names, or None for the names found in the corpus")
+            names = [x.strip() for x in _read_text(p).splitlines() if x.strip()]
+        elif not all(isinstance(n, str) for n in names):
+            raise TypeError("entity names must be a list of strings or a path")
+        return Corpus(self.lines, self.source, names=list(names))
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -120,6 +140,8 @@ class Corpus:
         for line in self.lines:
             h.update(line.encode("utf-8"))
             h.update(b"\n")
+        if self.given_names is not None:
+            h.update(b"\0names\0" + "\n".join(self.given_names).encode("utf-8"))
         return h.hexdigest()
 
     def sentences(self, limit: int | None = None, min_words: int = 4, max_words: int = 40) -> list[str]:
@@ -167,6 +189,8 @@ class Corpus:
         """About ``limit`` entity names from the first ``sentences`` sentences: capitalised
         alphabetic words of 3+ letters that do not start a sentence, and such a word followed
         by another capitalised word ("Boulter", "Doctor Who"), in order of appearance."""
+        if self.given_names is not None:
+            return self.given_names[:limit]
         key = ("names", limit, sentences)
         if key not in self._views:
             names: list[str] = []

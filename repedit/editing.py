@@ -94,7 +94,10 @@ class Editor:
         resolved once: the shipped WikiText-2 test split by default."""
         if getattr(self, "_corpus", None) is None:
             with self.edited.disabled():  # 'model': the unedited model's text
-                self._corpus = resolve_corpus(self.config.corpus, self.edited.model, self.tokenizer)
+                corpus = resolve_corpus(self.config.corpus, self.edited.model, self.tokenizer)
+            if self.config.entity_names is not None:
+                corpus = corpus.with_names(self.config.entity_names)
+            self._corpus = corpus
             logger.info("corpus: %s", self._corpus)
         return self._corpus
 

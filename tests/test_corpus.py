@@ -133,3 +133,16 @@ def test_package_never_reads_the_repository_layout():
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if any(s in p.read_text(encoding="utf-8") for s in ('"shared"', "'shared'", "../shared", "shared/data"))]
     assert offenders == []
+
+
+def test_user_entity_names_replace_the_mined_ones(tok, tmp_path):
+    names = tmp_path / "names.txt"
+    names.write_text("Eiffel Tower\nLouvre\n\nNotre Dame\n")
+    corpus = Corpus.default().with_names(names)
+    assert corpus.names(2) == ["Eiffel Tower", "Louvre"] and corpus.lines == Corpus.default().lines
+    assert corpus.sha256 != Corpus.default().sha256  # cached states of other names are not reused
+    editor = Editor(tiny_model("llama"), tok, EditorConfig(**CFG, method="baft", entity_names=["london", "madrid"]))
+    assert editor.corpus.names(1000) == ["london", "madrid"]
+    with pytest.raises(FileNotFoundError, match="entity-names file"):
+        Editor(tiny_model("llama"), tok, EditorConfig(**CFG, method="baft", entity_names=str(tmp_path / "no.txt"))).edit(
+            fact_requests(1))
