@@ -1,5 +1,6 @@
 """What ``repedit``'s subcommands share: the error type, output helpers, argument parsing
-(numbers, JSON options), the data a command reads, and the checks made before a model loads.
+(numbers, JSON options), the model, adapter and data a command reads, and the checks made
+before a model loads.
 
 Example::
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +201,64 @@ def _check_checkpoint_args(args: argparse.Namespace) -> None:
         raise CLIError("--checkpoint-every/--resume do not combine with --evaluate; score the adapter with `repedit eval`")
     if args.checkpoint_every is not None and args.checkpoint_every < 1:
         raise CLIError(f"--checkpoint-every must be >= 1, got {args.checkpoint_every}")
+
+
+def _device(args: argparse.Namespace) -> Any:
+    import torch
+
+    from repedit.eval.distributed import launched, local_device
+
+    if args.device:
+        return args.device
+    if launched():
+        return local_device()
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_model(args: argparse.Namespace, adapter_cfg: Any = None) -> tuple[Any, Any, str]:
+    import torch
+
+    from repedit import models
+
+    name = args.model
+    if name is None:
+        base = getattr(adapter_cfg, "base_model_name_or_path", None)
+        if base and (base in models.KNOWN_MODELS or Path(base).exists()):
+            name = base
+            _note(f"model: {name} (the adapter's base model)")
+        else:
+            name = models.DEFAULT_MODEL
+    looks_local = name.startswith((".", "/", "~")) or os.sep in name and Path(name).parent.exists()
+    if name not in models.KNOWN_MODELS and looks_local and not Path(name).expanduser().exists():
+        raise CLIError(f"--model {name}: no such directory (known aliases: {', '.join(sorted(models.KNOWN_MODELS))})")
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    model, tok = models.load(name, dtype=dtype, device=_device(args))
+    logger.info("loaded %s in %.1f s", name, time.perf_counter() - t0)
+    return model, tok, name
+
+
+def _read_adapter_cfg(directory: str) -> Any:
+    from repedit.adapters import read_adapter_config
+
+    return read_adapter_config(directory)
+
+
+def _load_adapter(model: Any, tok: Any, directory: str, ignore_fingerprint: bool) -> Any:
+    import warnings
+
+    from repedit.hooks import EditableModel
+
+    with warnings.catch_warnings():
+        if not ignore_fingerprint:
+            warnings.simplefilter("default")
+        return EditableModel.from_pretrained(model, directory, tokenizer=tok, ignore_fingerprint=ignore_fingerprint)
+
+
+def _protocols(text: str) -> tuple[str, ...]:
+    from repedit.eval.harness import _check_protocols
+
+    return _check_protocols(text)
+
+
+# ============================================================================ commands
