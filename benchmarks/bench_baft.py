@@ -84,6 +84,8 @@ def method_configs(args) -> dict:
         baft["gate_shift"] = args.gate_shift
     if args.essence_weight is not None:  # only when given, so default runs keep their checkpoints' identity
         baft["essence_weight"] = args.essence_weight
+    if args.baft_config:  # any other BaFTConfig fields, as JSON
+        baft.update(json.loads(args.baft_config))
     out = {
         # LoReFT keeps pyreft's usual setting (one layer, last prompt token: with no gate it
         # would edit every token of every prompt at "prompt" positions); BaFT and BaFT + null
@@ -384,6 +386,8 @@ def main(argv=None) -> None:
                    "'' the target alone (default: the method's: '.' for BaFT)")
     p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
                    "with other relations; 0: none)")
+    p.add_argument("--baft-config", default=None, help="other BaFTConfig fields as JSON, e.g. '{\"value\": \"vector\"}' "
+                   "(BaFT and BaFT + null space)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=int, default=0, help="records start at this offset of the seeded order")
     p.add_argument("--threads", type=int, default=1)

@@ -37,9 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import RESULTS_DIR, environment, latency_ratio, select_requests, set_threads, write_results  # noqa: E402
+from benchmarks.common import RESULTS_DIR, environment, latency_ratio, median_time, select_requests, set_threads, write_results  # noqa: E402
 
-METHODS = ("baft", "codebook")
+METHODS = ("baft", "baft_dense", "codebook")
 
 
 def synthetic(method: str, n_edits: int, hidden: int, rank: int = 2):
@@ -47,14 +47,17 @@ def synthetic(method: str, n_edits: int, hidden: int, rank: int = 2):
     from repedit.methods import build
 
     g = torch.Generator().manual_seed(0)
-    if method == "baft":
+    if method in ("baft", "baft_dense"):  # baft: the default routing (sparse from 256 edits); baft_dense: every edit
         nb = n_edits * rank
         # 7 earlier-negative rows per edit: the subject token of the prompt, its 2 augmented
         # copies and 4 relation templates (the defaults)
-        mod = build("baft", {"rank": rank, "num_bases": nb, "num_earlier": 7 * n_edits}, hidden)
+        routing = {"routing": "dense"} if method == "baft_dense" else {}
+        mod = build("baft", {"rank": rank, "num_bases": nb, "num_earlier": 7 * n_edits, **routing}, hidden)
         with torch.no_grad():
             mod.earlier_states.copy_(torch.randn(7 * n_edits, hidden, generator=g).half())
-            mod.read_frozen.copy_(torch.randn(3 * nb, hidden, generator=g) / hidden ** 0.5)
+            # one gate row per edit, shared by its bases (the gate fit copies it)
+            gates = torch.randn(n_edits, hidden, generator=g).repeat_interleave(rank, 0)
+            mod.read_frozen.copy_(torch.cat([gates, torch.randn(2 * nb, hidden, generator=g)]) / hidden ** 0.5)
             mod.write_frozen.copy_(torch.nn.functional.normalize(torch.randn(nb, hidden, generator=g), dim=-1))
             mod.gate_bias_frozen.fill_(-30.0)  # gates off on unrelated prompts, as trained gates are
         return mod
@@ -97,7 +100,7 @@ def worker(args) -> dict:
         fwd(b)
     peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     mod = synthetic(args.worker_method, args.worker_n, edited.hidden_size)
-    positions = "prompt" if args.worker_method == "baft" else "last_prompt"
+    positions = "prompt" if args.worker_method.startswith("baft") else "last_prompt"
     edited.add("growth", mod, layer=layer, positions=positions, adapter="growth")
     for b in batches.values():
         fwd(b)
@@ -115,6 +118,10 @@ def worker(args) -> dict:
                 fwd(b)
 
         out[label] = latency_ratio(run_edited, run_base, repeats=args.repeats, warmup=3)
+        out[f"{label}_aa"] = latency_ratio(run_base, run_base, repeats=args.repeats, warmup=3)  # the noise floor
+        h, mask = edited.capture(layer, "block_output", b, before="growth")
+        with torch.no_grad():
+            out[f"{label}_hook_ms"] = 1000 * median_time(lambda: mod(h, mask), repeats=args.repeats)
     return out
 
 
@@ -232,13 +239,18 @@ def main(argv=None) -> int:
 
     model, _ = models.load(args.model)
     table = [{"method": p_["method"], "edits": p_["edits"], "latency_1_prompt": p_["batch1"]["ratio"],
-              "latency_batch16": p_["batch16"]["ratio"], "peak_rss_rise_MiB": p_["peak_rss_rise_bytes"] / 2**20,
+              "latency_batch16": p_["batch16"]["ratio"],
+              "A/A 1 prompt": p_.get("batch1_aa", {}).get("ratio"), "A/A batch16": p_.get("batch16_aa", {}).get("ratio"),
+              "hook_ms_1_prompt": p_.get("batch1_hook_ms"), "hook_ms_batch16": p_.get("batch16_hook_ms"),
+              "peak_rss_rise_MiB": p_["peak_rss_rise_bytes"] / 2**20,
               "tensor_MiB": p_["tensor_bytes"] / 2**20, "adapter_bytes_per_edit": p_["adapter_bytes_per_edit"]} for p_ in points]
     write_results(args.name, {"points": points, "quality": quality, "environment": environment(model, args.model)}, table=table,
                   notes=("Cost against the number of edits (synthetic interventions of the sizes real edits produce; BaFT: "
                          "2 bases per edit at every prompt token of layer 1/6 of the depth; codebook: one entry per edit, "
                          "subject-token scan, projected index from 4,096 entries). Latency: edited/unedited forward, "
-                         f"median of {args.repeats} interleaved repeats, one torch thread. Peak memory: rise of the "
+                         f"median of {args.repeats} interleaved repeats, one torch thread; A/A: the unedited model timed against "
+                         "itself (the noise floor); hook_ms: the intervention alone on the site's states. "
+                         "baft routes sparsely from 256 edits (top 8 per token), baft_dense evaluates every edit. Peak memory: rise of the "
                          "process's peak RSS over an unedited forward (fresh process per point). Plot: growth.png; its "
                          "last panel collects sequential-edit quality from the other result files."))
     plot(points, quality, RESULTS_DIR / f"{args.name}.png")

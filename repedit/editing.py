@@ -35,6 +35,7 @@ from repedit.edit_results import EditResult, RequestOutcome, _mark_verified, _ta
 from repedit.hooks import Attachment, EditableModel
 from repedit.positions import EncodedBatch, encode
 from repedit.requests import EditRequest, normalize_text, validate_requests
+from repedit.resume import can_resume, resumed_at, site_input
 from repedit.session import EditSession
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class Editor:
         tokenizer: the model's tokenizer (taken from the EditableModel if omitted).
         config: an :class:`EditorConfig`.
     """
+
+    #: training forwards start at the edited layer, from states captured once per edit
+    #: (:mod:`repedit.resume`; the same logits and gradients as the full forward)
+    resume_forward: bool = True
 
     def __init__(self, model: nn.Module | EditableModel, tokenizer: Any = None, config: EditorConfig | None = None):
         config = config or EditorConfig()
@@ -385,7 +390,20 @@ class Editor:
         inputs = session.batch.model_inputs()
         if self._sliced_logits:
             inputs["logits_to_keep"] = positions
-        return {"inputs": inputs, "target": target, "valid": valid, "owner": torch.tensor(session.owners)}
+        fixed = {"inputs": inputs, "target": target, "valid": valid, "owner": torch.tensor(session.owners)}
+        layer = can_resume(self.edited, self.attachments()) if self.resume_forward else None
+        if layer is not None:
+            states = site_input(self.edited, layer, session.batch)
+            if states is not None:
+                fixed["resume"] = (layer, states)
+        return fixed
+
+    def _forward(self, session: EditSession, fixed: dict[str, Any]) -> Any:
+        """The model on the edit's batch; from the edited layer up when the states below it
+        were captured (:mod:`repedit.resume`)."""
+        resume = fixed.get("resume")
+        with session.batch.info(), (resumed_at(self.edited, *resume) if resume else contextlib.nullcontext()):
+            return self.edited.model(**fixed["inputs"])
 
     def _stats(self, session: EditSession, fixed: dict[str, Any], out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self._row_stats(out, session.batch, fixed["target"], fixed["valid"], self._sliced_logits,
@@ -411,8 +429,7 @@ class Editor:
         try:
             for step in range(cfg.max_steps + 1):
                 session.step = step
-                with batch.info():
-                    out = self.edited.model(**fixed["inputs"])
+                out = self._forward(session, fixed)
                 row_nll, row_prob, reached = self._stats(session, fixed, out)
                 nll, prob = row_nll[:n], row_prob[:n]
                 for i in torch.nonzero(reached & ~done).flatten().tolist():
@@ -446,8 +463,8 @@ class Editor:
     def _verify(self, session: EditSession, fixed: dict[str, Any], outcomes: list[RequestOutcome]) -> None:
         """Re-check the finished edits as they run at inference (eval mode, one forward, no
         gradient, no RNG: training is untouched, so runs stay reproducible)."""
-        with torch.no_grad(), session.batch.info():
-            out = self.edited.model(**fixed["inputs"])
+        with torch.no_grad():
+            out = self._forward(session, fixed)
         _, row_prob, ok = self._stats(session, fixed, out)
         _mark_verified(outcomes, ok, row_prob[: len(outcomes)].float().cpu())
 

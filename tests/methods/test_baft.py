@@ -628,3 +628,113 @@ def test_setup_is_built_once_and_reused_from_disk(tok, monkeypatch, tmp_path):
                         method_config={"seed": 0, "num_corpus_negatives": 30}))
     editor.edit(req)
     assert not (tmp_path / "off").exists()  # disk_cache=False writes nothing
+
+
+def _gate_problem(fit: str, n_neg: int = 6000, d: int = 16):
+    """Two requests' positives (own clusters) and many negatives, gates initialised."""
+    from repedit.methods.baft import _Block
+
+    g = torch.Generator().manual_seed(0)
+    phi = build("baft", {"rank": 2, "seed": 0, "gate_input": "raw", "gate_fit": fit, "gate_fit_sample": 512},
+                hidden_size=d)
+    phi.block = _Block(d, 4, None)
+    neg = torch.randn(n_neg, d, generator=g)
+    centres = torch.zeros(2, d)
+    centres[0, 0], centres[1, 1] = 7.0, 7.0
+    pos = torch.cat([c + 0.3 * torch.randn(4, d, generator=g) for c in centres])
+    owner = torch.tensor([0] * 4 + [1] * 4)
+    phi._train_state = {"pos": pos, "pos_owner": owner, "neg": neg,
+                        "own": owner[:, None] == (torch.arange(4) // 2)[None, :]}
+    phi._init_gates(pos, owner, neg, [object(), object()])
+    return phi, pos, neg
+
+
+def test_active_gate_fit_separates_like_the_full_fit(monkeypatch):
+    seen = []
+    real = BaFT._gate_loss
+
+    def spy(self, gate, gbias, neg=None, *a, **k):
+        seen.append(None if neg is None else neg.shape[0])
+        return real(self, gate, gbias, neg, *a, **k)
+
+    monkeypatch.setattr(BaFT, "_gate_loss", spy)
+    fitted = {}
+    for fit in ("full", "active"):
+        seen.clear()
+        phi, pos, neg = _gate_problem(fit)
+        phi._fit_gates()
+        b = phi.block
+        assert torch.equal(b.gate[0], b.gate[1]) and torch.equal(b.gate[2], b.gate[3])  # one row per request, copied
+        with torch.no_grad():
+            zp = phi._gate_logits(pos, b.gate, b.gate_bias)
+            zn = phi._gate_logits(neg, b.gate, b.gate_bias)
+        own = phi._train_state["own"]
+        assert float(zp[own].min()) > 0 and float(zp[~own].max()) < 0 and float(zn.max()) < 0
+        fitted[fit] = (b.gate.detach().clone(), seen[:])
+    (g_full, n_full), (g_act, n_act) = fitted["full"], fitted["active"]
+    assert set(n_full) == {None}  # every negative at every step
+    assert n_act and max(n_act) < 6000  # a subset of the negatives per step
+    cos = torch.nn.functional.cosine_similarity(g_full[::2], g_act[::2], dim=1)
+    assert bool((cos > 0.95).all())
+
+
+def test_active_subset_weights_estimate_the_mean():
+    phi, _, neg = _gate_problem("active")
+    active = torch.zeros(neg.shape[0], dtype=torch.bool)
+    active[:100] = True
+    sub, w = phi._active_subset(neg, active, torch.Generator().manual_seed(0))
+    assert sub.shape[0] == 100 + 512 and torch.equal(sub[:100], neg[:100])
+    assert abs(float(w.sum()) - 1.0) < 1e-5
+    assert float(w[0]) == pytest.approx(1 / neg.shape[0])
+
+
+def _many_edits(n_edits: int, d: int = 24, rank: int = 2, open_edits=(), **cfg):
+    """A frozen BaFT with ``n_edits`` synthetic edits (one gate row per edit, as fitted);
+    gates closed (bias −30) except ``open_edits`` (bias +5)."""
+    g = torch.Generator().manual_seed(0)
+    nb = n_edits * rank
+    phi = build("baft", {"rank": rank, "num_bases": nb, "gate_input": "raw", "gate_shift": 0.0, **cfg}, d)
+    with torch.no_grad():
+        gates = (torch.randn(n_edits, d, generator=g) / d ** 0.5).repeat_interleave(rank, 0)
+        phi.read_frozen.copy_(torch.cat([gates, torch.randn(2 * nb, d, generator=g) / d ** 0.5]))
+        phi.write_frozen.copy_(torch.nn.functional.normalize(torch.randn(nb, d, generator=g), dim=-1))
+        phi.bias_frozen.copy_(torch.randn(nb, generator=g))
+        c = torch.full((n_edits,), -30.0)
+        c[list(open_edits)] = 5.0
+        phi.gate_bias_frozen.copy_(c.repeat_interleave(rank))
+    return phi.eval()
+
+
+def test_sparse_routing_equals_dense_where_few_gates_open():
+    x = torch.randn(3, 7, 24, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    dense = _many_edits(300, open_edits=(3, 70, 299), routing="dense")
+    sparse = _many_edits(300, open_edits=(3, 70, 299), routing="sparse", routing_top_k=4)
+    assert sparse.sparse_routing and not dense.sparse_routing
+    out_d, out_s = dense(x, mask), sparse(x, mask)
+    assert not torch.allclose(out_d, x, atol=1e-3)  # the open edits change the states
+    assert torch.allclose(out_s, out_d, atol=1e-5)
+    # with more open edits than top-k, only the k most open ones act (the rest contribute 0)
+    many = _many_edits(300, open_edits=range(10), routing="sparse", routing_top_k=4)
+    many_dense = _many_edits(300, open_edits=range(10), routing="dense")
+    assert not torch.allclose(many(x, mask), many_dense(x, mask), atol=1e-3)
+
+
+def test_sparse_routing_with_k_covering_every_edit_is_the_dense_path():
+    x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    dense = _many_edits(12, open_edits=(1, 2, 5), routing="dense")
+    with torch.no_grad():  # gates of every strength, not only clearly open or closed
+        dense.gate_bias_frozen.copy_(torch.linspace(-3, 3, 12).repeat_interleave(2))
+    sparse = _many_edits(12, routing="sparse", routing_top_k=12)
+    sparse.load_state_dict(dense.state_dict())
+    assert torch.allclose(sparse(x, mask), dense(x, mask), atol=1e-5)
+
+
+def test_routing_auto_switches_by_edit_count_and_not_in_training():
+    assert not _many_edits(10, routing_min_edits=256).sparse_routing
+    phi = _many_edits(300, routing_min_edits=256)
+    assert phi.sparse_routing
+    phi.train()
+    assert not phi.sparse_routing  # training always runs the dense path
+    assert not _many_edits(300, train_gates=True).sparse_routing  # trained gates: rows may differ

@@ -8,12 +8,15 @@ from typing import Any
 
 from repedit.methods.base import MethodConfig
 
-__all__ = ["BaFTConfig", "NULLSPACE_MODES", "GATES", "GATE_INPUTS", "TRIGGERS"]
+__all__ = ["BaFTConfig", "NULLSPACE_MODES", "GATES", "GATE_INPUTS", "TRIGGERS", "GATE_FITS", "VALUES", "ROUTINGS"]
 
 NULLSPACE_MODES = ("none", "read", "write")
 GATES = ("sigmoid", "constant")
 GATE_INPUTS = ("normalized", "raw")
 TRIGGERS = ("subject", "positions")
+GATE_FITS = ("active", "full")
+VALUES = ("reft", "vector")
+ROUTINGS = ("auto", "dense", "sparse")
 
 
 @dataclass
@@ -23,6 +26,7 @@ class BaFTConfig(MethodConfig):
     num_bases: int = field(default=0, metadata={"help": "frozen bases held (grows with incremental edits; set by export_config)"})
     gate: str = field(default="sigmoid", metadata={"help": "'sigmoid': w_i = σ((⟨u_i,h⟩+c_i)/τ); 'constant': w_i = 1 (LoReFT)"})
     gate_input: str = field(default="normalized", metadata={"help": "what the gates read: 'normalized' = the centred, scaled, normalised state y·√d/‖y‖ with y = (h−μ)/σ (μ, σ: per-coordinate median and spread of corpus states at the site, fixed at the first edit), so a gate fires inside a cone around its subject's direction whatever the token's norm; 'raw' = h (P·h with a read-mode null space), as in the formula"})
+    value: str = field(default="reft", metadata={"help": "what an edit writes where its gates open: 'reft' = LoReFT's R^T(Wh + b − Rh) (depends on h); 'vector' = R^T b, one fixed vector per edit (ROME's v*), W tied to R"})
     temperature: float = field(default=1.0, metadata={"help": "gate temperature τ"})
     gate_shift: float = field(default=-4.0, metadata={"help": "added to every gate logit before /τ at inference, not in training (a sweep knob, no retraining): > 0 widens each edit's scope (generality), < 0 narrows it (locality); the default −4 shuts the sigmoid tails of gates fitted to ≤ −2 on negatives, which add up over many edits (measurements: docs/methods.md#baft)"})
     gate_init_sharpness: float = field(default=4.0, metadata={"help": "data-driven gate init: logit at the request's prompt (and −logit mirrored at the negatives' boundary)"})
@@ -54,6 +58,13 @@ class BaFTConfig(MethodConfig):
     gate_margin_weight: float = field(default=1.0, metadata={"help": "weight of the gate-margin term (0: off)"})
     gate_fit_steps: int = field(default=150, metadata={"help": "steps of a logistic fit of the new gates on the fixed positive/negative states before the edit is trained (0: data init only)"})
     gate_fit_lr: float = field(default=5e-3, metadata={"help": "Adam learning rate of the gate fit"})
+    routing: str = field(default="auto", metadata={"help": "inference with many edits: 'sparse' evaluates at each token only the routing_top_k edits whose gates are most open (one matmul over the edits' gate rows picks them; the others contribute exactly 0); 'dense' evaluates every edit; 'auto': sparse from routing_min_edits edits on"})
+    routing_top_k: int = field(default=8, metadata={"help": "sparse routing: edits evaluated per token"})
+    routing_min_edits: int = field(default=256, metadata={"help": "routing 'auto': the number of edits from which routing is sparse"})
+    gate_fit: str = field(default="active", metadata={"help": "'active': each gate-fit step sees the negatives near the boundary plus a reweighted random sample of the rest, then every negative is checked; 'full': every negative at every step"})
+    gate_fit_sample: int = field(default=1024, metadata={"help": "active gate fit: easy negatives sampled (reweighted) beside the active ones"})
+    gate_fit_slack: float = field(default=4.0, metadata={"help": "active gate fit: negatives with a logit above −(gate_margin + slack) at the start are active"})
+    gate_fit_rounds: int = field(default=3, metadata={"help": "active gate fit: rounds at most (a round adds the negatives the last fit left above −gate_margin)"})
     train_gates: bool = field(default=False, metadata={"help": "keep training the gates (with the locality and margin terms) while the edit is trained; False: gates stay as fitted"})
     stop_on_gates: bool = field(default=True, metadata={"help": "veto the Editor's early stop until the new gates separate positives from negatives (only while train_gates)"})
 
@@ -77,6 +88,16 @@ class BaFTConfig(MethodConfig):
             raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.routing_top_k < 1 or self.routing_min_edits < 1:
+            raise ValueError("routing_top_k and routing_min_edits must be >= 1")
+        if self.value not in VALUES:
+            raise ValueError(f"value must be one of {VALUES}, got {self.value!r}")
+        if self.gate_fit not in GATE_FITS:
+            raise ValueError(f"gate_fit must be one of {GATE_FITS}, got {self.gate_fit!r}")
+        if self.gate_fit_sample < 1 or self.gate_fit_rounds < 1:
+            raise ValueError("gate_fit_sample and gate_fit_rounds must be >= 1")
         if self.gate_input not in GATE_INPUTS:
             raise ValueError(f"gate_input must be one of {GATE_INPUTS}, got {self.gate_input!r}")
         if self.nullspace not in NULLSPACE_MODES:

@@ -75,30 +75,38 @@ class GatesMixin:
                     st["hard_in"] = self._gate_input(st["hard"])
         return st["gate_in"]
 
-    def _gate_loss(self, gate: torch.Tensor, gate_bias: torch.Tensor) -> torch.Tensor | None:
+    def _gate_loss(self, gate: torch.Tensor, gate_bias: torch.Tensor, neg: torch.Tensor | None = None,
+                   neg_weight: torch.Tensor | None = None, own: torch.Tensor | None = None) -> torch.Tensor | None:
         """Gate terms of the new bases on the fixed states: locality (softplus on negatives and
         on other requests' positives), keep-on (softplus(−z) on own positives) and the margin
-        hinge (z ≥ +m on own positives, z ≤ −m on negatives)."""
+        hinge (z ≥ +m on own positives, z ≤ −m on negatives).
+
+        ``neg``/``neg_weight`` replace the negatives' mean by a weighted sum over a subset (the
+        active-set fit); ``own`` replaces the (positive × basis) ownership mask."""
         cfg = self.config
         st = self._train_state
         terms = []
-        neg, pos = self._fixed_gate_inputs()
+        all_neg, pos = self._fixed_gate_inputs()
+        if neg is None:
+            neg = all_neg
         m = cfg.gate_margin
 
-        def off(x: torch.Tensor, weight: float = 1.0) -> None:  # a group of negatives: gates off, below −m
-            z = (x @ gate.T + gate_bias) / cfg.temperature
+        def off(x: torch.Tensor, weight: float = 1.0, row_w: torch.Tensor | None = None) -> None:
+            z = (x @ gate.T + gate_bias) / cfg.temperature  # a group of negatives: gates off, below −m
+            mean = (lambda t: t.mean()) if row_w is None else (lambda t: (t * row_w[:, None]).sum() / t.shape[1])
             if cfg.locality_weight > 0:
-                terms.append(weight * cfg.locality_weight * F.softplus(z).mean())
+                terms.append(weight * cfg.locality_weight * mean(F.softplus(z)))
             if cfg.gate_margin_weight > 0:
-                terms.append(weight * cfg.gate_margin_weight * F.relu(z + m).mean())
+                terms.append(weight * cfg.gate_margin_weight * mean(F.relu(z + m)))
 
         if neg.shape[0]:
-            off(neg)
+            off(neg, row_w=neg_weight)
         if "hard_in" in st and cfg.variant_weight > 0:  # a group of its own: not drowned by easy negatives
             off(st["hard_in"], cfg.variant_weight)
-        if pos.shape[0] and "own" in st:
+        own = st.get("own") if own is None else own
+        if pos.shape[0] and own is not None:
             z = (pos @ gate.T + gate_bias) / cfg.temperature
-            own = st["own"].to(z.dtype)
+            own = own.to(z.dtype)
             other = 1 - own
             n_own = own.sum().clamp_min(1)
             if cfg.gate_positive_weight > 0:
@@ -113,29 +121,74 @@ class GatesMixin:
         return sum(terms) if terms else None
 
     def _fit_gates(self) -> None:
-        """Fit the new gates as a classifier of the fixed states (positives vs negatives)."""
+        """Fit the new gates as a classifier of the fixed states (positives vs negatives).
+
+        The rows of one request start equal and get equal gradients, so one row per request is
+        fitted and copied. With ``gate_fit="active"`` each Adam step sees only the negatives
+        near the boundary (logit above −(margin + ``gate_fit_slack``) at the start) plus a
+        reweighted random sample of the rest, an unbiased estimate of the full objective; after
+        the fit every negative is checked and the violators join the active set for another
+        round (at most ``gate_fit_rounds``). ``"full"`` uses every negative at every step."""
         cfg = self.config
         b = self.block
-        gate = b.gate.detach().clone().requires_grad_(True)
-        gbias = b.gate_bias.detach().clone().requires_grad_(True)
+        r = cfg.rank
+        uniq = slice(None, None, r)
+        gate = b.gate.detach()[uniq].clone().requires_grad_(True)
+        gbias = b.gate_bias.detach()[uniq].clone().requires_grad_(True)
+        st = self._train_state
+        own = st["own"][:, uniq] if "own" in st else None
+        neg_all, _ = self._fixed_gate_inputs()
         # the gate fit is balanced: positives are few, so their terms weigh as much as all negatives
         saved = cfg.gate_positive_weight
         cfg.gate_positive_weight = max(saved, 1.0)
         try:
-            opt = torch.optim.Adam([gate, gbias], lr=cfg.gate_fit_lr)
-            with torch.enable_grad():
-                for _ in range(cfg.gate_fit_steps):
-                    loss = self._gate_loss(gate, gbias)
-                    if loss is None:
+            if cfg.gate_fit != "active" or neg_all.shape[0] <= cfg.gate_fit_sample:
+                self._adam_gate_fit(gate, gbias, None, None, own)
+            else:
+                with torch.no_grad():
+                    z = (neg_all @ gate.T + gbias).max(1).values / cfg.temperature
+                active = z > -(cfg.gate_margin + cfg.gate_fit_slack)
+                gen = torch.Generator(device="cpu").manual_seed(int(neg_all.shape[0]))
+                for _ in range(max(1, cfg.gate_fit_rounds)):
+                    neg, weight = self._active_subset(neg_all, active, gen)
+                    self._adam_gate_fit(gate, gbias, neg, weight, own)
+                    with torch.no_grad():
+                        z = (neg_all @ gate.T + gbias).max(1).values / cfg.temperature
+                    missed = (z > -cfg.gate_margin) & ~active
+                    if not bool(missed.any()):  # one host sync per round, in training only
                         break
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    active |= missed
         finally:
             cfg.gate_positive_weight = saved
         with torch.no_grad():
-            b.gate.copy_(gate.detach())
-            b.gate_bias.copy_(gbias.detach())
+            b.gate.copy_(gate.detach().repeat_interleave(r, 0))
+            b.gate_bias.copy_(gbias.detach().repeat_interleave(r, 0))
+
+    def _active_subset(self, neg_all: torch.Tensor, active: torch.Tensor,
+                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The active negatives (weight 1/N each) and ``gate_fit_sample`` of the others drawn at
+        random (weight N_rest/(sample·N) each): the weighted sum estimates the mean over all N."""
+        n = neg_all.shape[0]
+        hard = torch.nonzero(active).flatten()
+        rest = torch.nonzero(~active).flatten()
+        k = min(self.config.gate_fit_sample, rest.numel())
+        pick = rest[torch.randperm(rest.numel(), generator=gen)[:k].to(rest.device)] if k else rest
+        w_hard = torch.full((hard.numel(),), 1.0 / n, device=neg_all.device, dtype=neg_all.dtype)
+        w_rest = torch.full((pick.numel(),), rest.numel() / max(k, 1) / n, device=neg_all.device, dtype=neg_all.dtype)
+        return neg_all[torch.cat([hard, pick])], torch.cat([w_hard, w_rest])
+
+    def _adam_gate_fit(self, gate: torch.Tensor, gbias: torch.Tensor, neg: torch.Tensor | None,
+                       weight: torch.Tensor | None, own: torch.Tensor | None) -> None:
+        """``gate_fit_steps`` Adam steps on :meth:`_gate_loss` (in place on ``gate``, ``gbias``)."""
+        opt = torch.optim.Adam([gate, gbias], lr=self.config.gate_fit_lr)
+        with torch.enable_grad():
+            for _ in range(self.config.gate_fit_steps):
+                loss = self._gate_loss(gate, gbias, neg, weight, own)
+                if loss is None:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
 
     def gate_separation(self) -> dict:
         """(min own-positive logit, max negative logit) of the bases being trained."""

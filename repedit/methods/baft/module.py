@@ -25,6 +25,7 @@ from repedit.methods.base import Intervention, OrthonormalRows
 from repedit.methods.baft.config import BaFTConfig
 from repedit.methods.baft.gates import GatesMixin
 from repedit.methods.baft.negatives import NegativesMixin
+from repedit.methods.baft.routing import sparse_delta
 from repedit.methods.baft.training import TrainingMixin
 
 logger = logging.getLogger(__name__)
@@ -140,12 +141,13 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, Intervention):
     def _block_mats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         b = self.block
         R = b.rotate.matrix()
-        read = torch.cat([b.gate, b.source, R], 0)
+        source = R if self.config.value == "vector" else b.source  # 'vector': W = R, the change is R^T b
+        read = torch.cat([b.gate, source, R], 0)
         write = R
         bias = b.bias
         if self.config.nullspace == "read":
             if self._normalized:  # normalised gates read h itself; W and R read P·h
-                read = torch.cat([b.gate, torch.cat([b.source, R], 0) @ self.projector], 0)
+                read = torch.cat([b.gate, torch.cat([source, R], 0) @ self.projector], 0)
             else:
                 read = read @ self.projector
             bias = torch.zeros_like(bias)
@@ -186,6 +188,18 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, Intervention):
             x = self._gate_input(x)
         return torch.sigmoid((x @ read[:n].T + gbias + self._shift()) / self.config.temperature)
 
+    @property
+    def sparse_routing(self) -> bool:
+        """Whether inference evaluates only the most open edits per token
+        (:mod:`~repedit.methods.baft.routing`): frozen incremental edits whose bases share their
+        edit's gate row (gates fitted, not trained), in eval mode, per ``routing``."""
+        cfg = self.config
+        if cfg.routing == "dense" or self.training or self.block is not None or cfg.gate != "sigmoid":
+            return False
+        if not cfg.incremental or cfg.train_gates:
+            return False
+        return cfg.routing == "sparse" or self.num_frozen // cfg.rank >= cfg.routing_min_edits
+
     def _shift(self) -> float:
         return 0.0 if self.training else float(self.config.gate_shift)
 
@@ -197,6 +211,10 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, Intervention):
         shift = self._shift()
         if shift:
             gbias = gbias + shift
+        if self.sparse_routing:
+            gate_x = self._gate_input(x) if self._normalized else x
+            return x + sparse_delta(x, gate_x, read, write, bias, gbias, self.config.rank, self.config.routing_top_k,
+                                    self.config.temperature)
         center, scale = (self.gate_center, self.gate_scale) if self._normalized else (None, None)
         return x + baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant",
                               center, scale)
