@@ -34,8 +34,9 @@ from repedit.edit_config import EditorConfig, config_dict, resolve_config
 from repedit.edit_results import EditResult, RequestOutcome, _mark_verified, _target_stats, target_nll, target_positions
 from repedit.hooks import Attachment, EditableModel
 from repedit.positions import EncodedBatch, encode
-from repedit.requests import EditRequest, normalize_text, validate_requests
+from repedit.requests import EditRequest, validate_requests
 from repedit.resume import can_resume, resumed_at, site_input
+from repedit.training_prompts import TrainingPromptsMixin
 from repedit.session import EditSession
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
         return False
 
 
-class Editor:
+class Editor(TrainingPromptsMixin):
     """Trains interventions so a model produces new targets for edit requests.
 
     Args:
@@ -281,69 +282,6 @@ class Editor:
         bar.close()
         return EditResult(outcomes, self.edited, time.perf_counter() - t0)
 
-    def _prefixes(self) -> list[str]:
-        if getattr(self, "_prefix_pool", None) is None:
-            cfg = self.config
-            if isinstance(cfg.augment_corpus, (list, tuple)):
-                texts = list(cfg.augment_corpus)
-            elif cfg.augment_corpus is not None:
-                texts = Corpus.from_file(cfg.augment_corpus).sentences(limit=3000)
-            else:
-                texts = self.corpus.sentences(limit=3000)
-            pool = []
-            for t in texts:
-                words = t.split()
-                if len(words) >= 3:
-                    pool.append(" ".join(words[: cfg.augment_words]))
-            if not pool:
-                raise ValueError("augment > 0 needs a corpus with sentences of at least 3 words; pass "
-                                 "EditorConfig(augment_corpus=...) or corpus=..., or augment=0")
-            self._prefix_pool = pool
-        return self._prefix_pool
-
-    def training_prompts(self, reqs: list[EditRequest], indices: list[int]) -> tuple[list[str], list[int]]:
-        """The prompts trained for ``reqs``: each prompt, then ``augment`` copies with a random
-        corpus prefix, then ``relation_copies`` copies with the subject in other templates of
-        its relation (deterministic for the seed and the request's index; never one of the
-        request's evaluation prompts). Returns (prompts, owner index into ``reqs`` per prompt)."""
-        prompts = [r.prompt for r in reqs]
-        owners = list(range(len(reqs)))
-        self._add_prefix_copies(reqs, indices, prompts, owners)
-        self._add_relation_copies(reqs, indices, prompts, owners)
-        return prompts, owners
-
-    def _add_relation_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
-        k = self.config.relation_copies
-        if not k:
-            return
-        import random
-
-        table = self.config.relation_templates
-        for j, (r, idx) in enumerate(zip(reqs, indices)):
-            if not r.subject or not r.relation:
-                continue
-            banned = r.evaluation_prompts() | {normalize_text(r.prompt)}
-            pool = sorted({t for t in table.get(r.relation, ()) if isinstance(t, str) and t.count("{}") == 1
-                           and t != r.relation and normalize_text(t.replace("{}", r.subject)) not in banned})
-            rng = random.Random(self.config.seed * 1000003 + idx + 7)
-            for t in rng.sample(pool, min(k, len(pool))):
-                prompts.append(t.replace("{}", r.subject))
-                owners.append(j)
-
-    def _add_prefix_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
-        k = self.config.augment
-        if k:
-            import random
-
-            pool = self._prefixes()
-            for j, (r, idx) in enumerate(zip(reqs, indices)):
-                rng = random.Random(self.config.seed * 1000003 + idx)
-                for _ in range(k):
-                    words = rng.choice(pool).split()
-                    n = rng.randint(min(3, len(words)), len(words))
-                    prompts.append(" ".join(words[:n]).rstrip(" ,.;:") + ". " + r.prompt)
-                    owners.append(j)
-
     def _train_chunk(self, reqs: list[EditRequest], indices: list[int],
                      all_requests: list[EditRequest] | None = None) -> list[RequestOutcome]:
         """Train one edit (or batch): the method prepares, the optimiser runs, the method
@@ -370,17 +308,6 @@ class Editor:
             [reqs[o].subject for o in owners],
         ).to(self.device)
         return EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
-
-    def _answer_end(self) -> str:
-        """``EditorConfig.answer_end`` when the tokenizer knows it (it decodes back), else ''."""
-        end = self.config.answer_end or ""
-        if end and "answer_end_ok" not in self._memo:
-            ids = self.tokenizer(end, add_special_tokens=False)["input_ids"]
-            back = self.tokenizer.decode(ids, skip_special_tokens=True).strip() if ids else ""
-            self._memo["answer_end_ok"] = back == end.strip()  # an unknown or special token does not decode back
-            if not self._memo["answer_end_ok"]:
-                logger.warning("the tokenizer has no token for answer_end %r: targets are trained without it", end)
-        return end if end and self._memo["answer_end_ok"] else ""
 
     def _fixed_inputs(self, session: EditSession) -> dict[str, Any]:
         """What every forward of an edit shares: the model inputs (logits only where a target

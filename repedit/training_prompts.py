@@ -1,0 +1,96 @@
+"""What an edit trains on: the request's prompt, copies behind corpus prefixes, copies in other
+templates of its relation, and the target followed by its natural end.
+
+A mixin of :class:`~repedit.editing.Editor` (it reads ``self.config``, ``self.corpus``,
+``self.tokenizer`` and ``self._memo``).
+
+Example::
+
+    prompts, owners = editor.training_prompts(requests, indices=[0, 1])
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from repedit.corpus import Corpus
+from repedit.requests import EditRequest, normalize_text
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainingPromptsMixin"]
+
+
+class TrainingPromptsMixin:
+    """Training prompts and answer end of the :class:`~repedit.editing.Editor`."""
+
+    def _prefixes(self) -> list[str]:
+        if getattr(self, "_prefix_pool", None) is None:
+            cfg = self.config
+            if isinstance(cfg.augment_corpus, (list, tuple)):
+                texts = list(cfg.augment_corpus)
+            elif cfg.augment_corpus is not None:
+                texts = Corpus.from_file(cfg.augment_corpus).sentences(limit=3000)
+            else:
+                texts = self.corpus.sentences(limit=3000)
+            pool = []
+            for t in texts:
+                words = t.split()
+                if len(words) >= 3:
+                    pool.append(" ".join(words[: cfg.augment_words]))
+            if not pool:
+                raise ValueError("augment > 0 needs a corpus with sentences of at least 3 words; pass "
+                                 "EditorConfig(augment_corpus=...) or corpus=..., or augment=0")
+            self._prefix_pool = pool
+        return self._prefix_pool
+
+    def training_prompts(self, reqs: list[EditRequest], indices: list[int]) -> tuple[list[str], list[int]]:
+        """The prompts trained for ``reqs``: each prompt, then ``augment`` copies with a random
+        corpus prefix, then ``relation_copies`` copies with the subject in other templates of
+        its relation (deterministic for the seed and the request's index; never one of the
+        request's evaluation prompts). Returns (prompts, owner index into ``reqs`` per prompt)."""
+        prompts = [r.prompt for r in reqs]
+        owners = list(range(len(reqs)))
+        self._add_prefix_copies(reqs, indices, prompts, owners)
+        self._add_relation_copies(reqs, indices, prompts, owners)
+        return prompts, owners
+
+    def _add_relation_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
+        k = self.config.relation_copies
+        if not k:
+            return
+        table = self.config.relation_templates
+        for j, (r, idx) in enumerate(zip(reqs, indices)):
+            if not r.subject or not r.relation:
+                continue
+            banned = r.evaluation_prompts() | {normalize_text(r.prompt)}
+            pool = sorted({t for t in table.get(r.relation, ()) if isinstance(t, str) and t.count("{}") == 1
+                           and t != r.relation and normalize_text(t.replace("{}", r.subject)) not in banned})
+            rng = random.Random(self.config.seed * 1000003 + idx + 7)
+            for t in rng.sample(pool, min(k, len(pool))):
+                prompts.append(t.replace("{}", r.subject))
+                owners.append(j)
+
+    def _add_prefix_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
+        k = self.config.augment
+        if k:
+            pool = self._prefixes()
+            for j, (r, idx) in enumerate(zip(reqs, indices)):
+                rng = random.Random(self.config.seed * 1000003 + idx)
+                for _ in range(k):
+                    words = rng.choice(pool).split()
+                    n = rng.randint(min(3, len(words)), len(words))
+                    prompts.append(" ".join(words[:n]).rstrip(" ,.;:") + ". " + r.prompt)
+                    owners.append(j)
+
+    def _answer_end(self) -> str:
+        """``EditorConfig.answer_end`` when the tokenizer knows it (it decodes back), else ''."""
+        end = self.config.answer_end or ""
+        if end and "answer_end_ok" not in self._memo:
+            ids = self.tokenizer(end, add_special_tokens=False)["input_ids"]
+            back = self.tokenizer.decode(ids, skip_special_tokens=True).strip() if ids else ""
+            self._memo["answer_end_ok"] = back == end.strip()  # an unknown or special token does not decode back
+            if not self._memo["answer_end_ok"]:
+                logger.warning("the tokenizer has no token for answer_end %r: targets are trained without it", end)
+        return end if end and self._memo["answer_end_ok"] else ""
