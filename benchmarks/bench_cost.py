@@ -20,6 +20,7 @@ algorithmic cost). Writes ``benchmarks/results/<name>.{json,md}``.
 
     python benchmarks/bench_cost.py --n 20                  # BaFT, 20 sequential edits
     python benchmarks/bench_cost.py --n 20 --method codebook
+    python benchmarks/bench_cost.py --n 20 --resume-ab 6     # + steps with/without the resumed forward
 """
 
 from __future__ import annotations
@@ -118,6 +119,38 @@ def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
+def resume_ab(model, tok, reqs, method: str) -> dict:
+    """Seconds per training step with the forward resumed at the edited layer and with full
+    forwards, interleaved per request in one process (fresh edits, the same requests)."""
+    from repedit import Editor, EditorConfig
+    from repedit.hooks import EditableModel
+
+    per: dict[bool, list[float]] = {True: [], False: []}
+    real = Editor._optimise
+
+    def timed(self, session, atts, fixed):
+        t0 = time.perf_counter()
+        out = real(self, session, atts, fixed)
+        per[type(self).resume_forward].append((time.perf_counter() - t0) / max(1, out[0][0].steps + 1))
+        return out
+
+    edited = EditableModel(model, tok)
+    editor = Editor(edited, tok, EditorConfig(method=method))
+    Editor._optimise = timed
+    try:
+        for r in reqs:
+            for flag in (False, True):
+                Editor.resume_forward = flag
+                editor.edit([r])
+                editor.reset()
+    finally:
+        Editor._optimise = real
+        Editor.resume_forward = True
+        edited.unwrap()
+    full, resumed = statistics.median(per[False]), statistics.median(per[True])
+    return {"step_s_full": full, "step_s_resumed": resumed, "ratio": resumed / full, "requests": len(reqs)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20, help="sequential edits (default 20)")
@@ -126,6 +159,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--resume-ab", type=int, default=0, help="also time training steps with and without the resumed "
+                    "forward on this many requests, interleaved in this process")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     from repedit import Editor, EditorConfig, models
@@ -150,6 +185,7 @@ def main(argv=None) -> int:
 
     editor.edit(reqs, sequential=True, callback=done)
     fb = forward_backward_seconds(editor, reqs[0])
+    ab = resume_ab(model, tok, reqs[: args.resume_ab], args.method) if args.resume_ab else None
     steady = per_edit[1:] or per_edit
     median = {p: statistics.median(e[p] for e in steady) for p in (*PHASES, "total", "steps")}
     first = per_edit[0]
@@ -159,14 +195,17 @@ def main(argv=None) -> int:
              "steps": median["steps"], "ratio_to_fwd_bwd": median["total"] / fb}]
     name = args.name or f"cost_{args.method}_n{args.n}"
     payload = {"rows": rows, "per_edit": per_edit, "forward_backward_s": fb, "model_load_s": t_model,
-               "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
+               "resume_ab": ab, "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
                "data": data, "environment": environment(model, args.model)}
     shares = {p: median[p] / median["total"] for p in PHASES}
     write_results(name, payload, table=rows, columns=["edits", *PHASES, "total", "steps", "ratio_to_fwd_bwd"],
                   notes=(f"Seconds per phase of one {args.method} edit (defaults, sequential, dev CounterFact, "
                          f"seed {args.seed}); one forward+backward over an edit's training batch takes "
                          f"{fb * 1000:.0f} ms here, so ratio_to_fwd_bwd = s/edit ÷ that. Steady-state shares: "
-                         + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shares.items()) + "."))
+                         + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shares.items()) + "."
+                         + (f" A training step resumed at the edited layer took {ab['ratio']:.2f}x a full-forward step "
+                            f"({ab['step_s_resumed']:.3f} vs {ab['step_s_full']:.3f} s, median over {ab['requests']} "
+                            "requests, interleaved)." if ab else "")))
     print({"forward_backward_s": fb, **rows[1]})
     return 0
 
