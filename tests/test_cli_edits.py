@@ -74,6 +74,8 @@ def test_list_reads_the_files_without_a_model(adapter, capsys, no_model):
     assert "bases 2..3" in out and "3 edit(s)" in out
     rows = listed(adapter / "three", capsys)
     assert [r["prompt"] for r in rows] == [r.prompt for r in REQS] and rows[2]["bases"] == [4, 6]
+    assert main(["inspect", str(adapter / "three")]) == 0
+    assert "6 frozen bases, 3 recorded edits" in capsys.readouterr().out
 
 
 def test_explain_names_the_edit_for_its_prompt(adapter, capsys, tiny_loader):
