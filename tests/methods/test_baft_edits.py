@@ -228,3 +228,22 @@ def test_methods_without_edits_say_so():
     with pytest.raises(NotImplementedError, match="incremental=False trains one shared pool"):
         pool.delete_edit(0)
     assert not edits.holds_edits(lo) and edits.holds_edits(build("baft", {"rank": 2}, hidden_size=8))
+
+
+def test_edits_trained_together_own_their_bases_and_bank_rows(tok):
+    """One batch of two requests: two records of one group; deleting one removes its bases and
+    exactly its subject's rows of the bank, whose rows interleave."""
+    m = model()
+    res = Editor(m, tok, config()).edit(REQS[:2])  # not sequential: one step, two requests
+    module = res.edited.attachments()[0].module
+    rows = edits.list_edits(res.edited)
+    assert [r["bases"] for r in rows] == [[0, 2], [2, 4]]
+    assert module.config.edits[0]["group"] == module.config.edits[1]["group"]
+    keys = module.earlier_subject.tolist()
+    assert sorted(set(keys)) == sorted({subject_key(r.subject) for r in REQS[:2]})
+    info = edits.delete_edit(res.edited, 0)
+    assert info["earlier_rows_removed"] == keys.count(subject_key(REQS[0].subject)) == rows[0]["num_earlier"]
+    assert set(module.earlier_subject.tolist()) == {subject_key(REQS[1].subject)}
+    assert [r["prompt"] for r in edits.list_edits(res.edited)] == [REQS[1].prompt]
+    prompt = REQS[1].prompt
+    assert last_logits(m, tok, [prompt]).argmax(-1).tolist() == ids(tok, REQS[1:2])
