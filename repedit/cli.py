@@ -1,4 +1,4 @@
-"""The ``repedit`` command line: edit, eval, sweep, inspect, generate.
+"""The ``repedit`` command line: edit, eval, sweep, inspect, generate, edits.
 
 Examples::
 
@@ -9,6 +9,7 @@ Examples::
     repedit sweep --adapter cf10 --knob scale --values 0,0.5,1,1.5 --out sweep.json   # + sweep.png
     repedit inspect cf10
     repedit generate --adapter eiffel --prompt "The Eiffel Tower is in"
+    repedit edits list cf10                                           # also delete, explain, merge
     torchrun --nproc_per_node 2 -m repedit.cli eval --adapter cf10 --out m.json   # sharded
 
 Every subcommand has ``--help``. Errors in arguments or files print one line on stderr and
@@ -41,6 +42,7 @@ from repedit.cli_args import (  # noqa: F401  (re-exported: the subcommands' sha
 )
 from repedit.cli_args import _device, _load_adapter, _load_model, _protocols, _read_adapter_cfg  # noqa: F401
 from repedit.cli_parser import PROG, build_parser
+from repedit.cli_edits import cmd_edits
 from repedit.cli_tools import cmd_generate, cmd_inspect, cmd_sweep
 
 logger = logging.getLogger(__name__)
@@ -260,7 +262,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"edit": cmd_edit, "eval": cmd_eval, "sweep": cmd_sweep, "inspect": cmd_inspect, "generate": cmd_generate}
+COMMANDS = {"edit": cmd_edit, "eval": cmd_eval, "sweep": cmd_sweep, "inspect": cmd_inspect, "generate": cmd_generate,
+            "edits": cmd_edits}
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

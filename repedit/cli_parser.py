@@ -65,7 +65,8 @@ def _eval_args(p: argparse.ArgumentParser, default_protocols: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser of the ``repedit`` command (subcommands edit, eval, sweep, inspect, generate)."""
+    """The argparse parser of the ``repedit`` command (subcommands edit, eval, sweep, inspect,
+    generate, edits)."""
     from repedit.version import __version__
 
     parser = argparse.ArgumentParser(
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep_parser(sub)
     _add_inspect_parser(sub)
     _add_generate_parser(sub)
+    _add_edits_parser(sub)
     return parser
 
 
@@ -228,3 +230,48 @@ def _add_generate_parser(sub: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=20, help="tokens to generate (default 20)")
     p.add_argument("--json", action="store_true", help="print JSON instead of columns")
     _common(p)
+
+
+def _add_edits_parser(sub: Any) -> None:
+    """``repedit edits list|delete|explain|merge``: manage the individual edits of an adapter."""
+    p = sub.add_parser("edits", help="list, delete, explain or merge the individual edits of an adapter (baft, codebook)",
+                       description="Manage the individual edits of a saved adapter whose method keeps per-edit "
+                                   "structure (baft, codebook).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=textwrap.dedent("""\
+                           examples:
+                             repedit edits list mine
+                             repedit edits explain mine --prompt "The Eiffel Tower is located in"
+                             repedit edits delete mine 3 --out mine-without-3
+                             repedit edits merge mine theirs both
+                           """))
+    verbs = p.add_subparsers(dest="edits_command", metavar="verb", required=True)
+    v = verbs.add_parser("list", help="one line per edit (reads the adapter's files; no model)")
+    v.add_argument("adapter", help="adapter directory")
+    v.add_argument("--name", default=None, help="only this intervention's edits")
+    v.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(v)
+    v = verbs.add_parser("delete", help="delete one edit and write the adapter (in place, atomically, or to --out)")
+    v.add_argument("adapter", help="adapter directory")
+    v.add_argument("index", type=int, help="the edit's index (see `repedit edits list`)")
+    v.add_argument("--name", default=None, help="the intervention (needed when several hold edits)")
+    v.add_argument("--out", default=None, help="write the result to this new directory (default: rewrite the adapter)")
+    v.add_argument("--json", action="store_true", help="print the deleted edit as JSON")
+    _model_args(v)
+    _common(v)
+    v = verbs.add_parser("explain", help="which edits fire on a prompt, how strongly, on which token")
+    v.add_argument("adapter", help="adapter directory")
+    v.add_argument("--prompt", required=True, help="the prompt to explain")
+    v.add_argument("--subject", default=None, help="the prompt's subject (for subject-position edits)")
+    v.add_argument("--name", default=None, help="only this intervention")
+    v.add_argument("--threshold", type=float, default=0.5, help="BaFT: smallest gate weight that counts as firing (default 0.5)")
+    v.add_argument("--all", dest="all_edits", action="store_true", help="list every edit, firing or not")
+    v.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _model_args(v)
+    _common(v)
+    v = verbs.add_parser("merge", help="merge two adapters of the same base model into a new one")
+    v.add_argument("adapter", help="first adapter directory (its edits come first)")
+    v.add_argument("other", help="second adapter directory")
+    v.add_argument("out", help="new adapter directory to write")
+    _model_args(v)
+    _common(v)

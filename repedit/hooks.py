@@ -13,7 +13,8 @@ site hook asks it for the position mask of its rule. Nothing in the hook path ca
 The forward context, the generation state and :meth:`EditableModel.disabled` are
 thread-local, so threads may run forwards (and ``generate``) on one ``EditableModel`` at the
 same time and get the logits a serial run gives. Attaching, removing or switching
-interventions while another thread runs a forward is not supported.
+interventions while another thread runs a forward is not supported. ``forward``, ``generate``
+and ``capture`` are in :mod:`repedit.running`.
 
 Example::
 
@@ -37,15 +38,16 @@ from repedit.adapters.mixin import AdapterMixin
 from repedit.adapters.format import COMPUTE_DTYPES, check_name
 from repedit.arch import COMPONENTS, ArchLayout, get_submodule, resolve_layout
 from repedit.methods.base import Intervention
-from repedit.positions import Positions, current_token_info, encode
-from repedit.sites import (Attachment, ForwardContext, _CaptureDone, _find_cache, _join_output, _Probe, _split_output,
-                           _ThreadState)
+from repedit.positions import Positions, current_token_info
+from repedit.running import RunMixin
+from repedit.sites import Attachment, ForwardContext, _find_cache, _join_output, _split_output, _ThreadState
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ForwardContext", "Attachment", "EditableModel", "wrap", "check_name", "COMPUTE_DTYPES"]
 
-class EditableModel(AdapterMixin, nn.Module):
+
+class EditableModel(AdapterMixin, RunMixin, nn.Module):
     """A causal LM with representation interventions attached by forward hooks.
 
     The base model's weights are never changed. Calling the object, or the base model
@@ -159,59 +161,6 @@ class EditableModel(AdapterMixin, nn.Module):
             return _join_output(h, rest) if changed else None
 
         return hook
-
-    def capture(
-        self,
-        layer: int,
-        component: str,
-        batch: Any,
-        before: str | None = None,
-        positions: str | Positions | None = None,
-        stop: bool = True,
-        edited: bool = False,
-        with_context: bool = False,
-    ) -> tuple:
-        """Run ``batch`` (an :class:`~repedit.positions.EncodedBatch`) and return the hidden
-        states at a site and a position mask, ``(h (B, T, d), mask (B, T))``, stopping the
-        forward there when ``stop`` (baukit's ``Trace(stop=True)``; later layers are skipped).
-
-        ``h`` is the site's output entering the intervention named ``before`` (its positions
-        give the mask) or, without ``before``, after the site's interventions; ``positions``
-        (default ``all``) names the mask's rule otherwise. With ``edited=False`` no
-        intervention runs (the unedited model's states). ``with_context`` adds the forward's
-        :class:`ForwardContext` as a third element. No gradient is recorded.
-
-        Example::
-
-            h, mask = edited.capture(5, "block_output", encode(tok, ["The Eiffel Tower is in"]))
-        """
-        if not self._attached:
-            raise RuntimeError("capture needs the hooks: this EditableModel was unwrapped")
-        if before is not None:
-            att = self.get(before)
-            site, rule = att.site, Positions.parse(positions) if positions is not None else att.positions
-        else:
-            if component not in COMPONENTS:
-                raise ValueError(f"unknown component {component!r}; choose one of: {', '.join(COMPONENTS)}")
-            site, rule = (layer % self.num_layers, component), Positions.parse(positions) if positions is not None else None
-        added = site not in self._site_handles
-        self._ensure_site(site)
-        probe = _Probe(site, before, rule, stop)
-        local = self._local
-        local.probe = probe
-        try:
-            with torch.no_grad(), (contextlib.nullcontext() if edited else self.disabled()), batch.info():
-                self.model(**batch.model_inputs())
-        except _CaptureDone:
-            self.abort_forward()
-        finally:
-            local.probe = None
-            if added:
-                self._drop_site_if_unused(site)
-        if "h" not in probe.store:
-            raise RuntimeError(f"the forward did not reach layer {site[0]} {site[1]}; is the model wrapped?")
-        out = (probe.store["h"], probe.store["mask"])
-        return out + (probe.store["ctx"],) if with_context else out
 
     @staticmethod
     def _scale_hook(att: Attachment):
@@ -391,58 +340,6 @@ class EditableModel(AdapterMixin, nn.Module):
 
     def intervention_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.interventions.parameters()]
-
-    # -------------------------------------------------------------- running
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
-
-    def generate(
-        self,
-        prompts: Sequence[str] | None = None,
-        subjects: Sequence[str | None] | None = None,
-        decode: bool = True,
-        **kwargs: Any,
-    ) -> Any:
-        """``model.generate`` with the interventions; text in, text out when ``prompts`` given.
-
-        Position rules during generation: ``last_prompt``, ``prompt`` and ``subject``
-        act in the prefill forward only (the KV cache then carries their effect);
-        ``all`` also acts on every newly generated token. An active ``subject``-rule
-        intervention needs ``subjects`` (one per prompt; ``None`` for a prompt the edit should
-        skip): without them it raises instead of silently editing nothing.
-
-        Example::
-
-            texts = edited.generate(["The Eiffel Tower is in"], subjects=["Eiffel Tower"], max_new_tokens=8)
-        """
-        if prompts is None:
-            return self.model.generate(**kwargs)
-        if self.tokenizer is None:
-            raise ValueError("generate(prompts=...) needs a tokenizer: wrap(model, tokenizer)")
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if subjects is None and not self._local.disabled:
-            need = [a.name for a in self._attachments.values() if a.active and a.positions is Positions.SUBJECT]
-            if need:
-                raise ValueError(
-                    f"interventions {need} act on the subject's tokens (positions='subject'), but generate() got "
-                    "no subjects: pass subjects=[...] (one per prompt, None to skip one)")
-        batch = encode(self.tokenizer, list(prompts), subjects=subjects, padding_side="left")
-        empty = [i for i, n in enumerate(batch.attention_mask.sum(dim=1).tolist()) if n == 0]
-        if empty:
-            raise ValueError(f"prompts {empty} are empty (no tokens); give non-empty prompts")
-        device = next(self.model.parameters()).device
-        batch = batch.to(device)
-        kwargs.setdefault("do_sample", False)
-        kwargs.setdefault("max_new_tokens", 16)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        kwargs.setdefault("pad_token_id", pad)
-        with batch.info():
-            out = self.model.generate(**batch.model_inputs(), **kwargs)
-        if not decode:
-            return out
-        new = out[:, batch.input_ids.shape[1] :]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     def __repr__(self) -> str:
         rows = [

@@ -183,13 +183,13 @@ def test_named_dataset_recorded_in_an_adapter_is_reloaded(capsys):
 
 
 def test_help_and_usage_errors(capsys):
-    for cmd in ("edit", "eval", "sweep", "inspect", "generate"):
+    for cmd in ("edit", "eval", "sweep", "inspect", "generate", "edits"):
         assert main([cmd, "--help"]) == 0
         assert f"usage: repedit {cmd}" in capsys.readouterr().out
     assert main(["eval", "--batch-size", "many"]) == 2  # argparse syntax error
     assert "invalid int value" in capsys.readouterr().err
     assert main([]) == 2
-    assert set(build_parser()._subparsers._group_actions[0].choices) == {"edit", "eval", "sweep", "inspect", "generate"}
+    assert set(build_parser()._subparsers._group_actions[0].choices) == {"edit", "eval", "sweep", "inspect", "generate", "edits"}
 
 
 def test_console_script_exit_code_in_a_subprocess(tmp_path):

@@ -43,6 +43,10 @@ def test_contract_defaults():
     assert mod.knobs() == {}
     with pytest.raises(ValueError, match="no knob 'x'; its knobs: none"):
         mod.set_knob("x", 1.0)
+    # edit management: a clear error naming the method, for a method without per-edit structure
+    for call in (mod.list_edits, lambda: mod.delete_edit(0), lambda: mod.explain_edits(None, None), lambda: mod.merge_edits(mod)):
+        with pytest.raises(NotImplementedError, match=r"_Plain \(_Plain\) keeps no per-edit structure"):
+            call()
 
 
 def test_editor_session_satisfies_the_protocol():

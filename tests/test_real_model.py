@@ -41,3 +41,34 @@ def test_load_forward_wrap_edit_save_load(smollm2, tmp_path):
         assert torch.equal(model(**x).logits, edited.logits)
     reloaded.unwrap()
     assert param_hashes(model) == before_params
+
+
+def test_baft_edit_management_on_the_default_model(smollm2, tmp_path):
+    """Two sequential BaFT edits with the defaults: explain names each prompt's edit, and
+    deleting one gives that prompt the unedited logits back while the other edit stays."""
+    from repedit import edits
+
+    model, tok = smollm2
+    reqs = [EditRequest(prompt="The Eiffel Tower is located in the city of", target_new="Rome", subject="Eiffel Tower"),
+            EditRequest(prompt="The mother tongue of Danielle Darrieux is", target_new="English",
+                        subject="Danielle Darrieux")]
+
+    def last(prompt):
+        with torch.no_grad():
+            return model(**tok([prompt], return_tensors="pt")).logits[0, -1]
+
+    base = [last(r.prompt) for r in reqs]
+    res = Editor(model, tok, EditorConfig(method="baft")).edit(reqs, sequential=True)
+    try:
+        assert all(o.success for o in res.outcomes)
+        after = [last(r.prompt) for r in reqs]
+        assert [tok.decode(a.argmax()).strip() for a in after] == ["Rome", "English"]
+        for i, r in enumerate(reqs):
+            assert [e["index"] for e in edits.explain(res.edited, r.prompt)] == [i]
+        assert [e["target_new"] for e in edits.list_edits(res.edited)] == ["Rome", "English"]
+        edits.delete_edit(res.edited, 0)
+        gone, kept = last(reqs[0].prompt), last(reqs[1].prompt)
+        assert torch.allclose(gone, base[0], atol=1e-3) and tok.decode(gone.argmax()).strip() == "Paris"
+        assert torch.allclose(kept, after[1], atol=1e-3)
+    finally:
+        res.edited.unwrap()

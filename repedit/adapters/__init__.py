@@ -19,9 +19,9 @@ the config records (the pending file while a save is between its two renames), s
 any point leaves the old or the new adapter loadable. The next save finishes or removes
 whatever an interrupted one left.
 
-The format and reading live in :mod:`repedit.adapters.format`, attaching in
-:mod:`repedit.adapters.load`, the summary ``repedit inspect`` prints in
-:mod:`repedit.adapters.inspect`; this module writes.
+The format and reading live in :mod:`repedit.adapters.format`, attaching (and building the
+interventions from the files alone) in :mod:`repedit.adapters.load`, the summary ``repedit
+inspect`` prints in :mod:`repedit.adapters.inspect`; this module writes.
 
 Example::
 
@@ -45,7 +45,7 @@ from repedit.adapters.format import (COMPUTE_DTYPES, CONFIG_NAME, FORMAT_VERSION
                                      AdapterError, _pending, _recorded_sha, adapter_dir, check_name, find_weights,
                                      fingerprint, read_adapter_config)
 from repedit.adapters.inspect import format_inspect, inspect_adapter
-from repedit.adapters.load import attach_adapter
+from repedit.adapters.load import attach_adapter, read_modules
 from repedit.hashing import file_sha256 as _file_sha256
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ __all__ = [
     "fingerprint",
     "save_adapter",
     "attach_adapter",
+    "read_modules",
     "read_adapter_config",
     "adapter_dir",
     "find_weights",

@@ -69,6 +69,7 @@ def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict
             nbytes = sum(_prod(s) * _DTYPE_BYTES.get(d, 4) for s, d in own.values())
             mcfg = dict(rec.get("config") or {})
             entries = mcfg.pop("entries", None)
+            edits = mcfg.pop("edits", None)  # BaFT's per-edit records (`repedit edits list` shows them)
             info: dict[str, Any] = {
                 "name": iname, "method": rec.get("method"), "layer": rec.get("layer"),
                 "component": rec.get("component"), "positions": rec.get("positions"), "active": rec.get("active", True),
@@ -79,6 +80,8 @@ def inspect_adapter(directory: str | os.PathLike, max_entries: int = 10) -> dict
             if isinstance(entries, list):
                 info["n_entries"] = len(entries)
                 info["entries"] = [_entry_summary(e) for e in entries[:max_entries]]
+            if isinstance(edits, list):
+                info["n_edits"] = len(edits)
             for key in ("n_entries", "num_bases"):
                 if key in mcfg and key not in info:
                     info[key] = mcfg[key]
@@ -127,6 +130,8 @@ def format_inspect(info: dict[str, Any]) -> str:
                 extra += f", {i['n_entries']} entries"
             if "num_bases" in i:
                 extra += f", {i['num_bases']} frozen bases"
+            if "n_edits" in i:
+                extra += f", {i['n_edits']} recorded edits"
             lines.append(f"    {i['name']}: {i['method']} @ layer {i['layer']} {i['component']} [{i['positions']}]"
                          f"{'' if i['active'] else ' (inactive)'}, {i['parameters']:,} parameters "
                          f"({_human_bytes(i['bytes'])}){extra}")

@@ -21,10 +21,12 @@ from torch.nn.utils import parametrize
 
 __all__ = ["MethodConfig", "Intervention", "EditSession", "CONTRACT", "OrthonormalRows", "apply_masked"]
 
-#: The methods the Editor and the sweeps call on every intervention (``Intervention`` has
-#: a no-op default for each); docs/extending.md lists the same names.
+#: The methods the Editor, the sweeps and edit management (``repedit.edits``) call on every
+#: intervention (``Intervention`` has a default for each: a no-op for the training hooks, an
+#: error naming the method for edit management); docs/extending.md lists the same names.
 CONTRACT: tuple[str, ...] = (
     "prepare_edit", "edit_parameters", "edit_loss", "finish_edit", "ready_to_stop", "knobs", "set_knob",
+    "list_edits", "delete_edit", "explain_edits", "merge_edits",
 )
 
 
@@ -208,6 +210,38 @@ class Intervention(nn.Module):
         """Set one of :meth:`knobs`; an unknown name is a ValueError naming the knobs there are."""
         avail = ", ".join(sorted(self.knobs())) or "none"
         raise ValueError(f"{type(self).__name__} has no knob {name!r}; its knobs: {avail}")
+
+    # ------------------------------------------------------------ edit management
+    def _no_edits(self, what: str) -> NotImplementedError:
+        method = self.config_cls.method or type(self).__name__
+        return NotImplementedError(f"{type(self).__name__} ({method}) keeps no per-edit structure, so it cannot {what}; "
+                                   "edit management needs a method whose edits own their parameters (baft, codebook)")
+
+    def list_edits(self) -> list[dict]:
+        """One dict per edit held: ``index``, the request's ``prompt``/``subject``/``target_new``/
+        ``case_id`` where known, and method-specific statistics.
+
+        Example::
+
+            [e["target_new"] for e in module.list_edits()]   # ['Rome', 'English']
+        """
+        raise self._no_edits("list its edits")
+
+    def delete_edit(self, index: int) -> dict:
+        """Remove edit ``index`` (its parameters only) and return its :meth:`list_edits` dict;
+        an IndexError names the range."""
+        raise self._no_edits("delete an edit")
+
+    def explain_edits(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None, threshold: float = 0.5) -> list[dict]:
+        """How strongly each edit acts on the first example of ``h`` (B, T, d) at the ``mask``
+        positions: dicts with ``index``, ``score``, ``token`` (position), ``fired`` and the
+        edit's metadata (``repedit.edits.explain`` captures ``h`` for a prompt)."""
+        raise self._no_edits("explain its edits")
+
+    def merge_edits(self, other: "Intervention") -> "Intervention":
+        """A new module holding this module's edits, then ``other``'s; a ValueError names the
+        setting that makes the two incompatible."""
+        raise self._no_edits("merge edits")
 
     def export_config(self) -> MethodConfig:
         """The config to save; methods whose shapes grow (codebooks) update it here."""

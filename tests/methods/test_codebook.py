@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import pytest
 
+from repedit import edits
 from repedit.edits import merge_adapters
 from repedit.editing import Editor, EditorConfig
 from repedit.hooks import EditableModel
@@ -288,6 +289,11 @@ def test_delete_merge_explain_and_save_load(tok, tmp_path):
     assert [e["prompt"] for e in manage.list_entries(merged)] == [r.prompt for r in REQS]  # repeats of a replaced by b
     ex = manage.explain(merged, REQS[2].prompt)[0]
     assert ex["fired"] and ex["prompt"] == REQS[2].prompt
+    # the same through the method contract (repedit.edits)
+    assert [{k: v for k, v in e.items() if k not in ("name", "method")} for e in edits.list_edits(merged)] == \
+        manage.list_entries(merged)
+    (top,) = edits.explain(merged, REQS[2].prompt)
+    assert top["index"] == 2 and top["fired"] and top["score"] >= 0 and top["target_new"] == REQS[2].target_new
     # delete: the entry stops firing, the others keep working
     manage.delete_entry(merged, 2)
     assert len(manage.list_entries(merged)) == 2

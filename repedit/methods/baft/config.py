@@ -39,6 +39,7 @@ class BaFTConfig(MethodConfig):
     num_negatives: int = field(default=24, metadata={"help": "negative prompts per edit: the request's relation with other subjects, earlier requests"})
     earlier_negatives: bool = field(default=True, metadata={"help": "sequential editing: the gate positives of every earlier edit (other subjects) are negatives of each new gate, so a new edit does not fire on an earlier subject; the bank is saved with the adapter (float16, about 8 KB per edit), so editing continues the same after a reload"})
     num_earlier: int = field(default=0, metadata={"help": "rows of the earlier-negatives bank held (set by export_config)"})
+    edits: list = field(default_factory=list, metadata={"help": "per-edit metadata, one dict per incremental edit in base order: prompt, subject, target_new, case_id, num_bases, num_earlier (rows of the earlier-negatives bank), group (edits trained together); set by finish_edit, saved with the adapter (older adapters have none: their bases count as edits of `rank` bases)"})
     num_subject_negatives: int = field(default=1000, metadata={"help": "entity negatives: the last-token states of up to this many other subjects (every other request's subject in the edit() call, then capitalised names from the corpus unless num_corpus_negatives is 0), each at a sentence start and after a short prefix; each name captured once per model and site, then cached"})
     subject_variants: int = field(default=0, metadata={"help": "subject trigger (opt-in, e.g. 8): hard gate negatives built from each request's own subject: its proper word suffixes ('Football Federation', 'Federation' for 'Chilean Football Federation') and this many look-alikes with the leading words replaced by corpus names ('Romanian Football Federation', 'George Harrison' for 'William Henry Harrison'), so a gate keys on the whole name rather than its last word (0: off)"})
     variant_weight: float = field(default=1.0, metadata={"help": "weight of the subject-variant negatives in the gate fit, as a group of their own (the thousands of easy negatives would otherwise drown them)"})
@@ -81,7 +82,15 @@ class BaFTConfig(MethodConfig):
         the entity (ROME's insight; docs/methods.md)."""
         return [max(0, round(num_layers / 6))]
 
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if not out["edits"]:  # an adapter without edit metadata saves the config it always had
+            del out["edits"]
+        return out
+
     def __post_init__(self) -> None:
+        if not isinstance(self.edits, list) or not all(isinstance(e, dict) for e in self.edits):
+            raise ValueError("edits must be a list of dicts (per-edit metadata)")
         if self.rank < 1:
             raise ValueError("rank must be >= 1")
         if self.trigger not in TRIGGERS:

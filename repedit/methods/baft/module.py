@@ -23,6 +23,7 @@ from torch import nn
 
 from repedit.methods.base import Intervention, OrthonormalRows
 from repedit.methods.baft.config import BaFTConfig
+from repedit.methods.baft.edits import EditsMixin
 from repedit.methods.baft.gates import GatesMixin
 from repedit.methods.baft.negatives import NegativesMixin
 from repedit.methods.baft.routing import sparse_delta
@@ -74,7 +75,7 @@ class _Block(nn.Module):
         self.gate_bias = nn.Parameter(torch.zeros(m))
 
 
-class BaFT(TrainingMixin, GatesMixin, NegativesMixin, Intervention):
+class BaFT(TrainingMixin, GatesMixin, NegativesMixin, EditsMixin, Intervention):
     """Basis-level gated low-rank subspace intervention (a reconstruction of Liu et al., ICLR
     2025; docs/methods.md#baft). ``gate="constant"`` is exactly LoReFT."""
     """Basis-level gated low-rank subspace intervention (reconstruction; see the module doc)."""
@@ -135,7 +136,8 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, Intervention):
             corpus = f"<{len(corpus)} texts>"
         num_earlier = self.earlier_states.shape[0] if hasattr(self, "earlier_states") else 0
         return dataclasses.replace(self.config, num_bases=self.num_frozen, nullspace_corpus=corpus,
-                                   nullspace_built=self.config.nullspace_built, num_earlier=num_earlier)
+                                   nullspace_built=self.config.nullspace_built, num_earlier=num_earlier,
+                                   edits=[dict(e) for e in self.config.edits])
 
     # ----------------------------------------------------------------- math
     def _block_mats(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

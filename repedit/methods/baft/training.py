@@ -211,7 +211,9 @@ class TrainingMixin:
             self.bias_frozen = torch.cat([self.bias_frozen, bias], 0)
             self.gate_bias_frozen = torch.cat([self.gate_bias_frozen, gbias], 0)
             self.usage = torch.cat([self.usage, torch.ones(m, device=self.usage.device)], 0)
-            if cfg.earlier_negatives and st and st["pos"].numel():
+            banked = cfg.earlier_negatives and st and st["pos"].numel()
+            self._record_edits(session.requests, m, st["pos_owner"] if banked else None)
+            if banked:
                 keys = torch.tensor([subject_key(r.subject) for r in session.requests], dtype=torch.long,
                                     device=st["pos_owner"].device)
                 rows = st["pos"].detach().to(self.earlier_states)  # float16

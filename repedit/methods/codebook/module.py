@@ -347,6 +347,40 @@ class Codebook(TrainingMixin, Intervention):
                         "d_pos": dp[i], "d_neg": dn[i], "flags": meta.get("flags", {})})
         return out
 
+    # ------------------------------------------------------------ edit management (the contract)
+    def list_edits(self) -> list[dict]:
+        """The entries (:meth:`entries`): one edit each."""
+        return self.entries()
+
+    def delete_edit(self, index: int) -> dict:
+        info = self.entries()[index] if -self.n_entries <= index < self.n_entries else None
+        self.delete(index)  # raises the IndexError
+        return info
+
+    @torch.no_grad()
+    def explain_edits(self, h: torch.Tensor, mask: torch.Tensor, ctx: Any = None, threshold: float = 0.5) -> list[dict]:
+        """The nearest entry for the first example: ``score`` = effective radius − distance
+        (``fired`` when ≥ 0 and a query exists; ``threshold`` does not apply), ``token`` = the
+        first token the query is read from."""
+        if self.n_entries == 0:
+            return []
+        dmin, idx, has, where = self.lookup(h[:1], mask[:1], ctx, with_where=True)
+        j, dist = int(idx[0]), float(dmin[0])
+        radius = float(self.radii[j]) * self.config.radius_scale
+        meta = self.config.entries[j] if j < len(self.config.entries) else {}
+        token = int(where[0].nonzero()[0, 0]) if bool(where[0].any()) else None
+        return [{"index": j, **{k: meta.get(k) for k in ("prompt", "subject", "target_new", "case_id")},
+                 "score": radius - dist, "token": token, "distance": dist, "effective_radius": radius,
+                 "fired": bool(has[0]) and dist <= radius}]
+
+    def merge_edits(self, other: Intervention) -> "Codebook":
+        """A new codebook with this one's entries, then ``other``'s (:func:`~repedit.methods.codebook.manage.merge`)."""
+        from repedit.methods.codebook.manage import merge
+
+        if not isinstance(other, Codebook):
+            raise ValueError(f"cannot merge a codebook with a {type(other).__name__}")
+        return merge(self, other)
+
     def _project(self, delta: torch.Tensor) -> torch.Tensor:
         proj = getattr(self, "_null_projector", None)
         if proj is None:  # built by _ensure_bank in prepare_edit, before any value is trained
