@@ -68,6 +68,8 @@ LATENCY_REPEATS = 31  # interleaved pairs of forwards (--quick: 11); on the shar
 def method_configs(args) -> dict:
     common = dict(layers=[args.layer] if args.layer is not None else None, positions=args.positions, lr=args.lr, max_steps=args.max_steps,
                   stop_prob=args.stop_prob, augment=args.augment, seed=args.seed)
+    if args.batch_size != 1:  # only when given, so default runs keep their checkpoints' identity
+        common["batch_size"] = args.batch_size
     if args.corpus is not None:  # only when given, so default runs keep their checkpoints' identity
         common["corpus"] = args.corpus
     if args.relation_copies:  # the subject in other templates of its relation (known facts' templates)
@@ -386,6 +388,8 @@ def main(argv=None) -> None:
                    "'' the target alone (default: the method's: '.' for BaFT)")
     p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
                    "with other relations; 0: none)")
+    p.add_argument("--batch-size", type=int, default=1, help="EditorConfig.batch_size: requests trained together in "
+                   "each step of a sequential run")
     p.add_argument("--baft-config", default=None, help="other BaFTConfig fields as JSON, e.g. '{\"value\": \"vector\"}' "
                    "(BaFT and BaFT + null space)")
     p.add_argument("--seed", type=int, default=0)

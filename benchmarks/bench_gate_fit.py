@@ -66,7 +66,7 @@ def diagnose(edited, tok, att, reqs) -> dict:
     return out
 
 
-def run_mode(model, tok, reqs, mode: str, extra: dict) -> dict:
+def run_mode(model, tok, reqs, mode: str, extra: dict, layer: int | None = None) -> dict:
     from repedit import Editor, EditorConfig
     from repedit.hooks import EditableModel
     from repedit.methods.baft import BaFT
@@ -82,7 +82,8 @@ def run_mode(model, tok, reqs, mode: str, extra: dict) -> dict:
     BaFT._fit_gates = timed
     edited = EditableModel(model, tok)
     try:
-        cfg = EditorConfig(method="baft", max_steps=0, verify=False, method_config={"gate_fit": mode, **extra})
+        cfg = EditorConfig(method="baft", max_steps=0, verify=False, layers=[layer] if layer is not None else None,
+                           method_config={"gate_fit": mode, **extra})
         editor = Editor(edited, tok, cfg)
         t0 = time.perf_counter()
         editor.edit(reqs, sequential=True)
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=None, help="instead of --fits: JSON {label: {BaFTConfig fields}}, e.g. "
                     "'{\"corpus300\": {\"num_corpus_negatives\": 300}}'")
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--layer", type=int, default=None, help="edited layer (default: BaFT's default_layers)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
@@ -114,10 +116,10 @@ def main(argv=None) -> int:
     reqs, data = select_requests(args.n)
     if args.variants:
         variants = json.loads(args.variants)
-        results = [dict(run_mode(model, tok, reqs, cfg.pop("gate_fit", "active"), cfg), fit=label)
+        results = [dict(run_mode(model, tok, reqs, cfg.pop("gate_fit", "active"), cfg, args.layer), fit=label)
                    for label, cfg in variants.items()]
     else:
-        results = [run_mode(model, tok, reqs, mode, {}) for mode in args.fits.split(",")]
+        results = [run_mode(model, tok, reqs, mode, {}, args.layer) for mode in args.fits.split(",")]
     rows = []
     for res in results:
         row = {"gate fit": res["fit"], "fit s/edit (median)": res["fit_s_median"], "edit s (mean, no training)": res["edit_s_mean"]}
