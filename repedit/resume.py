@@ -33,8 +33,9 @@ def _first_at(edited: Any, layer: int) -> str | None:
 
 def can_resume(edited: Any, trained: list) -> int | None:
     """The layer a training forward may start at, or None: every trained attachment sits on a
-    ``block_output``, the base model is in eval mode (no dropout to replay) and the model's
-    layers return a plain tensor. Returns the lowest trained layer."""
+    ``block_output`` and the base model is in eval mode (no dropout to replay). Returns the
+    lowest trained layer. (:func:`site_input` then checks that the layer returns a plain
+    tensor.)"""
     if not trained or any(att.component != "block_output" for att in trained):
         return None
     if edited.model.training:

@@ -145,16 +145,16 @@ class GatesMixin:
             if cfg.gate_fit != "active" or neg_all.shape[0] <= cfg.gate_fit_sample:
                 self._adam_gate_fit(gate, gbias, None, None, own)
             else:
-                with torch.no_grad():
-                    z = (neg_all @ gate.T + gbias).max(1).values / cfg.temperature
-                active = z > -(cfg.gate_margin + cfg.gate_fit_slack)
+                def top_logit() -> torch.Tensor:  # each negative's highest gate logit
+                    with torch.no_grad():
+                        return (neg_all @ gate.T + gbias).max(1).values / cfg.temperature
+
+                active = top_logit() > -(cfg.gate_margin + cfg.gate_fit_slack)
                 gen = torch.Generator(device="cpu").manual_seed(int(neg_all.shape[0]))
-                for _ in range(max(1, cfg.gate_fit_rounds)):
+                for _ in range(cfg.gate_fit_rounds):
                     neg, weight = self._active_subset(neg_all, active, gen)
                     self._adam_gate_fit(gate, gbias, neg, weight, own)
-                    with torch.no_grad():
-                        z = (neg_all @ gate.T + gbias).max(1).values / cfg.temperature
-                    missed = (z > -cfg.gate_margin) & ~active
+                    missed = (top_logit() > -cfg.gate_margin) & ~active
                     if not bool(missed.any()):  # one host sync per round, in training only
                         break
                     active |= missed
