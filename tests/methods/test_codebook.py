@@ -467,3 +467,38 @@ def test_corpus_bank_is_captured_once_per_site(tok, tmp_path, monkeypatch):
     assert calls.count(6) == 1  # the 6 corpus sentences: captured by the first codebook only
     assert torch.equal(stats[0][0], stats[1][0]) and torch.equal(stats[0][1], stats[1][1])
     assert stats[1][2] is stats[0][2]
+
+
+def test_corpus_states_are_kept_on_disk_for_a_later_process(tok, tmp_path, monkeypatch):
+    """The corpus states behind the codebook's statistics and negative bank are written to the
+    cache by the first editor; an editor on a fresh copy of the model (a new process) reads them
+    instead of running the corpus, and gets the same statistics and bank."""
+    monkeypatch.setenv("REPEDIT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "wiki.raw"
+    corpus.write_text("\n".join(f" the {w} sat on the mat near the river today ." for w in
+                                ("cat", "dog", "bird", "horse", "king", "queen")) + "\n")
+    calls = []
+    orig = Codebook._hidden
+
+    def counting(self, session, att, prompts, subjects):
+        calls.append(len(prompts))
+        return orig(self, session, att, prompts, subjects)
+
+    monkeypatch.setattr(Codebook, "_hidden", counting)
+
+    def run(**extra):
+        cfg = EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=5, method_config=dict(
+            corpus_sentences=6, corpus_path=str(corpus), num_names=0, **extra))
+        ed = Editor(tiny_model("llama", initializer_range=0.5), tok, cfg)
+        ed.edit(REQS[0])
+        cb = ed.attachments()[0].module
+        return cb.stat_mean.clone(), cb.stat_std.clone(), cb._bank["vecs"].clone()
+
+    first = run()
+    assert calls.count(6) == 1
+    assert [p.parent.name for p in (tmp_path / "cache").rglob("*.safetensors")] == ["codebook_corpus_states"]
+    second = run()
+    assert calls.count(6) == 1  # read from disk, not captured again
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    run(key_positions="last_prompt")  # other keys are other states: captured and cached apart
+    assert calls.count(6) == 2 and len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2

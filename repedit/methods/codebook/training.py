@@ -86,14 +86,8 @@ class TrainingMixin:
             sents_for_stats = [r.prompt for r in session.all_requests][:256]
         else:
             sents_for_stats = sents
-        rows, ids = [], []
-        for b, (h, pm, sm) in enumerate(self._hidden(session, att, sents_for_stats, None)):
-            pm = pm.clone()
-            pm[:, 0] = False  # the first token is an attention sink with outlier activations
-            rows.append(h[pm])
-            base = b * 32
-            ids.append((torch.arange(h.shape[0], device=h.device)[:, None] + base).expand_as(pm)[pm])
-        allh = torch.cat(rows)
+        states = self._corpus_states(session, att, corpus, sents) if sents else self._states(session, att, sents_for_stats)
+        allh = states["h"]
         own_stats = not cfg.has_stats
         if not cfg.has_stats:
             with torch.no_grad():
@@ -109,13 +103,9 @@ class TrainingMixin:
         if sents:
             if cfg.key_positions == "subject":
                 bank["vecs"] = self.normalize(allh)
-                bank["sent_id"] = torch.cat(ids)
+                bank["sent_id"] = states["sent_id"]
             else:
-                pooled = []
-                for h, pm, sm in self._hidden(session, att, sents, None):
-                    k, _ = R.pool(h, pm, sm, cfg.key_positions if cfg.key_positions != "subject_mean" else "prompt")
-                    pooled.append(k)
-                bank["vecs"] = self.normalize(torch.cat(pooled))
+                bank["vecs"] = self.normalize(states["pooled"])
                 bank["sent_id"] = torch.arange(len(sents), device=bank["vecs"].device)
         self._bank = bank
         if not own_stats or not sents:  # cache only banks of a corpus, with statistics computed from it
@@ -125,6 +115,31 @@ class TrainingMixin:
                             "stat_std": self.stat_std.detach().clone()}
         if cfg.null_space:
             banks[key]["projector"] = self._null_projector
+
+    def _states(self, session, att, sents: list[str]) -> dict[str, torch.Tensor]:
+        """Every token's state at the site for ``sents`` but each first token (``h``), the
+        sentence of each row (``sent_id``) and, for pooled keys, one pooled key per sentence."""
+        cfg = self.config
+        rule = {"subject": None, "subject_mean": "prompt"}.get(cfg.key_positions, cfg.key_positions)
+        rows, ids, pooled = [], [], []
+        for b, (h, pm, sm) in enumerate(self._hidden(session, att, sents, None)):
+            if rule is not None:
+                pooled.append(R.pool(h, pm, sm, rule)[0])
+            pm = pm.clone()
+            pm[:, 0] = False  # the first token is an attention sink with outlier activations
+            rows.append(h[pm])
+            ids.append((torch.arange(h.shape[0], device=h.device)[:, None] + b * 32).expand_as(pm)[pm])
+        out = {"h": torch.cat(rows), "sent_id": torch.cat(ids)}
+        if pooled:
+            out["pooled"] = torch.cat(pooled)
+        return out
+
+    def _corpus_states(self, session, att, corpus, sents: list[str]) -> dict[str, torch.Tensor]:
+        """:meth:`_states` of the corpus sentences, built once per model, site and corpus and
+        kept on disk (``EditorConfig.disk_cache``), so a later process's first edit skips it."""
+        return session.cached("codebook_corpus_states", lambda: self._states(session, att, sents),
+                              layer=att.layer, component=att.component, corpus=corpus.sha256, n=len(sents),
+                              sentences=self.config.corpus_sentences, keys=self.config.key_positions)
 
     def _sample_distances(self, session, att, prompts, subjects, key_n: torch.Tensor) -> torch.Tensor:
         """What the lookup would measure from ``key_n`` for each prompt (inf: no query)."""
