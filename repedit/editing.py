@@ -170,7 +170,8 @@ class Editor(TrainingPromptsMixin):
     def default_layers(self) -> list[int]:
         layers = self.config.layers
         if layers is None:
-            layers = self.spec.config_cls.default_layers(self.edited.num_layers)
+            model_type = getattr(getattr(self.edited.model, "config", None), "model_type", None)
+            layers = self.spec.config_cls.default_layers(self.edited.num_layers, model_type)
         if layers is None:
             layers = [self.edited.num_layers // 3]
         return [int(x) for x in layers]

@@ -74,7 +74,7 @@ def delete_edit(edited: EditableModel | Intervention, index: int, name: str | No
 
     Example::
 
-        delete_edit(edited, 1, name="baft_L5")
+        delete_edit(edited, 1, name="baft_L9")
     """
     if isinstance(edited, Intervention):
         return edited.delete_edit(index)

@@ -286,7 +286,7 @@ class EditableModel(AdapterMixin, RunMixin, nn.Module):
 
         Example::
 
-            edited.get("baft_L5").module.knobs()
+            edited.get("baft_L9").module.knobs()
         """
         att = self._attachments.get(name)
         if att is None:

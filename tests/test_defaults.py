@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from repedit import EditorConfig
+from repedit.editing import Editor
 from repedit.editing import resolve_config
 from repedit.methods import get_method
 
@@ -75,3 +76,15 @@ def test_cli_passes_the_generality_options(tmp_path):
     assert _editor_config(build_parser().parse_args(base)).answer_end is None  # the method's default
     with pytest.raises(CLIError, match="--relation-templates"):
         _editor_config(build_parser().parse_args(base + ["--relation-copies", "2"]))
+
+
+@pytest.mark.parametrize("model_type,layers,expected", [("llama", 30, 9), ("gemma3_text", 18, 3), ("qwen2", 12, 2)])
+def test_baft_default_layer_is_measured_per_architecture(tok, model_type, layers, expected):
+    """BaFT edits 0.3 of the depth on Llama-type models (layer 9 of SmolLM2) and 1/6 elsewhere
+    (layer 3 of Gemma 3 270M); the Editor passes the model's type, and explicit layers win."""
+    from tests.conftest import tiny_model
+
+    model = tiny_model(model_type, num_hidden_layers=layers)
+    assert Editor(model, tok, EditorConfig(method="baft")).default_layers() == [expected]
+    assert Editor(model, tok, EditorConfig(method="baft", layers=[1])).default_layers() == [1]
+    assert Editor(model, tok, EditorConfig(method="codebook")).default_layers() == [round(layers / 6)]

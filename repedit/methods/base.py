@@ -122,8 +122,9 @@ class MethodConfig:
         return {}
 
     @classmethod
-    def default_layers(cls, num_layers: int) -> list[int] | None:
-        """The layers the Editor edits when the user names none (None: a third of the depth)."""
+    def default_layers(cls, num_layers: int, model_type: str | None = None) -> list[int] | None:
+        """The layers the Editor edits when the user names none (None: a third of the depth);
+        ``model_type`` (the HF config's) lets a method keep choices measured per architecture."""
         return None
 
 

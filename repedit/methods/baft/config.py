@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from repedit.methods.base import MethodConfig
 
@@ -76,11 +76,22 @@ class BaFTConfig(MethodConfig):
         p(target) ≥ 0.9 (docs/methods.md)."""
         return {"positions": "prompt", "augment": 2, "lr": 2e-2, "max_steps": 60, "stop_prob": 0.9, "answer_end": "."}
 
+    #: the default edited layer as a fraction of the depth, per ``config.model_type`` where it
+    #: was measured (docs/results.md, "Which layer"); other architectures get 1/6
+    LAYER_FRACTIONS: ClassVar[dict[str, float]] = {"llama": 0.3}
+
     @classmethod
-    def default_layers(cls, num_layers: int) -> list[int]:
-        """1/6 of the depth (layer 5 of SmolLM2's 30), where the subject's last token carries
-        the entity (ROME's insight; docs/methods.md)."""
-        return [max(0, round(num_layers / 6))]
+    def default_layers(cls, num_layers: int, model_type: str | None = None) -> list[int]:
+        """0.3 of the depth for Llama-type models (layer 9 of SmolLM2's 30), else 1/6 (layer 3
+        of Gemma 3 270M's 18), where the subject's last token carries the entity (ROME's
+        insight; measured in docs/results.md).
+
+        Example::
+
+            BaFTConfig.default_layers(30, "llama")        # [9]
+            BaFTConfig.default_layers(18, "gemma3_text")  # [3]
+        """
+        return [max(0, round(num_layers * cls.LAYER_FRACTIONS.get(model_type or "", 1 / 6)))]
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()

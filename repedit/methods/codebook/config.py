@@ -94,7 +94,7 @@ class CodebookConfig(MethodConfig):
         return {"lr": 0.1, "max_steps": 50, "stop_prob": 0.9}
 
     @classmethod
-    def default_layers(cls, num_layers: int) -> list[int]:
+    def default_layers(cls, num_layers: int, model_type: str | None = None) -> list[int]:
         """1/6 of the depth (layer 5 of SmolLM2's 30, BaFT's layer too), where the subject's last
         token still carries the entity with little of its context (measured: docs/methods.md)."""
         return [max(0, round(num_layers / 6))]
