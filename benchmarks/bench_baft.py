@@ -66,7 +66,7 @@ LATENCY_REPEATS = 31  # interleaved pairs of forwards (--quick: 11); on the shar
 
 
 def method_configs(args) -> dict:
-    common = dict(layers=[args.layer] if args.layer is not None else None, positions=args.positions, lr=args.lr, max_steps=args.max_steps,
+    common = dict(layers=[int(x) for x in str(args.layer).split(",")] if args.layer is not None else None, positions=args.positions, lr=args.lr, max_steps=args.max_steps,
                   stop_prob=args.stop_prob, augment=args.augment, seed=args.seed)
     if args.batch_size != 1:  # only when given, so default runs keep their checkpoints' identity
         common["batch_size"] = args.batch_size
@@ -109,7 +109,7 @@ def method_configs(args) -> dict:
     for key, mc in (("grace", {"radius_mode": "grace"}), ("balancedit", {"radius_mode": "balanced"}),
                     ("balancedit_lowrank", {"radius_mode": "balanced", "value": "lowrank"}),
                     ("balancedit_ns", {"radius_mode": "balanced", "null_space": True})):
-        out[key] = dict(codebook, method_config=mc, adapter=key)
+        out[key] = dict(codebook, method_config=dict(mc, **json.loads(args.cb_config)) if args.cb_config else mc, adapter=key)
 
     return {k: out[k] for k in args.methods.split(",") if k != "none"}
 
@@ -353,7 +353,8 @@ def main(argv=None) -> None:
                    "the codebook's editor_defaults)")
     p.add_argument("--cb-max-steps", type=int, default=None, help="max steps of the codebook methods (default: the "
                    "codebook's editor_defaults)")
-    p.add_argument("--layer", type=int, default=None, help="edited layer (default: the method's default_layers)")
+    p.add_argument("--layer", type=str, default=None,
+                   help="edited layer, or layers as a comma list (default: the method's default_layers)")
     p.add_argument("--loreft-layer", type=int, default=9, help="layer of LoReFT")
     p.add_argument("--counts", default="", help="per-method single-edit counts overriding --single, e.g. loreft=50,baft_ns=50")
     p.add_argument("--positions", default=None, help="positions rule (default: the method's editor_defaults)")
@@ -390,6 +391,7 @@ def main(argv=None) -> None:
                    "with other relations; 0: none)")
     p.add_argument("--batch-size", type=int, default=1, help="EditorConfig.batch_size: requests trained together in "
                    "each step of a sequential run")
+    p.add_argument("--cb-config", default=None, help="other CodebookConfig fields for the codebook methods, as JSON")
     p.add_argument("--baft-config", default=None, help="other BaFTConfig fields as JSON, e.g. '{\"value\": \"vector\"}' "
                    "(BaFT and BaFT + null space)")
     p.add_argument("--seed", type=int, default=0)

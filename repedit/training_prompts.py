@@ -54,7 +54,19 @@ class TrainingPromptsMixin:
         owners = list(range(len(reqs)))
         self._add_prefix_copies(reqs, indices, prompts, owners)
         self._add_relation_copies(reqs, indices, prompts, owners)
+        self._add_method_copies(reqs, prompts, owners)
         return prompts, owners
+
+    def _add_method_copies(self, reqs: list[EditRequest], prompts: list[str], owners: list[int]) -> None:
+        """Each attached method's :meth:`~repedit.methods.base.Intervention.training_copies`."""
+        for att in self.attachments():
+            for j, r in enumerate(reqs):
+                banned = r.evaluation_prompts() | {normalize_text(p) for p, o in zip(prompts, owners) if o == j}
+                for text in att.module.training_copies(r):
+                    if normalize_text(text) not in banned:
+                        banned.add(normalize_text(text))
+                        prompts.append(text)
+                        owners.append(j)
 
     def _add_relation_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
         k = self.config.relation_copies

@@ -25,7 +25,7 @@ __all__ = ["MethodConfig", "Intervention", "EditSession", "CONTRACT", "Orthonorm
 #: intervention (``Intervention`` has a default for each: a no-op for the training hooks, an
 #: error naming the method for edit management); docs/extending.md lists the same names.
 CONTRACT: tuple[str, ...] = (
-    "prepare_edit", "edit_parameters", "edit_loss", "finish_edit", "ready_to_stop", "knobs", "set_knob",
+    "training_copies", "prepare_edit", "edit_parameters", "edit_loss", "finish_edit", "ready_to_stop", "knobs", "set_knob",
     "list_edits", "delete_edit", "explain_edits", "merge_edits",
 )
 
@@ -182,6 +182,12 @@ class Intervention(nn.Module):
         return torch.where(mask, rel, torch.zeros_like(rel)).amax(dim=-1)
 
     # ------------------------------------------------------------ training hooks
+    def training_copies(self, request: Any) -> list[str]:
+        """Extra training prompts for ``request`` that this method generates (trained with the
+        request's target, after the Editor's own copies; never the request's evaluation
+        prompts). Default: none."""
+        return []
+
     def prepare_edit(self, session: EditSession) -> None:
         """Before an edit is trained (a codebook adds an entry, BaFT allocates bases)."""
 

@@ -502,3 +502,23 @@ def test_corpus_states_are_kept_on_disk_for_a_later_process(tok, tmp_path, monke
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     run(key_positions="last_prompt")  # other keys are other states: captured and cached apart
     assert calls.count(6) == 2 and len(list((tmp_path / "cache").rglob("*.safetensors"))) == 2
+
+
+def test_train_positives_become_training_copies_that_reach_the_stop_rule(tok):
+    """train_positives adds the radius's positives as training copies (never an evaluation
+    prompt of the request), and the edit is trained until each copy predicts the target."""
+    req = EditRequest(prompt="the capital of france is", target_new="rome", subject="france", case_id=0,
+                      rephrase_prompts=["Here is a fact. the capital of france is"])
+    ed = make_editor(tok, train_positives=3)
+    ed.attachments()
+    prompts, owners = ed.training_prompts([req], [0])
+    assert prompts[0] == req.prompt and owners == [0] * len(prompts)
+    assert prompts[1:] == ["Fact: the capital of france is", "Did you know? the capital of france is",
+                           "I heard that the capital of france is"]  # "Here is a fact. …" is evaluation text
+    outcome = ed.edit(req).outcomes[0]
+    assert outcome.success
+    lg, b = logits(ed.edited.model, tok, prompts, [req.subject] * len(prompts), [" rome"] * len(prompts))
+    pos = b.target_mask.float().argmax(1) - 1
+    probs = lg.softmax(-1)[torch.arange(len(prompts)), pos, tok.convert_tokens_to_ids("rome")]
+    assert bool((probs > 0.5).all()), probs
+    assert make_editor(tok).attachments()[0].module.training_copies(req) == []  # off by default

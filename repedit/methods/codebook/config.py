@@ -59,6 +59,7 @@ class CodebookConfig(MethodConfig):
     index_candidates: int = field(default=16, metadata={"help": "projected index: candidates per query re-ranked exactly"})
     index_min_entries: int = field(default=4096, metadata={"help": "index='auto': entries from which the projected index is used"})
     num_positives: int = field(default=8, metadata={"help": "template rewrites of the prompt used as positive samples"})
+    train_positives: int = field(default=0, metadata={"help": "the first this many positives (template rewrites of the prompt that place the radius) are also trained as copies with the target, so the value is fitted in those contexts too (0: the prompt and the Editor's copies only)"})
     num_negatives: int = field(default=24, metadata={"help": "same-relation prompts with other subjects used as negatives"})
     corpus_sentences: int = field(default=2000, metadata={"help": "corpus sentences, spread over the corpus, for statistics and nearest-neighbour negatives (0: none; docs/methods.md)"})
     corpus_path: str | None = field(default=None, metadata={"help": "a raw text file for those sentences (None: the editor's corpus, by default the WikiText-2 test split shipped with repedit)", "resource": True})

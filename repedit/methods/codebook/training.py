@@ -168,6 +168,11 @@ class TrainingMixin:
                 d = d.masked_fill(torch.isin(bank["sent_id"], torch.tensor(bad, device=d.device)), float("inf"))
         return float(d.min()) if d.numel() else float("inf")
 
+    def training_copies(self, request) -> list[str]:
+        """``train_positives`` of the radius's positives (:func:`samples.positives`)."""
+        n = self.config.train_positives
+        return S.positives(request, min(n, self.config.num_positives)) if n > 0 else []
+
     def prepare_edit(self, session) -> None:
         cfg = self.config
         att = self._attachment(session)
@@ -222,7 +227,9 @@ class TrainingMixin:
         ent = torch.tensor(uniq, dtype=torch.long, device=self.keys.device)
         dev = self.values.device
         delta = nn.Parameter((self.values[ent] / cfg.value_scale).clone())
-        sess = {"rows": torch.tensor(rows, dtype=torch.long, device=dev), "entries": ent, "delta": delta,
+        owners = torch.tensor(list(session.owners), dtype=torch.long)
+        rows_t = torch.tensor(rows, dtype=torch.long)
+        sess = {"rows": rows_t[owners].to(dev), "entries": ent, "delta": delta,
                 "plans": plans, "params": [delta]}
         if cfg.value == "lowrank":
             gen = torch.Generator().manual_seed(cfg.seed + self.n_entries)
