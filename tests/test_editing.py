@@ -224,5 +224,6 @@ def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch, caplog)
         EditorConfig(answer_end="!")
     # BaFT trains the full stop by default; other methods do not; '' switches it off
     assert resolve_config(EditorConfig(method="baft"), get_method("baft").config_cls).answer_end == "."
-    assert resolve_config(EditorConfig(method="codebook"), get_method("codebook").config_cls).answer_end == ""
+    assert resolve_config(EditorConfig(method="codebook"), get_method("codebook").config_cls).answer_end == "."
+    assert resolve_config(EditorConfig(method="loreft"), get_method("loreft").config_cls).answer_end == ""
     assert resolve_config(EditorConfig(method="baft", answer_end=""), get_method("baft").config_cls).answer_end == ""
