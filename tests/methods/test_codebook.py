@@ -439,15 +439,13 @@ def test_lowrank_values_edit_save_load_delete_and_merge(tok, tmp_path):
     assert merged.n_entries == 2 and torch.equal(merged.value_v[1], cb.value_v[1])
 
 
-def test_corpus_bank_is_captured_once_per_site(tok, tmp_path, monkeypatch):
-    """Single edits in a loop (a fresh codebook each) capture the corpus bank once; the
-    statistics and bank are the same as a fresh computation's."""
+@pytest.fixture
+def counted_corpus(tmp_path, monkeypatch):
+    """(a 6-sentence corpus file, the list of prompt counts each ``Codebook._hidden`` call got)."""
     corpus = tmp_path / "wiki.raw"
     corpus.write_text("\n".join(f" the {w} sat on the mat near the river today ." for w in
                                 ("cat", "dog", "bird", "horse", "king", "queen")) + "\n")
-    model = tiny_model("llama", initializer_range=0.5)
-    edited = EditableModel(model, tok)
-    calls = []
+    calls: list[int] = []
     orig = Codebook._hidden
 
     def counting(self, session, att, prompts, subjects):
@@ -455,6 +453,14 @@ def test_corpus_bank_is_captured_once_per_site(tok, tmp_path, monkeypatch):
         return orig(self, session, att, prompts, subjects)
 
     monkeypatch.setattr(Codebook, "_hidden", counting)
+    return corpus, calls
+
+
+def test_corpus_bank_is_captured_once_per_site(tok, counted_corpus):
+    """Single edits in a loop (a fresh codebook each) capture the corpus bank once; the
+    statistics and bank are the same as a fresh computation's."""
+    corpus, calls = counted_corpus
+    edited = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
     cfg = EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=5,
                        method_config=dict(corpus_sentences=6, corpus_path=str(corpus), num_names=0))
     stats = []
@@ -469,22 +475,12 @@ def test_corpus_bank_is_captured_once_per_site(tok, tmp_path, monkeypatch):
     assert stats[1][2] is stats[0][2]
 
 
-def test_corpus_states_are_kept_on_disk_for_a_later_process(tok, tmp_path, monkeypatch):
+def test_corpus_states_are_kept_on_disk_for_a_later_process(tok, tmp_path, monkeypatch, counted_corpus):
     """The corpus states behind the codebook's statistics and negative bank are written to the
     cache by the first editor; an editor on a fresh copy of the model (a new process) reads them
     instead of running the corpus, and gets the same statistics and bank."""
     monkeypatch.setenv("REPEDIT_CACHE", str(tmp_path / "cache"))
-    corpus = tmp_path / "wiki.raw"
-    corpus.write_text("\n".join(f" the {w} sat on the mat near the river today ." for w in
-                                ("cat", "dog", "bird", "horse", "king", "queen")) + "\n")
-    calls = []
-    orig = Codebook._hidden
-
-    def counting(self, session, att, prompts, subjects):
-        calls.append(len(prompts))
-        return orig(self, session, att, prompts, subjects)
-
-    monkeypatch.setattr(Codebook, "_hidden", counting)
+    corpus, calls = counted_corpus
 
     def run(**extra):
         cfg = EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=5, method_config=dict(
