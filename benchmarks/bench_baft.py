@@ -78,6 +78,8 @@ def method_configs(args) -> dict:
         common.update(relation_copies=args.relation_copies, relation_templates=relation_templates())
     if args.answer_end is not None:
         common["answer_end"] = args.answer_end
+    if args.answer_end_stop != "probability":  # only when given, so default runs keep their checkpoints' identity
+        common["answer_end_stop"] = args.answer_end_stop
     baft = dict(rank=args.rank, locality_weight=args.locality_weight, gate_positive_weight=args.gate_positive_weight,
                 temperature=args.temperature, trigger=args.trigger, gate_margin=args.gate_margin,
                 gate_margin_weight=args.gate_margin_weight, gate_fit_steps=args.gate_fit_steps,
@@ -387,6 +389,8 @@ def main(argv=None) -> None:
                    "essence_templates; default: BaFTConfig's)")
     p.add_argument("--answer-end", default=None, help="EditorConfig.answer_end: '.' trains the target and a full stop, "
                    "'' the target alone (default: the method's: '.' for BaFT)")
+    p.add_argument("--answer-end-stop", default="probability", choices=("probability", "argmax"),
+                   help="EditorConfig.answer_end_stop: 'argmax' leaves the answer end's probability out of the stop rule")
     p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
                    "with other relations; 0: none)")
     p.add_argument("--batch-size", type=int, default=1, help="EditorConfig.batch_size: requests trained together in "

@@ -115,6 +115,7 @@ def _editor_config(args: argparse.Namespace) -> Any:
     config_from_dict(args.method, method_cfg, strict=True)  # unknown method or option: fail before loading anything
     if args.answer_end is not None:
         kw["answer_end"] = "" if args.answer_end == "none" else args.answer_end
+    kw["answer_end_stop"] = args.answer_end_stop
     if args.entity_names is not None:
         kw["entity_names"] = args.entity_names
     if args.relation_copies < 0:

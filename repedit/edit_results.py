@@ -2,7 +2,8 @@
 and the target statistics (mean NLL, argmax match, probability) that decide them.
 
 A request is reached when every target token is the argmax and ``exp(−mean NLL)`` is at
-least ``stop_prob``.
+least ``stop_prob``; with ``EditorConfig.answer_end_stop="argmax"`` the probability of a
+trained answer end is left out (:func:`without_last_token`), and the end need only be the argmax.
 
 Example::
 
@@ -94,14 +95,32 @@ def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return positions, shifted.gather(1, positions).clamp_min(0), valid
 
 
-def _target_stats(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _target_stats(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                  prob_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean NLL over ``mask``, every masked token the argmax, exp(−mean NLL) over ``prob_mask``
+    (default ``mask``)) per row of gathered ``logits`` (B, K, V)."""
     logits = logits.float()
     logp = torch.log_softmax(logits, dim=-1)
     tok = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    n = mask.sum(-1).clamp_min(1)
-    nll = -(tok * mask).sum(-1) / n
+    nll = -(tok * mask).sum(-1) / mask.sum(-1).clamp_min(1)
     correct = ((logits.argmax(-1) == target) | ~mask).all(-1)
-    return nll, correct, torch.exp(-nll)
+    if prob_mask is None:
+        return nll, correct, torch.exp(-nll)
+    return nll, correct, torch.exp((tok * prob_mask).sum(-1) / prob_mask.sum(-1).clamp_min(1))
+
+
+def without_last_token(valid: torch.Tensor) -> torch.Tensor:
+    """``valid`` (B, K, as :func:`target_positions` lays it out) without each row's last target
+    token, where a row has more than one: the answer without its trained end.
+
+    Example::
+
+        without_last_token(torch.tensor([[True, True, False], [True, False, False]]))
+        # tensor([[ True, False, False], [ True, False, False]])
+    """
+    n = valid.sum(1, keepdim=True)
+    last = torch.arange(valid.shape[1], device=valid.device).unsqueeze(0) == (n - 1)
+    return valid & ~(last & (n > 1))
 
 
 def _mark_verified(outcomes: list[RequestOutcome], ok: torch.Tensor, probs: torch.Tensor) -> None:

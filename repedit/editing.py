@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from repedit.corpus import Corpus, resolve_corpus
 from repedit.edit_config import EditorConfig, config_dict, resolve_config
-from repedit.edit_results import EditResult, RequestOutcome, _mark_verified, _target_stats, target_nll, target_positions
+from repedit.edit_results import (EditResult, RequestOutcome, _mark_verified, _target_stats, target_nll, target_positions,
+                                  without_last_token)
 from repedit.hooks import Attachment, EditableModel
 from repedit.positions import EncodedBatch, encode
 from repedit.requests import EditRequest, validate_requests
@@ -318,7 +319,11 @@ class Editor(TrainingPromptsMixin):
         inputs = session.batch.model_inputs()
         if self._sliced_logits:
             inputs["logits_to_keep"] = positions
-        fixed = {"inputs": inputs, "target": target, "valid": valid, "owner": torch.tensor(session.owners)}
+        # answer_end_stop='argmax': the stop rule's probability is the answer's; the end need only be the argmax
+        answer_only = self.config.answer_end_stop == "argmax" and self._answer_end()
+        prob_valid = without_last_token(valid) if answer_only else valid
+        fixed = {"inputs": inputs, "target": target, "valid": valid, "prob_valid": prob_valid, "positions": positions,
+                 "owner": torch.tensor(session.owners)}
         layer = can_resume(self.edited, self.attachments()) if self.resume_forward else None
         if layer is not None:
             states = site_input(self.edited, layer, session.batch)
@@ -334,8 +339,10 @@ class Editor(TrainingPromptsMixin):
             return self.edited.model(**fixed["inputs"])
 
     def _stats(self, session: EditSession, fixed: dict[str, Any], out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self._row_stats(out, session.batch, fixed["target"], fixed["valid"], self._sliced_logits,
-                               fixed["owner"], len(session.requests))
+        logits = out.logits if self._sliced_logits else out.logits[:, :-1].gather(
+            1, fixed["positions"][..., None].expand(-1, -1, out.logits.shape[-1]))
+        return self._row_stats(logits, fixed["target"], fixed["valid"], fixed["prob_valid"], fixed["owner"],
+                               len(session.requests))
 
     def _optimise(self, session: EditSession, atts: list[Attachment],
                   fixed: dict[str, Any]) -> tuple[list[RequestOutcome], bool]:
@@ -396,15 +403,13 @@ class Editor(TrainingPromptsMixin):
         _, row_prob, ok = self._stats(session, fixed, out)
         _mark_verified(outcomes, ok, row_prob[: len(outcomes)].float().cpu())
 
-    def _row_stats(self, out: Any, batch: EncodedBatch, target: torch.Tensor, valid: torch.Tensor, sliced: bool,
+    def _row_stats(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, prob_valid: torch.Tensor,
                    owner_t: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(per-row target NLL, per-row target probability, per-request reached): a request is
-        reached once its prompt and every augmented copy predict the target with probability
-        at least ``stop_prob``."""
-        if sliced:
-            row_nll, row_correct, row_prob = _target_stats(out.logits, target, valid)
-        else:
-            row_nll, row_correct, row_prob = target_nll(out.logits, batch.labels)
+        """(per-row target NLL, per-row target probability, per-request reached) from the
+        logits at the target positions (B, K, V): a request is reached once its prompt and every
+        augmented copy predict every target token as the argmax and the answer (``prob_valid``:
+        the target without a trained answer end) with probability at least ``stop_prob``."""
+        row_nll, row_correct, row_prob = _target_stats(logits, target, valid, prob_valid)
         row_ok = (row_correct & (row_prob >= self.config.stop_prob)).cpu()
         reached = torch.zeros(n, dtype=torch.long).index_add_(0, owner_t, (~row_ok).long()) == 0
         return row_nll, row_prob, reached

@@ -74,6 +74,8 @@ def test_cli_passes_the_generality_options(tmp_path):
     assert cfg.answer_end == "" and cfg.relation_copies == 2
     assert cfg.relation_templates["{} is a native speaker of"] == ["The native language of {} is"]
     assert _editor_config(build_parser().parse_args(base)).answer_end is None  # the method's default
+    assert _editor_config(build_parser().parse_args(base)).answer_end_stop == "probability"
+    assert _editor_config(build_parser().parse_args(base + ["--answer-end-stop", "argmax"])).answer_end_stop == "argmax"
     with pytest.raises(CLIError, match="--relation-templates"):
         _editor_config(build_parser().parse_args(base + ["--relation-copies", "2"]))
 

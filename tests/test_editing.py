@@ -185,14 +185,27 @@ def test_relation_copies_put_the_subject_in_other_templates_of_its_relation(tok)
         EditorConfig(relation_copies=1)
 
 
-def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch, caplog):
-    import logging
-
+def _dot_tokenizer_and_model():
+    """A word-level tokenizer over the test words plus "." (split off words), and a tiny Llama
+    with an embedding row for it."""
     from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    import repedit.editing as E
     from conftest import WORDS
+
+    vocab = {w: i for i, w in enumerate(list(WORDS) + ["."])}
+    tk = Tokenizer(tok_models.WordLevel(vocab, unk_token="<pad>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    dot_tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    model = tiny_model("llama")
+    model.resize_token_embeddings(len(vocab))
+    return dot_tok, model
+
+
+def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch, caplog):
+    import logging
+
+    import repedit.editing as E
     from repedit import Editor, EditorConfig, EditRequest
     from repedit.edit_config import resolve_config
     from repedit.methods import get_method
@@ -207,13 +220,8 @@ def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch, caplog)
     monkeypatch.setattr(E, "encode", spy)
     req = EditRequest("the capital of france is", "rome", subject="france")
     # a tokenizer that knows "." (punctuation split off): the target is trained with it
-    vocab = {w: i for i, w in enumerate(list(WORDS) + ["."])}
-    tk = Tokenizer(tok_models.WordLevel(vocab, unk_token="<pad>"))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    dot_tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    dot_tok, model = _dot_tokenizer_and_model()
     cfg = EditorConfig(method="loreft", layers=[1], augment=0, max_steps=1, answer_end=".")
-    model = tiny_model("llama")
-    model.resize_token_embeddings(len(vocab))  # one more row for "."
     Editor(model, dot_tok, cfg).edit(req)
     assert seen[-1] == [" rome."]
     # one that does not know it: trained without, and said so
@@ -227,3 +235,40 @@ def test_answer_end_trains_the_target_with_a_full_stop(tok, monkeypatch, caplog)
     assert resolve_config(EditorConfig(method="codebook"), get_method("codebook").config_cls).answer_end == "."
     assert resolve_config(EditorConfig(method="loreft"), get_method("loreft").config_cls).answer_end == ""
     assert resolve_config(EditorConfig(method="baft", answer_end=""), get_method("baft").config_cls).answer_end == ""
+
+
+def test_answer_end_stop_argmax_reads_the_answer_probability_and_only_the_argmax_of_its_end():
+    """With answer_end_stop='argmax' the stop rule's probability is the answer's (the end token
+    need only be the argmax): the reported p(target) is p(answer | prompt); with the default
+    'probability' it is the mean over the answer and its end."""
+    from repedit import Editor, EditorConfig, EditRequest
+    from repedit.edit_results import _target_stats, without_last_token
+    from repedit.positions import encode
+
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    assert without_last_token(valid).tolist() == [[True, False, False], [True, False, False]]
+    # answer token at p 0.95, end token the argmax at p ~0.5: reached only when the end is left out
+    logits = torch.full((1, 2, 4), -20.0)
+    logits[0, 0, 1], logits[0, 0, 2] = 3.0, 3.0 - torch.log(torch.tensor(19.0))
+    logits[0, 1, 3], logits[0, 1, 0] = 1.0, 1.0 - 1e-3
+    target, both = torch.tensor([[1, 3]]), torch.tensor([[True, True]])
+    _, correct, p_all = _target_stats(logits, target, both)
+    _, _, p_answer = _target_stats(logits, target, both, without_last_token(both))
+    assert bool(correct) and p_all.item() < 0.9 < p_answer.item()
+    assert abs(p_answer.item() - 0.95) < 1e-4
+    target[0, 1] = 0  # an end token that is not the argmax fails the rule whatever its probability
+    assert not bool(_target_stats(logits, target, both, without_last_token(both))[1])
+
+    req = EditRequest("the capital of france is", "rome", subject="france")
+    for rule in ("argmax", "probability"):
+        dot_tok, model = _dot_tokenizer_and_model()
+        cfg = EditorConfig(method="loreft", layers=[1], augment=0, max_steps=3, answer_end=".", answer_end_stop=rule)
+        res = Editor(model, dot_tok, cfg).edit(req)
+        batch = encode(dot_tok, ["the capital of france is"], [" rome."])  # the edit at the prompt's last token
+        with torch.no_grad(), batch.info():
+            logp = torch.log_softmax(model(**batch.model_inputs()).logits[0, -3:-1].float(), -1)
+        p_answer = logp[0, dot_tok.convert_tokens_to_ids("rome")].exp().item()
+        p_mean = ((logp[0, dot_tok.convert_tokens_to_ids("rome")] + logp[1, dot_tok.convert_tokens_to_ids(".")]) / 2).exp().item()
+        assert abs(res.outcomes[0].target_prob - (p_answer if rule == "argmax" else p_mean)) < 1e-4
+    with pytest.raises(ValueError, match="answer_end_stop"):
+        EditorConfig(answer_end_stop="end")
