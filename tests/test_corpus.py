@@ -104,7 +104,8 @@ def test_a_default_that_falls_back_says_so(tok, caplog, method, method_config, e
 
 def test_explicit_opt_outs_stay_quiet(tok, caplog):
     model = tiny_model("llama")
-    cfg = EditorConfig(method="codebook", method_config={"corpus_sentences": 0, "num_names": 0}, corpus=["tiny"], **CFG)
+    cfg = EditorConfig(method="codebook", method_config={"corpus_sentences": 0, "num_names": 0}, corpus=["tiny"],
+                       answer_end="", **CFG)
     with caplog.at_level(logging.WARNING):
         Editor(model, tok, cfg).edit(fact_requests(1))
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "repedit" in r.name]
