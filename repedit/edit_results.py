@@ -72,7 +72,12 @@ def target_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     """Per-example mean NLL over target tokens, whether every target token is the argmax,
     and exp(-mean NLL). ``labels`` follows :class:`~repedit.positions.EncodedBatch`."""
     positions, target, mask = target_positions(labels)
-    return _target_stats(logits[:, :-1].gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), target, mask)
+    return _target_stats(target_logits(logits, positions), target, mask)
+
+
+def target_logits(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The full-sequence ``logits`` (B, T, V) at :func:`target_positions`' ``positions``: (B, K, V)."""
+    return logits[:, :-1].gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
 
 
 def target_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

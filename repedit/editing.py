@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from repedit.corpus import Corpus, resolve_corpus
 from repedit.edit_config import EditorConfig, config_dict, resolve_config
-from repedit.edit_results import (EditResult, RequestOutcome, _mark_verified, _target_stats, target_nll, target_positions,
-                                  without_last_token)
+from repedit.edit_results import (EditResult, RequestOutcome, _mark_verified, _target_stats, target_logits, target_nll,
+                                  target_positions, without_last_token)
 from repedit.hooks import Attachment, EditableModel
 from repedit.positions import EncodedBatch, encode
 from repedit.requests import EditRequest, validate_requests
@@ -339,8 +339,7 @@ class Editor(TrainingPromptsMixin):
             return self.edited.model(**fixed["inputs"])
 
     def _stats(self, session: EditSession, fixed: dict[str, Any], out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = out.logits if self._sliced_logits else out.logits[:, :-1].gather(
-            1, fixed["positions"][..., None].expand(-1, -1, out.logits.shape[-1]))
+        logits = out.logits if self._sliced_logits else target_logits(out.logits, fixed["positions"])
         return self._row_stats(logits, fixed["target"], fixed["valid"], fixed["prob_valid"], fixed["owner"],
                                len(session.requests))
 
