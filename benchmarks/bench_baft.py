@@ -388,7 +388,7 @@ def main(argv=None) -> None:
     p.add_argument("--essence-weight", type=float, default=None, help="BaFT's essence term (KL on the subject in "
                    "essence_templates; default: BaFTConfig's)")
     p.add_argument("--answer-end", default=None, help="EditorConfig.answer_end: '.' trains the target and a full stop, "
-                   "'' the target alone (default: the method's: '.' for BaFT)")
+                   "'' the target alone (default: the method's: '.' for BaFT and the codebook)")
     p.add_argument("--answer-end-stop", default="probability", choices=("probability", "argmax"),
                    help="EditorConfig.answer_end_stop: 'argmax' leaves the answer end's probability out of the stop rule")
     p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
