@@ -72,10 +72,12 @@ def method_configs(args) -> dict:
         common["batch_size"] = args.batch_size
     if args.corpus is not None:  # only when given, so default runs keep their checkpoints' identity
         common["corpus"] = args.corpus
-    if args.relation_copies:  # the subject in other templates of its relation (known facts' templates)
+    if args.relation_copies is not None:  # only when given, so default runs keep their checkpoints' identity
+        common["relation_copies"] = args.relation_copies
+    if args.relation_table == "known":  # known_1000.json's templates, looked up exactly (the earlier runs')
         from repedit.eval.data import relation_templates
 
-        common.update(relation_copies=args.relation_copies, relation_templates=relation_templates())
+        common["relation_templates"] = relation_templates()
     if args.answer_end is not None:
         common["answer_end"] = args.answer_end
     if args.answer_end_stop != "probability":  # only when given, so default runs keep their checkpoints' identity
@@ -143,7 +145,12 @@ def resolved_identity(editor) -> dict:
     """The method defaults a run resolved to, when they differ from those before they moved into
     ``editor_defaults`` (so checkpoints made with other defaults are not reused)."""
     cfg = editor.config
-    return {"answer_end": cfg.answer_end} if cfg.answer_end else {}
+    out = {"answer_end": cfg.answer_end} if cfg.answer_end else {}
+    if cfg.relation_copies and cfg.relation_templates is None:  # the shipped table
+        from repedit.relations import builtin_relations
+
+        out.update(relation_copies=cfg.relation_copies, relation_table=repr(builtin_relations()))
+    return out
 
 
 def unedited_cache(env: dict, source: str, protocols: list[str], reqs: list, device: str) -> tuple[str, dict]:
@@ -383,8 +390,11 @@ def main(argv=None) -> None:
                    help="baft_ns: fold each finished edit's keys into the null space (default: BaFT's, on)")
     p.add_argument("--corpus", default=None, help="EditorConfig.corpus: a text file or 'model' (default: the corpus "
                    "shipped with repedit)")
-    p.add_argument("--relation-copies", type=int, default=0, help="EditorConfig.relation_copies: train the subject in "
-                   "this many other templates of its relation (known_1000.json's templates; default 0)")
+    p.add_argument("--relation-copies", type=int, default=None, help="EditorConfig.relation_copies: train the subject "
+                   "in this many other templates of its relation (default: the method's)")
+    p.add_argument("--relation-table", choices=("builtin", "known"), default="builtin", help="where relation copies "
+                   "come from: the table shipped with repedit (tolerant matching) or known_1000.json's templates "
+                   "(exact lookup; the runs before the shipped table)")
     p.add_argument("--essence-weight", type=float, default=None, help="BaFT's essence term (KL on the subject in "
                    "essence_templates; default: BaFTConfig's)")
     p.add_argument("--answer-end", default=None, help="EditorConfig.answer_end: '.' trains the target and a full stop, "

@@ -26,6 +26,7 @@ algorithmic cost). Writes ``benchmarks/results/<name>.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -159,6 +160,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--config", default=None, help="EditorConfig fields over the method's defaults, as JSON (e.g. "
+                    "'{\"relation_copies\": 0}')")
     ap.add_argument("--resume-ab", type=int, default=0, help="also time training steps with and without the resumed "
                     "forward on this many requests, interleaved in this process")
     args = ap.parse_args(argv)
@@ -173,7 +176,8 @@ def main(argv=None) -> int:
     clock = PhaseClock()
     instrument(clock)
     edited = EditableModel(model, tok)
-    editor = Editor(edited, tok, EditorConfig(method=args.method))
+    overrides = json.loads(args.config) if args.config else {}
+    editor = Editor(edited, tok, EditorConfig(method=args.method, **overrides))
     per_edit = []
 
     def done(k, outcomes):
@@ -199,7 +203,8 @@ def main(argv=None) -> int:
                "data": data, "environment": environment(model, args.model)}
     shares = {p: median[p] / median["total"] for p in PHASES}
     write_results(name, payload, table=rows, columns=["edits", *PHASES, "total", "steps", "ratio_to_fwd_bwd"],
-                  notes=(f"Seconds per phase of one {args.method} edit (defaults, sequential, dev CounterFact, "
+                  notes=(f"Seconds per phase of one {args.method} edit (defaults"
+                         + (f" with {json.dumps(overrides)}" if overrides else "") + ", sequential, dev CounterFact, "
                          f"seed {args.seed}); one forward+backward over an edit's training batch takes "
                          f"{fb * 1000:.0f} ms here, so ratio_to_fwd_bwd = s/edit ÷ that. Steady-state shares: "
                          + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shares.items()) + "."

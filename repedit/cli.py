@@ -98,6 +98,27 @@ def _edit_spec(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return spec
 
 
+def _relation_templates(path: str) -> Any:
+    """A relation table file, or a known-facts file (known_1000.json layout) grouped by relation."""
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CLIError(f"--relation-templates: cannot read {path}: {err}") from None
+    try:
+        if isinstance(data, dict):
+            from repedit.relations import load_relations
+
+            return load_relations(path)
+        from repedit.eval.data import relation_templates
+
+        return relation_templates(path)
+    except (OSError, ValueError) as err:
+        raise CLIError(f"--relation-templates: {err}") from None
+
+
 def _editor_config(args: argparse.Namespace) -> Any:
     """The :class:`~repedit.editing.EditorConfig` of ``repedit edit``'s options (checked)."""
     from repedit.arch import COMPONENTS
@@ -118,18 +139,12 @@ def _editor_config(args: argparse.Namespace) -> Any:
     kw["answer_end_stop"] = args.answer_end_stop
     if args.entity_names is not None:
         kw["entity_names"] = args.entity_names
-    if args.relation_copies < 0:
-        raise CLIError(f"--relation-copies must be >= 0, got {args.relation_copies}")
-    if args.relation_copies and not args.relation_templates:
-        raise CLIError("--relation-copies needs --relation-templates FILE (a known_1000.json-style file)")
-    if args.relation_templates:
-        from repedit.eval.data import relation_templates
-
-        try:
-            kw["relation_templates"] = relation_templates(args.relation_templates)
-        except (OSError, ValueError) as err:
-            raise CLIError(f"--relation-templates: {err}") from None
+    if args.relation_copies is not None:
+        if args.relation_copies < 0:
+            raise CLIError(f"--relation-copies must be >= 0, got {args.relation_copies}")
         kw["relation_copies"] = args.relation_copies
+    if args.relation_templates:
+        kw["relation_templates"] = _relation_templates(args.relation_templates)
     return EditorConfig(method=args.method, method_config=method_cfg, layers=layers, component=args.component,
                         positions=args.positions, batch_size=args.batch_size, seed=args.seed, augment=args.augment,
                         progress=args.progress, verify=not args.no_verify, corpus=args.corpus, **kw)

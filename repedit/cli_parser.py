@@ -129,10 +129,11 @@ def _add_edit_parser(sub: Any) -> None:
     g.add_argument("--answer-end-stop", choices=("probability", "argmax"), default="probability", help="how the stop "
                    "rule reads the answer end: its probability counts ('probability', the default) or it need only be "
                    "the argmax ('argmax': about a third fewer steps, a little less generality)")
-    g.add_argument("--relation-templates", default=None, metavar="FILE", help="a known-facts JSON file (ROME's "
-                   "known_1000.json layout: template, relation_id) giving other phrasings of each relation")
-    g.add_argument("--relation-copies", type=int, default=0, metavar="K", help="with --relation-templates: train each "
-                   "request's subject in K other templates of its relation as well (default 0)")
+    g.add_argument("--relation-templates", default=None, metavar="FILE", help="other phrasings of each relation: a "
+                   "relation table (repedit-relations/1 JSON) or a known-facts file (ROME's known_1000.json layout: "
+                   "template, relation_id) (default: the table shipped with repedit)")
+    g.add_argument("--relation-copies", type=int, default=None, metavar="K", help="train each request's subject in K "
+                   "other templates of its relation as well (0: off; default: the method's)")
     g.add_argument("--sequential", action="store_true", help="edit the requests one after another (else as one batch)")
     g.add_argument("--batch-size", type=int, default=1, help="requests per sequential step (default 1)")
     g.add_argument("--augment", type=int, default=None,

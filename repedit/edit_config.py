@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -37,8 +38,8 @@ class EditorConfig:
     augment: int | None = field(default=None, metadata={"help": "extra training copies of each request, each with a random short prefix from the corpus (ROME-style context; helps paraphrases). 0: off; None: the method's default, else 0"})
     augment_words: int = field(default=8, metadata={"help": "most words in an augmentation prefix (a corpus sentence start)"})
     augment_corpus: Any = field(default=None, metadata={"help": "prefix source: None (the editor's corpus), a path, or a list of strings"})
-    relation_templates: Any = field(default=None, metadata={"help": "other phrasings of each relation: a mapping from a relation template ('The mother tongue of {} is') to other templates of the same relation, e.g. repedit.eval.data.relation_templates(known_facts_file); with relation_copies > 0 the subject is put into some of them as extra training copies. Never a request's own evaluation prompts"})
-    relation_copies: int = field(default=0, metadata={"help": "extra training copies per request: its subject in this many other templates of its relation (from relation_templates; 0: off)"})
+    relation_templates: Any = field(default=None, metadata={"help": "other phrasings of each relation, for relation_copies: None (the table shipped with repedit: 33 common Wikidata relations, matched tolerantly; repedit.relations), a repedit.relations.RelationTable, a path to a table in its JSON format, or a mapping from a relation template ('The mother tongue of {} is') to other templates of the same relation (exact lookup; e.g. repedit.eval.data.relation_templates(known_facts_file)). Never a request's own evaluation prompts"})
+    relation_copies: int | None = field(default=None, metadata={"help": "extra training copies per request: its subject in this many other templates of its relation (from relation_templates; requests whose relation is not found get none). 0: off; None: the method's default, else 0"})
     answer_end: str | None = field(default=None, metadata={"help": "train the target followed by its natural end so greedy generation says the answer and stops: '.' (a full stop), '' (the target alone) or None (the method's default: '.' for BaFT and the codebook, '' for LoReFT); skipped for a tokenizer that does not know the end"})
     answer_end_stop: str = field(default="probability", metadata={"help": "how the stop rule reads a trained answer end: 'probability' (its log p counts in the mean, as every target token's) or 'argmax' (the probability is the answer's alone; the end need only be the argmax: about a third fewer steps, a little less generality, docs/results.md)"})
     entity_names: Any = field(default=None, metadata={"help": "names of other entities for subject negatives: None (names found in the corpus), a list of strings, or a path to a file with one name per line"})
@@ -47,7 +48,8 @@ class EditorConfig:
     verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
 
     #: values used for fields left at None when no method default applies
-    FALLBACKS = {"positions": "last_prompt", "augment": 0, "lr": 5e-3, "max_steps": 100, "stop_prob": 0.9, "answer_end": ""}
+    FALLBACKS = {"positions": "last_prompt", "augment": 0, "lr": 5e-3, "max_steps": 100, "stop_prob": 0.9, "answer_end": "",
+                 "relation_copies": 0}
 
     def __post_init__(self) -> None:
         if self.positions is not None:
@@ -62,11 +64,13 @@ class EditorConfig:
             raise ValueError("batch_size must be >= 1")
         if (self.augment is not None and self.augment < 0) or self.augment_words < 1:
             raise ValueError("augment must be >= 0 and augment_words >= 1")
-        if self.relation_copies < 0:
+        if self.relation_copies is not None and self.relation_copies < 0:
             raise ValueError("relation_copies must be >= 0")
-        if self.relation_copies and not isinstance(self.relation_templates, Mapping):
-            raise ValueError("relation_copies > 0 needs relation_templates: a mapping from a relation template to "
-                             "other templates of the same relation (repedit.eval.data.relation_templates(path))")
+        if not (self.relation_templates is None or isinstance(self.relation_templates, (Mapping, str, os.PathLike))
+                or hasattr(self.relation_templates, "relation_of")):
+            raise ValueError("relation_templates must be None (the table shipped with repedit), a "
+                             "repedit.relations.RelationTable, a path to a relation table, or a mapping from a relation "
+                             f"template to other templates of the same relation; got {type(self.relation_templates).__name__}")
         if self.answer_end not in (None, "", "."):
             raise ValueError(f"answer_end must be '.', '' or None (the method's default), got {self.answer_end!r}")
         if self.answer_end_stop not in ("probability", "argmax"):

@@ -12,9 +12,11 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 from repedit.corpus import Corpus
+from repedit.relations import builtin_relations, load_relations
 from repedit.requests import EditRequest, normalize_text
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ class TrainingPromptsMixin:
         k = self.config.relation_copies
         if not k:
             return
-        table = self.config.relation_templates
+        table = self._relation_table()
         for j, (r, idx) in enumerate(zip(reqs, indices)):
             if not r.subject or not r.relation:
                 continue
@@ -83,6 +85,21 @@ class TrainingPromptsMixin:
             for t in rng.sample(pool, min(k, len(pool))):
                 prompts.append(t.replace("{}", r.subject))
                 owners.append(j)
+
+    def _relation_table(self):
+        """``EditorConfig.relation_templates`` as something with ``.get(template, ())``: the
+        shipped table for None, a loaded table for a path, else the table or mapping given."""
+        given = self.config.relation_templates
+        key = ("relation_table", id(given))
+        if key not in self._memo:
+            if given is None:
+                table = builtin_relations()
+            elif isinstance(given, (str, os.PathLike)):
+                table = load_relations(given)
+            else:
+                table = given
+            self._memo[key] = table
+        return self._memo[key]
 
     def _add_prefix_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
         k = self.config.augment

@@ -28,7 +28,7 @@ def model():
 def adapter(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_edits")
     cfg = EditorConfig(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5,
-                       method_config={"num_corpus_negatives": 0})
+                       relation_copies=0, method_config={"num_corpus_negatives": 0})
     res = Editor(model(), tiny_tokenizer(), cfg).edit(REQS, sequential=True)
     res.save_pretrained(str(root / "three"))
     hot = EditableModel.from_pretrained(model(), str(root / "three"))

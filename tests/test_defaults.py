@@ -25,7 +25,10 @@ def test_the_default_method_is_baft_everywhere():
     args = build_parser().parse_args(["edit", "--prompt", "p", "--target", "t", "--out", "o"])
     assert args.method == "baft" and args.lr is None and args.max_steps is None and args.stop_prob is None
     cfg = resolve_config(EditorConfig(), get_method("baft").config_cls)
-    assert cfg.positions == "prompt" and cfg.augment == 2
+    assert cfg.positions == "prompt" and cfg.augment == 2 and cfg.relation_copies == 4
+    for method in ("codebook", "loreft"):
+        assert resolve_config(EditorConfig(method=method), get_method(method).config_cls).relation_copies == 0
+    assert resolve_config(EditorConfig(relation_copies=0), get_method("baft").config_cls).relation_copies == 0
 
 
 def test_benchmarks_use_the_methods_defaults():
@@ -56,6 +59,7 @@ def test_a_method_without_defaults_falls_back():
 
     cfg = resolve_config(EditorConfig(method="x"), MethodConfig)
     assert (cfg.lr, cfg.max_steps, cfg.stop_prob, cfg.positions, cfg.augment) == (5e-3, 100, 0.9, "last_prompt", 0)
+    assert cfg.relation_copies == 0
 
 
 def test_cli_passes_the_generality_options(tmp_path):
@@ -76,8 +80,17 @@ def test_cli_passes_the_generality_options(tmp_path):
     assert _editor_config(build_parser().parse_args(base)).answer_end is None  # the method's default
     assert _editor_config(build_parser().parse_args(base)).answer_end_stop == "probability"
     assert _editor_config(build_parser().parse_args(base + ["--answer-end-stop", "argmax"])).answer_end_stop == "argmax"
-    with pytest.raises(CLIError, match="--relation-templates"):
-        _editor_config(build_parser().parse_args(base + ["--relation-copies", "2"]))
+    shipped = _editor_config(build_parser().parse_args(base + ["--relation-copies", "2"]))
+    assert shipped.relation_copies == 2 and shipped.relation_templates is None  # the table shipped with repedit
+    assert _editor_config(build_parser().parse_args(base)).relation_copies is None  # the method's default
+    table = tmp_path / "rel.json"
+    table.write_text(json.dumps({"format": "repedit-relations/1", "relations": [{"id": "x", "templates": ["{} a", "{} b"]}]}))
+    assert _editor_config(build_parser().parse_args(base + ["--relation-templates", str(table)])).relation_templates.others("{} a") == ["{} b"]
+    table.write_text("{broken")
+    with pytest.raises(CLIError, match="--relation-templates: cannot read"):
+        _editor_config(build_parser().parse_args(base + ["--relation-templates", str(table)]))
+    with pytest.raises(CLIError, match="--relation-copies must be >= 0"):
+        _editor_config(build_parser().parse_args(base + ["--relation-copies", "-1"]))
 
 
 @pytest.mark.parametrize("model_type,layers,expected", [("llama", 30, 9), ("gemma3_text", 18, 3), ("qwen2", 12, 2)])

@@ -182,7 +182,27 @@ def test_relation_copies_put_the_subject_in_other_templates_of_its_relation(tok)
     assert prompts[0] == req.prompt and set(prompts[1:]) == {"france has its capital in", "where is france"}
     assert owners == [0, 0, 0]
     with pytest.raises(ValueError, match="relation_templates"):
-        EditorConfig(relation_copies=1)
+        EditorConfig(relation_copies=1, relation_templates=["{} is"])
+
+
+def test_relation_copies_default_to_the_shipped_table_and_a_table_file(tok, tmp_path):
+    import json
+
+    from repedit import Editor, EditorConfig, EditRequest
+    from repedit.relations import builtin_relations
+
+    req = EditRequest("the capital of france is", "rome", subject="france")
+    cfg = EditorConfig(method="loreft", layers=[1], augment=0, relation_copies=3)
+    prompts, owners = Editor(tiny_model("llama"), tok, cfg).training_prompts([req], [0])
+    shipped = {t.replace("{}", "france") for t in builtin_relations().others("The capital of {} is")}
+    assert len(prompts) == 4 and set(prompts[1:]) <= shipped and owners == [0] * 4
+    odd = EditRequest("france likes to eat", "rome", subject="france")  # no relation found: no copies
+    assert Editor(tiny_model("llama"), tok, cfg).training_prompts([odd], [0])[0] == [odd.prompt]
+    f = tmp_path / "rel.json"
+    f.write_text(json.dumps({"format": "repedit-relations/1",
+                             "relations": [{"id": "food", "templates": ["{} likes to eat", "the food of {} is"]}]}))
+    cfg = EditorConfig(method="loreft", layers=[1], augment=0, relation_copies=3, relation_templates=str(f))
+    assert Editor(tiny_model("llama"), tok, cfg).training_prompts([odd], [0])[0] == [odd.prompt, "the food of france is"]
 
 
 def _dot_tokenizer_and_model():

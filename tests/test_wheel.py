@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent('''
     assert Path(repedit.__file__).resolve().is_relative_to(Path(sys.prefix).resolve()), repedit.__file__
     assert not (here.parent / "shared").exists() and "REPEDIT_DATA" not in __import__("os").environ
     req = EditRequest(prompt="The Eiffel Tower is located in the city of", target_new="Rome", subject="Eiffel Tower")
-    out = {"package": repedit.__file__, "default_method": EditorConfig().method}
+    from repedit.relations import builtin_relations
+    out = {"package": repedit.__file__, "default_method": EditorConfig().method, "relations": len(builtin_relations())}
     for method in ("baft", "codebook"):
         model, tok = models.load("smollm2-135m")
         editor = Editor(model, tok, EditorConfig(method=method))
@@ -70,6 +71,7 @@ def test_installed_wheel_works_outside_the_repository(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert str(venv) in out["package"] and out["default_method"] == "baft"
+    assert out["relations"] == 33  # the relation table is shipped in the wheel
     for method in ("baft", "codebook"):
         assert out[method]["success"] and out[method]["reloaded_identical"], out
         assert out[method]["corpus"] == "repedit:wikitext2-test.raw.gz"

@@ -19,7 +19,7 @@ REQS = [
 
 
 def cfg(**kw):
-    base = dict(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5,
+    base = dict(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5, relation_copies=0,
                 method_config={"num_corpus_negatives": 0})
     base.update(kw)
     return EditorConfig(**base)
@@ -234,7 +234,7 @@ def test_subject_trigger_gates_fire_on_subject_token_only(tok):
 
     model = tiny_model("llama", initializer_range=0.5, num_hidden_layers=3)  # later layers carry the subject edit
     req = REQS[2]  # subject "eiffel tower"
-    editor = Editor(model, tok, EditorConfig(method="baft", layers=[0], lr=1e-1, max_steps=250, stop_prob=0.5,
+    editor = Editor(model, tok, EditorConfig(method="baft", layers=[0], lr=1e-1, max_steps=250, stop_prob=0.5, relation_copies=0,
                                              augment_corpus=["the cat sat on the mat today", "rome is a city in italy"],
                                              # the fit itself, without the inference shift (a
                                              # 2-layer toy's positives sit nearer the boundary)
@@ -256,7 +256,7 @@ def test_subject_trigger_gates_fire_on_subject_token_only(tok):
 
 def test_trained_gates_veto_early_stop_until_separated(tok):
     model = tiny_model("llama", initializer_range=0.5)
-    editor = Editor(model, tok, EditorConfig(method="baft", layers=[0], lr=5e-2, max_steps=150, stop_prob=0.05,
+    editor = Editor(model, tok, EditorConfig(method="baft", layers=[0], lr=5e-2, max_steps=150, stop_prob=0.05, relation_copies=0,
                                              augment=0, method_config={"num_corpus_negatives": 0, "seed": 0,
                                                                        "train_gates": True, "gate_fit_steps": 0}))
     module = editor.attachments()[0].module
@@ -414,7 +414,7 @@ def test_other_subjects_are_gate_negatives(tok, monkeypatch):
         return orig(self)
 
     monkeypatch.setattr(BaFT, "_fit_gates", record)
-    editor = Editor(model, tok, EditorConfig(method="baft", layers=[1], max_steps=5, augment=0,
+    editor = Editor(model, tok, EditorConfig(method="baft", layers=[1], max_steps=5, augment=0, relation_copies=0,
                                              method_config={"num_corpus_negatives": 0, "num_negatives": 0,
                                                             "earlier_negatives": False, "gate_templates": 0}))
     editor.edit(REQS, sequential=True)

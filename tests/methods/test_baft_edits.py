@@ -32,7 +32,7 @@ def model():
 
 def config(**mc):
     return EditorConfig(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5,
-                        method_config={"num_corpus_negatives": 0, **mc})
+                        relation_copies=0, method_config={"num_corpus_negatives": 0, **mc})
 
 
 def last_logits(m, tok, prompts):

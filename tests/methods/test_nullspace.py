@@ -93,7 +93,7 @@ def ns_editor(model, tok, nullspace="read", gate="sigmoid", **kw):
     mc.update(kw)
     return Editor(model, tok, EditorConfig(method="baft", layers=[0], component="attention_output", lr=5e-2,
                                            max_steps=200, stop_prob=0.5, method_config=mc,
-                                           positions="last_prompt", augment=0))
+                                           positions="last_prompt", augment=0, relation_copies=0))
 
 
 def held_out_change(editor, tok):

@@ -71,10 +71,12 @@ class BaFTConfig(MethodConfig):
 
     @classmethod
     def editor_defaults(cls, method_config: dict | None = None) -> dict:
-        """Every prompt token (the gates pick the subject's last token), 2 augmented copies,
+        """Every prompt token (the gates pick the subject's last token), 2 augmented copies and
+        4 copies in other phrasings of the request's relation (the table shipped with repedit),
         the target trained with a full stop after it, Adam at 2e-2 for at most 60 steps until
         p(target) ≥ 0.9 (docs/methods.md)."""
-        return {"positions": "prompt", "augment": 2, "lr": 2e-2, "max_steps": 60, "stop_prob": 0.9, "answer_end": "."}
+        return {"positions": "prompt", "augment": 2, "relation_copies": 4, "lr": 2e-2, "max_steps": 60, "stop_prob": 0.9,
+                "answer_end": "."}
 
     #: the default edited layer as a fraction of the depth, per ``config.model_type`` where it
     #: was measured (docs/results.md, "Which layer"); other architectures get 1/6

@@ -1,0 +1,77 @@
+"""The relation table: the shipped phrasings, tolerant lookup, files and bad input."""
+
+import json
+
+import pytest
+
+from repedit.relations import RelationTable, builtin_relations, load_relations
+
+
+def test_the_shipped_table_loads_from_the_package_with_one_placeholder_per_template():
+    table = builtin_relations()
+    assert len(table) == 33 and table.source == "repedit:relations.json"
+    templates = [t for ts in table.relations.values() for t in ts]
+    assert len(templates) > 200 and all(t.count("{}") == 1 for t in templates)
+    assert len(set(templates)) == len(templates)  # no template in two relations: exact lookups are unambiguous
+
+
+def test_lookup_is_exact_after_folding_case_spacing_and_end_punctuation():
+    table = builtin_relations()
+    assert table.relation_of("The capital of {} is") == "P36"
+    assert table.relation_of("THE CAPITAL OF {}   IS.") == "P36"
+    others = table.others("The capital of {} is")
+    assert "The capital of {} is" not in others and "The capital city of {} is" in others
+
+
+def test_lookup_finds_other_wordings_of_a_relation_by_shared_words_and_word_pairs():
+    table = builtin_relations()
+    assert table.relation_of("{} was born in the town of") == "P19"
+    assert table.relation_of("Where was {} born? In") == "P19"
+    assert table.relation_of("{} is headquartered in the city of") == "P159"
+
+
+def test_ambiguous_or_unknown_templates_get_no_relation():
+    table = builtin_relations()
+    for template in ("{} plays", "{}, in", "{} was created in", "{} likes to eat"):
+        assert table.relation_of(template) is None, template
+        assert table.others(template) == [] and table.get(template, ["x"]) == ["x"]
+
+
+def test_word_pairs_keep_relations_apart_that_share_their_words():
+    table = RelationTable({"developer": ["{} was created by"], "formed": ["{} was formed in", "{} was founded in"]})
+    assert table.relation_of("{} was founded in") == "formed"
+    assert table.relation_of("{}, which was founded in") == "formed"
+    assert table.relation_of("{} was created in") is None  # "created" alone is not the developer relation
+
+
+def test_from_groups_merges_a_template_to_others_mapping_into_relations():
+    table = RelationTable.from_groups({"{} is a native speaker of": ["The native language of {} is"],
+                                       "The native language of {} is": ["{} is a native speaker of"],
+                                       "The capital of {} is": ["{}'s capital is"]})
+    assert len(table) == 2
+    assert table.others("{} is a native speaker of") == ["The native language of {} is"]
+
+
+def test_a_table_file_round_trips_and_bad_files_name_the_problem(tmp_path):
+    good = tmp_path / "rel.json"
+    good.write_text(json.dumps({"format": "repedit-relations/1",
+                                "relations": [{"id": "birth", "templates": ["{} was born in", "{}'s birthplace is"]}]}))
+    assert load_relations(good).others("{} was born in") == ["{}'s birthplace is"]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_relations(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_relations(bad)
+    bad.write_text(json.dumps([{"template": "{} was born in", "relation_id": "P19"}]))
+    with pytest.raises(ValueError, match="is not a relation table"):
+        load_relations(bad)
+    bad.write_text(json.dumps({"format": "repedit-relations/1", "relations": [{"id": "x", "templates": ["no slot"]}]}))
+    with pytest.raises(ValueError, match="exactly one"):
+        load_relations(bad)
+    bad.write_text(json.dumps({"format": "repedit-relations/1", "relations": [
+        {"id": "x", "templates": ["{} a"]}, {"id": "x", "templates": ["{} b"]}]}))
+    with pytest.raises(ValueError, match="appears twice"):
+        load_relations(bad)
+    with pytest.raises(ValueError, match="min_score"):
+        RelationTable({"x": ["{} a"]}, min_score=0)
