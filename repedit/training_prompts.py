@@ -81,6 +81,9 @@ class TrainingPromptsMixin:
             banned = r.evaluation_prompts() | {normalize_text(r.prompt)}
             pool = sorted({t for t in table.get(r.relation, ()) if isinstance(t, str) and t.count("{}") == 1
                            and t != r.relation and normalize_text(t.replace("{}", r.subject)) not in banned})
+            if not pool:
+                logger.debug("no other phrasing of %r in the relation table: no relation copies for this request",
+                             r.relation)
             rng = random.Random(self.config.seed * 1000003 + idx + 7)
             for t in rng.sample(pool, min(k, len(pool))):
                 prompts.append(t.replace("{}", r.subject))

@@ -185,8 +185,9 @@ def test_relation_copies_put_the_subject_in_other_templates_of_its_relation(tok)
         EditorConfig(relation_copies=1, relation_templates=["{} is"])
 
 
-def test_relation_copies_default_to_the_shipped_table_and_a_table_file(tok, tmp_path):
+def test_relation_copies_default_to_the_shipped_table_and_a_table_file(tok, tmp_path, caplog):
     import json
+    import logging
 
     from repedit import Editor, EditorConfig, EditRequest
     from repedit.relations import builtin_relations
@@ -197,7 +198,9 @@ def test_relation_copies_default_to_the_shipped_table_and_a_table_file(tok, tmp_
     shipped = {t.replace("{}", "france") for t in builtin_relations().others("The capital of {} is")}
     assert len(prompts) == 4 and set(prompts[1:]) <= shipped and owners == [0] * 4
     odd = EditRequest("france likes to eat", "rome", subject="france")  # no relation found: no copies
-    assert Editor(tiny_model("llama"), tok, cfg).training_prompts([odd], [0])[0] == [odd.prompt]
+    with caplog.at_level(logging.DEBUG, logger="repedit.training_prompts"):
+        assert Editor(tiny_model("llama"), tok, cfg).training_prompts([odd], [0])[0] == [odd.prompt]
+    assert "no relation copies" in caplog.text
     f = tmp_path / "rel.json"
     f.write_text(json.dumps({"format": "repedit-relations/1",
                              "relations": [{"id": "food", "templates": ["{} likes to eat", "the food of {} is"]}]}))
