@@ -25,7 +25,9 @@ __all__ = ["RequestOutcome", "EditResult", "target_nll", "target_positions"]
 
 @dataclass
 class RequestOutcome:
-    """Whether one request's edit took."""
+    """Whether one request's edit took. ``flags``: ``relation_copies`` (other phrasings of the
+    request's relation it was trained on), and with ``verify`` the training-time verdict
+    (``trained``, ``trained_target_prob``)."""
 
     index: int
     case_id: Any

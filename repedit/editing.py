@@ -294,6 +294,8 @@ class Editor(TrainingPromptsMixin):
             att.module.prepare_edit(session)
         fixed = self._fixed_inputs(session)
         outcomes, trained = self._optimise(session, atts, fixed)
+        for outcome, n in zip(outcomes, session.relation_copies):
+            outcome.flags["relation_copies"] = n
         for att in atts:
             att.module.finish_edit(session, outcomes)
         if self.config.verify and trained:
@@ -304,12 +306,15 @@ class Editor(TrainingPromptsMixin):
                        all_requests: list[EditRequest] | None) -> EditSession:
         """The training prompts of ``reqs`` encoded with their targets, in an :class:`EditSession`."""
         prompts, owners = self.training_prompts(reqs, indices)
+        relation_copies = list(self.relation_copies_made)
         end = self._answer_end()
         batch = encode(
             self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() + end for o in owners],
             [reqs[o].subject for o in owners],
         ).to(self.device)
-        return EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
+        session = EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
+        session.relation_copies = relation_copies
+        return session
 
     def _fixed_inputs(self, session: EditSession) -> dict[str, Any]:
         """What every forward of an edit shares: the model inputs (logits only where a target

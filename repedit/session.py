@@ -39,6 +39,8 @@ class EditSession:
         #: every request of the current ``edit()`` call (sequential runs see them all), so a
         #: method can draw negatives from other facts; never their evaluation fields.
         self.all_requests = all_requests if all_requests is not None else requests
+        #: relation copies trained per request (``EditorConfig.relation_copies``)
+        self.relation_copies = [0] * len(requests)
         self.indices = indices
         self.batch = batch
         self.step = 0

@@ -55,7 +55,8 @@ class TrainingPromptsMixin:
         prompts = [r.prompt for r in reqs]
         owners = list(range(len(reqs)))
         self._add_prefix_copies(reqs, indices, prompts, owners)
-        self._add_relation_copies(reqs, indices, prompts, owners)
+        #: relation copies per request of the last call (reported in each outcome's flags)
+        self.relation_copies_made = self._add_relation_copies(reqs, indices, prompts, owners)
         self._add_method_copies(reqs, prompts, owners)
         return prompts, owners
 
@@ -70,10 +71,13 @@ class TrainingPromptsMixin:
                         prompts.append(text)
                         owners.append(j)
 
-    def _add_relation_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str], owners: list[int]) -> None:
+    def _add_relation_copies(self, reqs: list[EditRequest], indices: list[int], prompts: list[str],
+                             owners: list[int]) -> list[int]:
+        """Append the relation copies; returns how many each request got."""
+        counts = [0] * len(reqs)
         k = self.config.relation_copies
         if not k:
-            return
+            return counts
         table = self._relation_table()
         for j, (r, idx) in enumerate(zip(reqs, indices)):
             if not r.subject or not r.relation:
@@ -88,6 +92,8 @@ class TrainingPromptsMixin:
             for t in rng.sample(pool, min(k, len(pool))):
                 prompts.append(t.replace("{}", r.subject))
                 owners.append(j)
+                counts[j] += 1
+        return counts
 
     def _relation_table(self):
         """``EditorConfig.relation_templates`` as something with ``.get(template, ())``: the

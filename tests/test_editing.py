@@ -186,6 +186,7 @@ def test_relation_copies_put_the_subject_in_other_templates_of_its_relation(tok)
 
 
 def test_relation_copies_default_to_the_shipped_table_and_a_table_file(tok, tmp_path, caplog):
+    import dataclasses
     import json
     import logging
 
@@ -201,6 +202,8 @@ def test_relation_copies_default_to_the_shipped_table_and_a_table_file(tok, tmp_
     with caplog.at_level(logging.DEBUG, logger="repedit.training_prompts"):
         assert Editor(tiny_model("llama"), tok, cfg).training_prompts([odd], [0])[0] == [odd.prompt]
     assert "no relation copies" in caplog.text
+    res = Editor(tiny_model("llama"), tok, dataclasses.replace(cfg, max_steps=1)).edit([req, odd])
+    assert [o.flags["relation_copies"] for o in res.outcomes] == [3, 0]  # reported per request
     f = tmp_path / "rel.json"
     f.write_text(json.dumps({"format": "repedit-relations/1",
                              "relations": [{"id": "food", "templates": ["{} likes to eat", "the food of {} is"]}]}))
