@@ -8,7 +8,8 @@ knob): the question is whether a larger write turns "the new answer beats the ol
 
 Example::
 
-    python benchmarks/probe_edit_scale.py --n 30 --scales 1,1.5,2,3 --checkpoint ckpt.json --name edit_scale_30
+    python benchmarks/probe_edit_scale.py --n 30 --scales 1,1.5,2,3 --relation-copies 0 --checkpoint ckpt.json \
+        --name edit_scale_30
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=30, help="single edits (dev CounterFact, seed 0)")
     p.add_argument("--scales", default="1,1.5,2,3", help="comma list of α")
+    p.add_argument("--relation-copies", type=int, default=None, help="EditorConfig.relation_copies (default: BaFT's; "
+                   "edit_scale_30 ran before they were, with 0)")
     p.add_argument("--checkpoint", required=True, help="JSON file of per-record results (resumed)")
     p.add_argument("--name", default="edit_scale_30")
     args = p.parse_args(argv)
@@ -51,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         alpha[0] = 1.0
 
     BaFT.edit = scaled
-    editor = Editor(setup.edited, setup.tok, EditorConfig(method="baft"))
+    kw = {} if args.relation_copies is None else {"relation_copies": args.relation_copies}
+    editor = Editor(setup.edited, setup.tok, EditorConfig(method="baft", **kw))
     done = edit_each(setup, editor, keys, Path(args.checkpoint), score)
     rows = summary_rows(setup, done, keys, "scale")
     write_results(args.name, {"rows": rows, "data": setup.data, "environment": environment(setup.model, "smollm2-135m"),

@@ -305,16 +305,13 @@ class Editor(TrainingPromptsMixin):
     def _start_session(self, reqs: list[EditRequest], indices: list[int],
                        all_requests: list[EditRequest] | None) -> EditSession:
         """The training prompts of ``reqs`` encoded with their targets, in an :class:`EditSession`."""
-        prompts, owners = self.training_prompts(reqs, indices)
-        relation_copies = list(self.relation_copies_made)
+        prompts, owners, relation_copies = self._training_prompts(reqs, indices)
         end = self._answer_end()
         batch = encode(
             self.tokenizer, prompts, [" " + reqs[o].target_new.lstrip() + end for o in owners],
             [reqs[o].subject for o in owners],
         ).to(self.device)
-        session = EditSession(self, reqs, indices, batch, all_requests, prompts, owners)
-        session.relation_copies = relation_copies
-        return session
+        return EditSession(self, reqs, indices, batch, all_requests, prompts, owners, relation_copies)
 
     def _fixed_inputs(self, session: EditSession) -> dict[str, Any]:
         """What every forward of an edit shares: the model inputs (logits only where a target

@@ -3,7 +3,7 @@ way (``EditorConfig.relation_copies``).
 
 A :class:`RelationTable` groups templates (``"{} was born in"``, ``"The birthplace of {} is"``)
 into relations. :meth:`RelationTable.others` finds the relation of a request's template, exactly
-or, failing that, by the content words it shares with one relation's templates (so
+or, failing that, by the words and word pairs it shares with one relation's templates (so
 ``"{} was born in the town of"`` finds place of birth), and returns that relation's other templates.
 A template that matches no relation, or two equally well, gets none: a copy in the wrong
 relation would teach the edit to answer the wrong question.
@@ -37,11 +37,13 @@ __all__ = ["RelationTable", "builtin_relations", "load_relations", "BUILTIN_RELA
 BUILTIN_RELATIONS_FILE = "relations.json"
 _FORMAT = "repedit-relations/1"
 
-#: words that carry no relation (kept out of the content-word match)
+#: words that carry little of a relation (half weight in the loose match)
 _STOP = frozenset("""a an the of in on at to by for from with as and or is are was were be been being has have had
 it its their his her they them this that which who whom whose what where when how it's there here one
 do does did can could will would shall should may might""".split())
 _WORD = re.compile(r"[a-z]+")
+#: the least word-and-pair F1 of a loose match (0.6 matched "{} was created in" to "{} was created by")
+MIN_SCORE = 0.65
 
 
 def _normalize(template: str) -> str:
@@ -84,7 +86,7 @@ class RelationTable:
         table.others("{} was born in")   # ['The birthplace of {} is']
     """
 
-    def __init__(self, relations: Mapping[str, Sequence[str]], min_score: float = 0.65, margin: float = 0.1,
+    def __init__(self, relations: Mapping[str, Sequence[str]], min_score: float = MIN_SCORE, margin: float = 0.1,
                  source: str = "<dict>"):
         if not 0.0 < min_score <= 1.0 or not 0.0 <= margin < 1.0:
             raise ValueError(f"min_score must be in (0, 1] and margin in [0, 1), got {min_score}, {margin}")
@@ -110,22 +112,6 @@ class RelationTable:
                 if rid not in self._exact[_normalize(t)]:
                     self._exact[_normalize(t)].append(rid)
                 self._keys.append((rid, _units(t)))
-
-    @classmethod
-    def from_groups(cls, groups: Mapping[str, Sequence[str]], **kw) -> "RelationTable":
-        """A table from a template → other templates mapping (as
-        :func:`repedit.eval.data.relation_templates` returns): each template and its others form
-        one relation."""
-        relations: dict[str, list[str]] = {}
-        seen: dict[str, str] = {}
-        for t, others in groups.items():
-            rid = next((seen[u] for u in [t, *others] if u in seen), t)
-            members = relations.setdefault(rid, [])
-            for u in [t, *others]:
-                if u not in members:
-                    members.append(u)
-                seen.setdefault(u, rid)
-        return cls(relations, **kw)
 
     def __len__(self) -> int:
         return len(self.relations)
@@ -164,7 +150,7 @@ class RelationTable:
         return self.others(template) or list(default)
 
 
-def load_relations(path: str | os.PathLike, min_score: float = 0.65) -> RelationTable:
+def load_relations(path: str | os.PathLike, min_score: float = MIN_SCORE) -> RelationTable:
     """A :class:`RelationTable` from a JSON file in repedit's format (``{"format":
     "repedit-relations/1", "relations": [{"id": ..., "templates": [...]}, ...]}``).
 
@@ -199,7 +185,7 @@ def _from_json(data: object, source: str, min_score: float) -> RelationTable:
 @lru_cache(maxsize=1)
 def _builtin() -> RelationTable:
     text = resources.files("repedit").joinpath("resources", BUILTIN_RELATIONS_FILE).read_text(encoding="utf-8")
-    return _from_json(json.loads(text), f"repedit:{BUILTIN_RELATIONS_FILE}", 0.65)
+    return _from_json(json.loads(text), f"repedit:{BUILTIN_RELATIONS_FILE}", MIN_SCORE)
 
 
 def builtin_relations() -> RelationTable:

@@ -29,7 +29,7 @@ class EditSession:
 
     def __init__(self, editor: "Editor", requests: list[EditRequest], indices: list[int], batch: EncodedBatch,
                  all_requests: list[EditRequest] | None = None, prompts: list[str] | None = None,
-                 owners: list[int] | None = None):
+                 owners: list[int] | None = None, relation_copies: list[int] | None = None):
         self.editor = editor
         self.requests = requests
         #: the training prompts (the requests' prompts first, then augmented copies) and,
@@ -40,7 +40,7 @@ class EditSession:
         #: method can draw negatives from other facts; never their evaluation fields.
         self.all_requests = all_requests if all_requests is not None else requests
         #: relation copies trained per request (``EditorConfig.relation_copies``)
-        self.relation_copies = [0] * len(requests)
+        self.relation_copies = relation_copies if relation_copies is not None else [0] * len(requests)
         self.indices = indices
         self.batch = batch
         self.step = 0

@@ -52,13 +52,17 @@ class TrainingPromptsMixin:
         corpus prefix, then ``relation_copies`` copies with the subject in other templates of
         its relation (deterministic for the seed and the request's index; never one of the
         request's evaluation prompts). Returns (prompts, owner index into ``reqs`` per prompt)."""
+        prompts, owners, _ = self._training_prompts(reqs, indices)
+        return prompts, owners
+
+    def _training_prompts(self, reqs: list[EditRequest], indices: list[int]) -> tuple[list[str], list[int], list[int]]:
+        """:meth:`training_prompts` and the number of relation copies each request got."""
         prompts = [r.prompt for r in reqs]
         owners = list(range(len(reqs)))
         self._add_prefix_copies(reqs, indices, prompts, owners)
-        #: relation copies per request of the last call (reported in each outcome's flags)
-        self.relation_copies_made = self._add_relation_copies(reqs, indices, prompts, owners)
+        relation_copies = self._add_relation_copies(reqs, indices, prompts, owners)
         self._add_method_copies(reqs, prompts, owners)
-        return prompts, owners
+        return prompts, owners, relation_copies
 
     def _add_method_copies(self, reqs: list[EditRequest], prompts: list[str], owners: list[int]) -> None:
         """Each attached method's :meth:`~repedit.methods.base.Intervention.training_copies`."""

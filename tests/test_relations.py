@@ -44,14 +44,6 @@ def test_word_pairs_keep_relations_apart_that_share_their_words():
     assert table.relation_of("{} was created in") is None  # "created" alone is not the developer relation
 
 
-def test_from_groups_merges_a_template_to_others_mapping_into_relations():
-    table = RelationTable.from_groups({"{} is a native speaker of": ["The native language of {} is"],
-                                       "The native language of {} is": ["{} is a native speaker of"],
-                                       "The capital of {} is": ["{}'s capital is"]})
-    assert len(table) == 2
-    assert table.others("{} is a native speaker of") == ["The native language of {} is"]
-
-
 def test_a_table_file_round_trips_and_bad_files_name_the_problem(tmp_path):
     good = tmp_path / "rel.json"
     good.write_text(json.dumps({"format": "repedit-relations/1",
