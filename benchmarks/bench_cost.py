@@ -21,6 +21,8 @@ algorithmic cost). Writes ``benchmarks/results/<name>.{json,md}``.
     python benchmarks/bench_cost.py --n 20                  # BaFT, 20 sequential edits
     python benchmarks/bench_cost.py --n 20 --method codebook
     python benchmarks/bench_cost.py --n 20 --resume-ab 6     # + steps with/without the resumed forward
+    python benchmarks/bench_cost.py --n 20 --split-ab 6      # + steps and edits with/without the cached prefix
+    python benchmarks/bench_cost.py --n 20 --no-split        # the edits without the cached prefix
 """
 
 from __future__ import annotations
@@ -120,19 +122,22 @@ def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
     return statistics.median(times[1:])
 
 
-def resume_ab(model, tok, reqs, method: str) -> dict:
-    """Seconds per training step with the forward resumed at the edited layer and with full
-    forwards, interleaved per request in one process (fresh edits, the same requests)."""
+def switch_ab(model, tok, reqs, method: str, switch: str) -> dict:
+    """Seconds per training step and per edit with the Editor's ``switch`` (``resume_forward``,
+    ``split_prefix``) off and on, interleaved per request in one process (fresh edits, the same
+    requests); also whether both took the same steps to the same loss."""
     from repedit import Editor, EditorConfig
     from repedit.hooks import EditableModel
 
     per: dict[bool, list[float]] = {True: [], False: []}
+    edit_s: dict[bool, list[float]] = {True: [], False: []}
+    runs: dict[bool, list[tuple]] = {True: [], False: []}
     real = Editor._optimise
 
     def timed(self, session, atts, fixed):
         t0 = time.perf_counter()
         out = real(self, session, atts, fixed)
-        per[type(self).resume_forward].append((time.perf_counter() - t0) / max(1, out[0][0].steps + 1))
+        per[getattr(type(self), switch)].append((time.perf_counter() - t0) / max(1, out[0][0].steps + 1))
         return out
 
     edited = EditableModel(model, tok)
@@ -141,15 +146,20 @@ def resume_ab(model, tok, reqs, method: str) -> dict:
     try:
         for r in reqs:
             for flag in (False, True):
-                Editor.resume_forward = flag
-                editor.edit([r])
+                setattr(Editor, switch, flag)
+                t0 = time.perf_counter()
+                o = editor.edit([r]).outcomes[0]
+                edit_s[flag].append(time.perf_counter() - t0)
+                runs[flag].append((o.steps, round(o.loss, 4)))
                 editor.reset()
     finally:
         Editor._optimise = real
-        Editor.resume_forward = True
+        setattr(Editor, switch, True)
         edited.unwrap()
-    full, resumed = statistics.median(per[False]), statistics.median(per[True])
-    return {"step_s_full": full, "step_s_resumed": resumed, "ratio": resumed / full, "requests": len(reqs)}
+    off, on = statistics.median(per[False]), statistics.median(per[True])
+    return {"switch": switch, "step_s_off": off, "step_s_on": on, "ratio": on / off,
+            "edit_s_off": statistics.median(edit_s[False]), "edit_s_on": statistics.median(edit_s[True]),
+            "same_steps_and_loss": runs[False] == runs[True], "requests": len(reqs)}
 
 
 def main(argv=None) -> int:
@@ -164,11 +174,17 @@ def main(argv=None) -> int:
                     "'{\"relation_copies\": 0}')")
     ap.add_argument("--resume-ab", type=int, default=0, help="also time training steps with and without the resumed "
                     "forward on this many requests, interleaved in this process")
+    ap.add_argument("--split-ab", type=int, default=0, help="also time training steps and edits with and without the "
+                    "cached prefix (repedit.prefix) on this many requests, interleaved in this process")
+    ap.add_argument("--no-split", action="store_true", help="run the edits without the cached prefix (Editor.split_prefix "
+                    "= False): the cost before it, for a run beside the default one")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     from repedit import Editor, EditorConfig, models
     from repedit.hooks import EditableModel
 
+    if args.no_split:
+        Editor.split_prefix = False
     t_start = time.perf_counter()
     model, tok = models.load(args.model)
     t_model = time.perf_counter() - t_start
@@ -189,7 +205,9 @@ def main(argv=None) -> int:
 
     editor.edit(reqs, sequential=True, callback=done)
     fb = forward_backward_seconds(editor, reqs[0])
-    ab = resume_ab(model, tok, reqs[: args.resume_ab], args.method) if args.resume_ab else None
+    ab = switch_ab(model, tok, reqs[: args.resume_ab], args.method, "resume_forward") if args.resume_ab else None
+    split_ab = switch_ab(model, tok, reqs[: args.split_ab], args.method, "split_prefix") if args.split_ab else None
+    Editor.split_prefix = not args.no_split
     steady = per_edit[1:] or per_edit
     median = {p: statistics.median(e[p] for e in steady) for p in (*PHASES, "total", "steps")}
     first = per_edit[0]
@@ -199,7 +217,7 @@ def main(argv=None) -> int:
              "steps": median["steps"], "ratio_to_fwd_bwd": median["total"] / fb}]
     name = args.name or f"cost_{args.method}_n{args.n}"
     payload = {"rows": rows, "per_edit": per_edit, "forward_backward_s": fb, "model_load_s": t_model,
-               "resume_ab": ab, "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
+               "resume_ab": ab, "split_ab": split_ab, "split_prefix": not args.no_split, "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
                "data": data, "environment": environment(model, args.model)}
     shares = {p: median[p] / median["total"] for p in PHASES}
     write_results(name, payload, table=rows, columns=["edits", *PHASES, "total", "steps", "ratio_to_fwd_bwd"],
@@ -208,9 +226,15 @@ def main(argv=None) -> int:
                          f"seed {args.seed}); one forward+backward over an edit's training batch takes "
                          f"{fb * 1000:.0f} ms here, so ratio_to_fwd_bwd = s/edit ÷ that. Steady-state shares: "
                          + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shares.items()) + "."
+                         + (" Without the cached prefix (--no-split)." if args.no_split else "")
                          + (f" A training step resumed at the edited layer took {ab['ratio']:.2f}x a full-forward step "
-                            f"({ab['step_s_resumed']:.3f} vs {ab['step_s_full']:.3f} s, median over {ab['requests']} "
-                            "requests, interleaved)." if ab else "")))
+                            f"({ab['step_s_on']:.3f} vs {ab['step_s_off']:.3f} s, median over {ab['requests']} "
+                            "requests, interleaved)." if ab else "")
+                         + (f" A training step over the cached prefix took {split_ab['ratio']:.2f}x one over the whole "
+                            f"batch ({split_ab['step_s_on']:.3f} vs {split_ab['step_s_off']:.3f} s; a whole edit "
+                            f"{split_ab['edit_s_on']:.2f} vs {split_ab['edit_s_off']:.2f} s; median over "
+                            f"{split_ab['requests']} requests, interleaved; same steps and loss: "
+                            f"{split_ab['same_steps_and_loss']})." if split_ab else "")))
     print({"forward_backward_s": fb, **rows[1]})
     return 0
 

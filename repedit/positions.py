@@ -31,7 +31,7 @@ import contextlib
 import contextvars
 import enum
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -44,6 +44,7 @@ __all__ = [
     "encode",
     "rule_mask",
     "last_true_index",
+    "trained_columns",
 ]
 
 
@@ -70,11 +71,14 @@ class TokenInfo:
 
     Both masks are ``(batch, seq)`` booleans over absolute positions of the *full* sequence
     (past tokens included). They may be narrower than the sequence; missing columns count
-    as ``False``.
+    as ``False``. ``trained_from`` (batch,), set only by the Editor's training forwards, is
+    the first absolute column of each row where the edit being trained may write
+    (:meth:`~repedit.methods.base.Intervention.training_start`).
     """
 
     prompt_mask: torch.Tensor | None = None
     subject_mask: torch.Tensor | None = None
+    trained_from: torch.Tensor | None = None
 
 
 _TOKEN_INFO: contextvars.ContextVar[TokenInfo | None] = contextvars.ContextVar(
@@ -84,15 +88,27 @@ _TOKEN_INFO: contextvars.ContextVar[TokenInfo | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def token_info(
-    prompt_mask: torch.Tensor | None = None, subject_mask: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None, subject_mask: torch.Tensor | None = None,
+    trained_from: torch.Tensor | None = None,
 ) -> Iterator[TokenInfo]:
     """Tell every wrapped model which tokens are prompt and subject tokens while inside."""
-    info = TokenInfo(prompt_mask=prompt_mask, subject_mask=subject_mask)
+    info = TokenInfo(prompt_mask=prompt_mask, subject_mask=subject_mask, trained_from=trained_from)
     token = _TOKEN_INFO.set(info)
     try:
         yield info
     finally:
         _TOKEN_INFO.reset(token)
+
+
+def trained_columns(ctx: Any, width: int, device: torch.device) -> torch.Tensor | None:
+    """(B, width) mask of the columns of this forward where the edit being trained may
+    write (from each row's ``TokenInfo.trained_from`` on), or None when no forward of the
+    Editor's training set it. For methods' ``forward``/``edit`` in training mode."""
+    start = getattr(getattr(ctx, "info", None), "trained_from", None)
+    if start is None:
+        return None
+    cols = ctx.past_len + torch.arange(width, device=device)
+    return cols[None, :] >= start.to(device)[:, None]
 
 
 def current_token_info() -> TokenInfo | None:
@@ -179,16 +195,59 @@ class EncodedBatch:
     subject_mask: torch.Tensor
     target_mask: torch.Tensor
     labels: torch.Tensor
+    #: explicit positions (B, T), set by :meth:`aligned_at` (rows padded on both sides);
+    #: None: the model counts from 0 (right padding)
+    position_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "EncodedBatch":
-        return EncodedBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
+        return EncodedBatch(**{k: (v.to(device) if v is not None else None) for k, v in self.__dict__.items()})
 
     def model_inputs(self) -> dict:
-        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.position_ids is not None:
+            out["position_ids"] = self.position_ids
+        return out
 
-    def info(self) -> contextlib.AbstractContextManager:
+    def info(self, trained_from: torch.Tensor | None = None) -> contextlib.AbstractContextManager:
         """``with batch.info(): model(**batch.model_inputs())``."""
-        return token_info(prompt_mask=self.prompt_mask, subject_mask=self.subject_mask)
+        return token_info(prompt_mask=self.prompt_mask, subject_mask=self.subject_mask, trained_from=trained_from)
+
+    def aligned_at(self, column: torch.Tensor) -> tuple["EncodedBatch", int]:
+        """The same rows shifted right so that each row's ``column[i]`` lands at one column
+        ``P = max(column)``: (the aligned batch, ``P``). Rows are padded on the left and the
+        right, with ``position_ids`` that keep every token's position, so a forward over
+        the aligned batch gives each real token the states it has here.
+
+        Example::
+
+            aligned, p = batch.aligned_at(torch.tensor([3, 1]))   # both rows' columns 3 / 1 at p = 3
+        """
+        column = column.to("cpu", torch.long)
+        first = int(column.max())
+        shift = first - column
+        n, t = self.input_ids.shape
+        full = t + int(shift.max())
+        ends = last_true_index(self.attention_mask.bool()).cpu() + 1  # right padding stays behind the row
+        width = int((ends + shift).max())
+        dev = self.input_ids.device
+        rows = torch.arange(n, device=dev)[:, None]
+        cols = torch.arange(t, device=dev)[None, :] + shift.to(dev)[:, None]
+        # the positions the model gives these tokens now: explicit, else the column (HF's default)
+        pos = self.position_ids if self.position_ids is not None else torch.arange(t, device=dev).expand(n, t)
+        padded = self.attention_mask == 0
+        pad = int(self.input_ids[padded][0]) if bool(padded.any()) else 0
+
+        def moved(x: torch.Tensor, fill) -> torch.Tensor:
+            out = torch.full((n, full), fill, dtype=x.dtype, device=dev)
+            out[rows, cols] = x
+            return out[:, :width]
+
+        aligned = EncodedBatch(
+            moved(self.input_ids, pad), moved(self.attention_mask, 0), moved(self.prompt_mask, False),
+            moved(self.subject_mask, False), moved(self.target_mask, False), moved(self.labels, -100),
+            moved(pos, 0),
+        )
+        return aligned, first
 
 
 def _token_ids_with_offsets(tokenizer, text: str, add_special: bool):

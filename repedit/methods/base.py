@@ -25,7 +25,8 @@ __all__ = ["MethodConfig", "Intervention", "EditSession", "CONTRACT", "Orthonorm
 #: intervention (``Intervention`` has a default for each: a no-op for the training hooks, an
 #: error naming the method for edit management); docs/extending.md lists the same names.
 CONTRACT: tuple[str, ...] = (
-    "training_copies", "prepare_edit", "edit_parameters", "edit_loss", "finish_edit", "ready_to_stop", "knobs", "set_knob",
+    "training_copies", "prepare_edit", "training_start", "edit_parameters", "edit_loss", "finish_edit", "ready_to_stop",
+    "knobs", "set_knob",
     "list_edits", "delete_edit", "explain_edits", "merge_edits",
 )
 
@@ -190,6 +191,14 @@ class Intervention(nn.Module):
 
     def prepare_edit(self, session: EditSession) -> None:
         """Before an edit is trained (a codebook adds an entry, BaFT allocates bases)."""
+
+    def training_start(self, session: EditSession) -> torch.Tensor | None:
+        """The first column of each row of ``session.batch`` where the edit being trained
+        writes, (B,) long, or None (anywhere; the default). Called after ``prepare_edit``. A
+        method that returns it must leave earlier columns as they were before training
+        whenever ``TokenInfo.trained_from`` is set (the Editor sets it in training forwards);
+        the Editor then computes those columns once per edit (:mod:`repedit.prefix`)."""
+        return None
 
     def edit_parameters(self, session: EditSession) -> list[nn.Parameter]:
         """What the optimiser trains for this edit (default: every parameter)."""

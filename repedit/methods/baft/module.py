@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from repedit.methods.base import Intervention, OrthonormalRows
+from repedit.positions import trained_columns
 from repedit.methods.baft.config import BaFTConfig
 from repedit.methods.baft.edits import EditsMixin
 from repedit.methods.baft.gates import GatesMixin
@@ -42,12 +43,14 @@ def normalize_gate_input(x: torch.Tensor, center: torch.Tensor, scale: torch.Ten
 
 def baft_delta(x_read: torch.Tensor, read: torch.Tensor, write: torch.Tensor, bias: torch.Tensor,
                gate_bias: torch.Tensor, temperature: float, constant_gate: bool = False,
-               gate_center: torch.Tensor | None = None, gate_scale: torch.Tensor | None = None) -> torch.Tensor:
+               gate_center: torch.Tensor | None = None, gate_scale: torch.Tensor | None = None,
+               basis_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The BaFT change for inputs ``x_read`` (…, d): ``Σ_i w_i r_i (⟨W_i,x⟩ + b_i − ⟨r_i,x⟩)``.
 
     ``read`` is ``[U; W; R]`` stacked (3N, d), ``write`` is ``R`` (N, d). With ``gate_center``
-    μ (and ``gate_scale`` σ) the gates read ``y·√d/‖y‖``, ``y = (x−μ)/σ``, instead of ``x``. Pure function, used by the module and
-    by the gradient check.
+    μ (and ``gate_scale`` σ) the gates read ``y·√d/‖y‖``, ``y = (x−μ)/σ``, instead of ``x``.
+    ``basis_mask`` (…, N), if given, multiplies each basis's term. Pure function, used by the
+    module and by the gradient check.
     """
     n = write.shape[0]
     if gate_center is None or constant_gate:
@@ -59,6 +62,8 @@ def baft_delta(x_read: torch.Tensor, read: torch.Tensor, write: torch.Tensor, bi
     diff = s + bias - r
     if not constant_gate:
         diff = torch.sigmoid((g + gate_bias) / temperature) * diff
+    if basis_mask is not None:
+        diff = diff * basis_mask
     return diff @ write
 
 
@@ -219,7 +224,19 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, EditsMixin, Intervention):
                                     self.config.temperature)
         center, scale = (self.gate_center, self.gate_scale) if self._normalized else (None, None)
         return x + baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant",
-                              center, scale)
+                              center, scale, self._trained_mask(x, ctx, write.shape[0]))
+
+    def _trained_mask(self, x: torch.Tensor, ctx: Any, n: int) -> torch.Tensor | None:
+        """In training forwards that set ``TokenInfo.trained_from``: 1 for every frozen basis,
+        and for the new bases 1 only from each row's ``trained_from`` column on (B, T, N)."""
+        if not self.training or self.block is None or x.dim() != 3:
+            return None
+        keep = trained_columns(ctx, x.shape[1], x.device)
+        if keep is None:
+            return None
+        m = self.block.bias.shape[0]
+        return torch.cat([torch.ones(*keep.shape, n - m, dtype=x.dtype, device=x.device),
+                          keep[..., None].expand(*keep.shape, m).to(x.dtype)], -1)
 
     # ----------------------------------------------------------------- sweep knobs
     def knobs(self) -> dict[str, float]:

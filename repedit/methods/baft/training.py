@@ -133,6 +133,21 @@ class TrainingMixin:
                 st["essence"] = negatives._kl_reference(session, essence, cfg.essence_weight)
         self._train_state = st
 
+    def training_start(self, session: Any) -> torch.Tensor | None:
+        """Subject trigger, incremental: the edit's gates are fitted to fire at the subject's
+        last token (the last prompt token where the subject is missing) and nowhere before
+        it, so in training its new bases write only from that token on; the Editor then
+        computes the tokens before it once per edit."""
+        from repedit.positions import last_true_index
+
+        cfg = self.config
+        att = self._attachment(session)
+        if self.block is None or not cfg.incremental or cfg.trigger != "subject" or att.positions.value not in ("prompt", "all"):
+            return None
+        b = session.batch
+        prompt = b.prompt_mask & b.attention_mask.bool()
+        return torch.where(b.subject_mask.any(1), last_true_index(b.subject_mask), last_true_index(prompt))
+
     def ready_to_stop(self, session: Any) -> bool:
         """Editor hook: veto the early stop while the trained gates do not yet separate their
         own positives (logit > 0) from every negative (logit < 0). Host-side, between steps."""

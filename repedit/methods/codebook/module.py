@@ -18,7 +18,7 @@ from torch import nn
 from repedit.methods.base import Intervention
 from repedit.methods.codebook.config import CodebookConfig
 from repedit.methods.codebook.training import TrainingMixin
-from repedit.positions import Positions
+from repedit.positions import Positions, trained_columns
 
 logger = logging.getLogger(__name__)
 
@@ -293,6 +293,10 @@ class Codebook(TrainingMixin, Intervention):
         if self.n_entries == 0:
             return h
         fire, idx, _, vmask = self._select(h, mask, ctx)
+        if self.training and h.dim() == 3:
+            keep = trained_columns(ctx, h.shape[1], h.device)
+            if keep is not None:
+                vmask = vmask & keep
         sel = (vmask & fire[:, None]).unsqueeze(-1)
         new = (h.float() + self.change(h, idx)).to(h.dtype)
         return torch.where(sel, new, h)

@@ -279,6 +279,19 @@ class TrainingMixin:
                 "n_pos": len(pos), "n_neg": len(neg_prompts), "d_corpus": d_corpus, "conflicts": conflicts,
                 "samples": {"positives": pos, "negatives": neg_prompts}}
 
+    def training_start(self, session) -> torch.Tensor | None:
+        """Values at the key token (``value_positions='key'``): in training each row's own
+        entry writes only at the token(s) its key is read from (for subject keys the prompt
+        token nearest the key), so nothing before the first of them changes."""
+        sess = self._session
+        if sess is None or self.config.value_positions != "key":
+            return None
+        att = self._attachment(session)
+        h, mask, ctx = session.edited.capture(att.layer, att.component, session.batch, before=att.name,
+                                              edited=True, with_context=True)
+        where = self._forced_where(h, mask, ctx, sess["rows"].to(h.device))
+        return torch.where(where.any(1), where.long().argmax(1), torch.zeros_like(where[:, 0], dtype=torch.long))
+
     def edit_parameters(self, session) -> list[nn.Parameter]:
         return list(self._session["params"]) if self._session is not None else []
 
