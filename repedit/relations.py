@@ -8,7 +8,7 @@ or, failing that, by the words and word pairs it shares with one relation's temp
 A template that matches no relation, or two equally well, gets none: a copy in the wrong
 relation would teach the edit to answer the wrong question.
 
-repedit ships a table of 33 common Wikidata relations (``resources/relations.json``, written for
+repedit ships a table of 68 common Wikidata relations (``resources/relations.json``, written for
 repedit); :func:`builtin_relations` loads it.
 
 Example::
@@ -189,8 +189,9 @@ def _builtin() -> RelationTable:
 
 
 def builtin_relations() -> RelationTable:
-    """The relation table shipped with repedit: 33 common Wikidata relations (place of birth,
-    capital, official language, employer, ...), about 7 phrasings each.
+    """The relation table shipped with repedit: 68 common Wikidata relations (place of birth,
+    capital, official language, employer, cause of death, director, ...), about 6 phrasings each,
+    statements and questions.
 
     Example::
 

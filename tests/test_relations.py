@@ -9,9 +9,9 @@ from repedit.relations import RelationTable, builtin_relations, load_relations
 
 def test_the_shipped_table_loads_from_the_package_with_one_placeholder_per_template():
     table = builtin_relations()
-    assert len(table) == 33 and table.source == "repedit:relations.json"
+    assert len(table) == 68 and table.source == "repedit:relations.json"
     templates = [t for ts in table.relations.values() for t in ts]
-    assert len(templates) > 200 and all(t.count("{}") == 1 for t in templates)
+    assert len(templates) > 380 and all(t.count("{}") == 1 for t in templates)
     assert len(set(templates)) == len(templates)  # no template in two relations: exact lookups are unambiguous
 
 
@@ -28,6 +28,19 @@ def test_lookup_finds_other_wordings_of_a_relation_by_shared_words_and_word_pair
     assert table.relation_of("{} was born in the town of") == "P19"
     assert table.relation_of("Where was {} born? In") == "P19"
     assert table.relation_of("{} is headquartered in the city of") == "P159"
+
+
+def test_questions_find_their_relation():
+    """Question forms (zsRE asks its facts as questions) match relations phrased both ways."""
+    table = builtin_relations()
+    assert table.relation_of("What did {} die of?") == "P509"
+    assert table.relation_of("When was {} born? On") == "P569"
+    assert table.relation_of("Who is the spouse of {}?") == "P26"
+    assert table.relation_of("Which football team does {} play for?") == "P54"
+    copies = table.others("What did {} die of?")
+    assert "{} died of" in copies and all("{}" in t for t in copies)
+    # a question about the place of birth stays with the place, not the date
+    assert table.relation_of("Where was {} born? In") == "P19"
 
 
 def test_ambiguous_or_unknown_templates_get_no_relation():
