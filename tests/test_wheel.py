@@ -71,7 +71,7 @@ def test_installed_wheel_works_outside_the_repository(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert str(venv) in out["package"] and out["default_method"] == "baft"
-    assert out["relations"] == 33  # the relation table is shipped in the wheel
+    assert out["relations"] == 68  # the relation table is shipped in the wheel
     for method in ("baft", "codebook"):
         assert out[method]["success"] and out[method]["reloaded_identical"], out
         assert out[method]["corpus"] == "repedit:wikitext2-test.raw.gz"
