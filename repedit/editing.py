@@ -31,13 +31,11 @@ from tqdm.auto import tqdm
 
 from repedit.corpus import Corpus, resolve_corpus
 from repedit.edit_config import EditorConfig, config_dict, resolve_config
-from repedit.edit_results import (EditResult, RequestOutcome, _mark_verified, _target_stats, target_logits, target_nll,
-                                  target_positions, without_last_token)
+from repedit.edit_results import EditResult, RequestOutcome, _mark_verified, _target_stats, target_nll, target_positions
 from repedit.hooks import Attachment, EditableModel
 from repedit.positions import EncodedBatch, encode
-from repedit.prefix import split_batch
 from repedit.requests import EditRequest, validate_requests
-from repedit.resume import can_resume, resumed_at, site_input
+from repedit.training_forward import TrainingForwardMixin
 from repedit.training_prompts import TrainingPromptsMixin
 from repedit.session import EditSession
 
@@ -58,19 +56,7 @@ def _accepts_logits_to_keep(model: nn.Module) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _training_mode(atts: list[Attachment]) -> Iterator[None]:
-    """The attachments' modules in training mode while inside (then eval, as between edits)."""
-    for att in atts:
-        att.module.train()
-    try:
-        yield
-    finally:
-        for att in atts:
-            att.module.eval()
-
-
-class Editor(TrainingPromptsMixin):
+class Editor(TrainingPromptsMixin, TrainingForwardMixin):
     """Trains interventions so a model produces new targets for edit requests.
 
     Args:
@@ -329,80 +315,6 @@ class Editor(TrainingPromptsMixin):
             [reqs[o].subject for o in owners],
         ).to(self.device)
         return EditSession(self, reqs, indices, batch, all_requests, prompts, owners, relation_copies)
-
-    def _training_start(self, atts: list[Attachment], session: EditSession) -> torch.Tensor | None:
-        """The first column each training row's trained edits write (the earliest over the
-        attachments), or None when one of them may write anywhere."""
-        start = None
-        for att in atts:
-            s = att.module.training_start(session)
-            if s is None:
-                return None
-            start = s if start is None else torch.minimum(start, s)
-        return start
-
-    def _fixed_inputs(self, session: EditSession) -> dict[str, Any]:
-        """What every forward of an edit shares: the model inputs (logits only where a target
-        token is predicted, when the model allows), the target ids and which are valid, and the
-        request each training row belongs to. When the trained edits write only from a column
-        on and the forward can resume at their layer, the columns before it are computed once
-        (:mod:`repedit.prefix`) and each step runs the rest; ``fixed["full"]`` then holds the
-        inputs of the whole batch, which verification uses."""
-        atts = self.attachments()
-        start = self._training_start(atts, session)
-        full = self._batch_inputs(session, session.batch, trained_from=start)
-        layer = can_resume(self.edited, atts) if self.resume_forward else None
-        if layer is None:
-            return full
-        split = None
-        if start is not None and self.split_prefix:
-            with _training_mode(atts):  # the prefix as the training forwards would compute it
-                split = split_batch(self.edited, session.batch, start)
-        if split is None:
-            states = site_input(self.edited, layer, session.batch)
-            if states is not None:
-                full["resume"] = (layer, states)
-            return full
-        states = site_input(self.edited, layer, split.batch)
-        if states is None:
-            return full
-        fixed = self._batch_inputs(session, split.batch, trained_from=split.trained_from, labels=split.labels,
-                                   inputs=split.suffix_inputs())
-        fixed["split"] = split
-        fixed["resume"] = (layer, states[:, split.first:])
-        fixed["full"] = full
-        return fixed
-
-    def _batch_inputs(self, session: EditSession, batch: EncodedBatch, trained_from: torch.Tensor | None,
-                      labels: torch.Tensor | None = None, inputs: dict | None = None) -> dict[str, Any]:
-        """The forward inputs (default the batch's) and the target statistics' inputs of
-        ``batch`` (targets read from ``labels``, default the batch's)."""
-        positions, target, valid = target_positions(batch.labels if labels is None else labels)
-        inputs = batch.model_inputs() if inputs is None else inputs
-        if self._sliced_logits:
-            inputs["logits_to_keep"] = positions
-        # answer_end_stop='argmax': the stop rule's probability is the answer's; the end need only be the argmax
-        answer_only = self.config.answer_end_stop == "argmax" and self._answer_end()
-        prob_valid = without_last_token(valid) if answer_only else valid
-        return {"inputs": inputs, "target": target, "valid": valid, "prob_valid": prob_valid, "positions": positions,
-                "owner": torch.tensor(session.owners), "batch": batch, "trained_from": trained_from}
-
-    def _forward(self, session: EditSession, fixed: dict[str, Any]) -> Any:
-        """The model on the edit's batch; from the edited layer up when the states below it
-        were captured (:mod:`repedit.resume`), over the cached prefix when it was split
-        (:mod:`repedit.prefix`)."""
-        resume = fixed.get("resume")
-        inputs = fixed["inputs"]
-        if "split" in fixed:
-            inputs = dict(inputs, **fixed["split"].cache_inputs())
-        with fixed["batch"].info(trained_from=fixed["trained_from"]), \
-                (resumed_at(self.edited, *resume) if resume else contextlib.nullcontext()):
-            return self.edited.model(**inputs)
-
-    def _stats(self, session: EditSession, fixed: dict[str, Any], out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = out.logits if self._sliced_logits else target_logits(out.logits, fixed["positions"])
-        return self._row_stats(logits, fixed["target"], fixed["valid"], fixed["prob_valid"], fixed["owner"],
-                               len(session.requests))
 
     def _optimise(self, session: EditSession, atts: list[Attachment],
                   fixed: dict[str, Any]) -> tuple[list[RequestOutcome], bool]:

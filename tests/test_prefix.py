@@ -140,7 +140,7 @@ def test_edit_with_split_prefix_equals_without(tok, monkeypatch, arch, method):
             splits[flag] += split is not None
             return split
 
-        monkeypatch.setattr("repedit.editing.split_batch", counted)
+        monkeypatch.setattr("repedit.training_forward.split_batch", counted)
         res = Editor(model, tok, cfg).edit(reqs, sequential=True)
         x = tok(["he was born in paris and the capital of", "the eiffel tower is located in"], return_tensors="pt", padding=True)
         with torch.no_grad():

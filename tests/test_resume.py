@@ -85,7 +85,7 @@ def test_edit_with_resumed_forward_equals_full_forward(tok, monkeypatch):
         model = tiny_model("llama", initializer_range=0.5)
         monkeypatch.setattr(Editor, "resume_forward", flag)
         calls = []
-        monkeypatch.setattr("repedit.editing.site_input", lambda *a, **k: calls.append(1) or site_input(*a, **k))
+        monkeypatch.setattr("repedit.training_forward.site_input", lambda *a, **k: calls.append(1) or site_input(*a, **k))
         res = Editor(model, tok, cfg).edit(req)
         x = tok([req.prompt, "the eiffel tower is located in"], return_tensors="pt", padding=True)
         with torch.no_grad():

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 
 from repedit.methods.base import Intervention, OrthonormalRows
-from repedit.positions import trained_columns
 from repedit.methods.baft.config import BaFTConfig
 from repedit.methods.baft.edits import EditsMixin
 from repedit.methods.baft.gates import GatesMixin
 from repedit.methods.baft.negatives import NegativesMixin
 from repedit.methods.baft.routing import sparse_delta
 from repedit.methods.baft.training import TrainingMixin
+from repedit.positions import trained_columns
 
 logger = logging.getLogger(__name__)
 
