@@ -73,3 +73,18 @@ def test_padded_batch_matches_single_examples(tok, rule, side):
     with edited.disabled(), torch.no_grad(), batch.info():
         base = model(**batch.model_inputs()).logits
     assert (base - logits).abs().max() > 1e-3
+
+
+def test_length_chunks_cover_every_text_once_longest_first(tok):
+    from repedit.positions import length_chunks
+
+    texts = ["a", "a b c d e", "a b", "a b c d e f g", "a b c", "a"]
+    chunks = length_chunks(tok, texts, 2)
+    assert sorted(i for c in chunks for i in c) == list(range(len(texts)))
+    assert all(len(c) <= 2 for c in chunks)
+    lengths = [len(texts[i].split()) for c in chunks for i in c]
+    assert lengths == sorted(lengths, reverse=True)
+    assert chunks[0] == [3, 1]
+    assert length_chunks(tok, [], 4) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        length_chunks(tok, texts, 0)

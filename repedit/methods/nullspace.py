@@ -97,12 +97,12 @@ def collect_second_moment(editor: Any, attachment: Any, texts: Sequence[str], ba
                           max_tokens: int = 64) -> SecondMoment:
     """Run ``texts`` through the unedited model and accumulate the second moment of the
     hidden states entering ``attachment`` at every attended token (see the module doc)."""
-    from repedit.positions import encode
+    from repedit.positions import encode, length_chunks
 
     mom = SecondMoment(attachment.module.hidden_size)
     tok = editor.tokenizer
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
+    for idx in length_chunks(tok, texts, batch_size):  # chunks of similar length pad little
+        chunk = [texts[i] for i in idx]
         batch = encode(tok, chunk, padding_side="right")
         if batch.input_ids.shape[1] > max_tokens:  # keep memory and time bounded
             batch = type(batch)(**{k: v[:, :max_tokens] for k, v in batch.__dict__.items()})

@@ -738,3 +738,29 @@ def test_routing_auto_switches_by_edit_count_and_not_in_training():
     phi.train()
     assert not phi.sparse_routing  # training always runs the dense path
     assert not _many_edits(300, train_gates=True).sparse_routing  # trained gates: rows may differ
+
+
+def _varied_texts(n: int, seed: int = 0) -> list[str]:
+    import random
+
+    from conftest import WORDS
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS[3:]) for _ in range(rng.randint(4, 15))) for _ in range(n)]
+
+
+def test_corpus_negatives_equal_one_padded_capture(tok):
+    """The corpus-negative states, captured in chunks of similar length, are every attended
+    token's state of each sentence in the sentences' order, as one padded batch gives them."""
+    texts = _varied_texts(260)
+    model = EditableModel(tiny_model("llama"), tok)
+    editor = Editor(model, tok, cfg(corpus=texts, disk_cache=False, method_config={"num_corpus_negatives": 40}))
+    att = editor.attachments()[0]
+    session = editor._start_session(REQS[:1], [0], REQS[:1])
+    got = att.module._corpus_negatives(session, att)
+    sents = [" ".join(t.split()[:16]) for t in session.corpus.sentences(limit=240)[200:]]
+    batch = session.encode(sents)
+    h, _ = session.capture(att, batch)
+    want = h[batch.attention_mask.bool()].float()
+    assert got.shape == want.shape and got.shape[0] == sum(len(s.split()) for s in sents)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

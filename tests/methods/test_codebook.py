@@ -518,3 +518,31 @@ def test_train_positives_become_training_copies_that_reach_the_stop_rule(tok):
     probs = lg.softmax(-1)[torch.arange(len(prompts)), pos, tok.convert_tokens_to_ids("rome")]
     assert bool((probs > 0.5).all()), probs
     assert make_editor(tok).attachments()[0].module.training_copies(req) == []  # off by default
+
+
+def test_corpus_states_keep_sentence_order_and_match_per_sentence_capture(tok):
+    """The codebook's corpus states, captured in chunks of similar length, keep each sentence's
+    rows together in the sentences' order, with the right sentence id and pooled key."""
+    import random
+
+    from tests.conftest import WORDS
+
+    rng = random.Random(0)
+    sents = [" ".join(rng.choice(WORDS[3:]) for _ in range(rng.randint(4, 15))) for _ in range(70)]
+    edited = EditableModel(tiny_model("llama"), tok)
+    editor = Editor(edited, tok, EditorConfig(method="codebook", layers=[1], disk_cache=False,
+                                              method_config={"key_positions": "last_prompt"}))
+    att = editor.attachments()[0]
+    session = editor._start_session(REQS[:1], [0], REQS[:1])
+    out = att.module._states(session, att, sents)
+    h_rows, ids, pooled = [], [], []
+    for i, s in enumerate(sents):
+        h, pm, sm = next(R.site_hidden(edited, 1, att.component, tok, [s]))
+        pooled.append(R.pool(h, pm, sm, "last_prompt")[0][0])
+        pm = pm.clone()
+        pm[:, 0] = False
+        h_rows.append(h[pm])
+        ids += [i] * int(pm.sum())
+    torch.testing.assert_close(out["h"], torch.cat(h_rows), atol=1e-5, rtol=1e-5)
+    assert out["sent_id"].tolist() == ids
+    torch.testing.assert_close(out["pooled"], torch.stack(pooled), atol=1e-5, rtol=1e-5)

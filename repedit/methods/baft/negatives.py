@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from repedit.positions import last_true_index
+from repedit.positions import last_true_index, length_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class NegativesMixin:
         if missing:
             found: dict[str, list[torch.Tensor]] = {}
             prompts = [(pre + name, name) for name in missing for pre in SUBJECT_PREFIXES]
-            for i in range(0, len(prompts), 64):
-                chunk = prompts[i : i + 64]
+            for idx in length_chunks(session.tokenizer, [p for p, _ in prompts], 64):
+                chunk = [prompts[i] for i in sorted(idx)]  # each name's rows stay in prefix order
                 batch = session.encode([p for p, _ in chunk], subjects=[s for _, s in chunk])
                 h, _ = session.capture(att, batch)
                 idx = last_true_index(batch.subject_mask)
@@ -173,10 +173,16 @@ class NegativesMixin:
         texts = [" ".join(t.split()[:16]) for t in texts]
 
         def build() -> dict[str, torch.Tensor]:
-            h, mask = session.site_states(att, texts)
-            # every token is a 'last prompt token' of its prefix; use all attended tokens
-            am = session.encode(texts).attention_mask.bool()
-            return {"states": h[am].float()}
+            # every token is a 'last prompt token' of its prefix: keep every attended token's
+            # state, in the texts' order (captured in chunks of similar length)
+            rows: list[torch.Tensor | None] = [None] * len(texts)
+            for idx in length_chunks(session.tokenizer, texts, 64):
+                batch = session.encode([texts[i] for i in idx])
+                h, _ = session.capture(att, batch)
+                am = batch.attention_mask.bool()
+                for j, i in enumerate(idx):
+                    rows[i] = h[j][am[j]].float()
+            return {"states": torch.cat(rows)}
 
         return session.cached("baft_corpus_negatives", build, layer=att.layer, component=att.component, n=n,
                               corpus=session.corpus.sha256, words=16)["states"]

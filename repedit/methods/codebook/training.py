@@ -18,6 +18,7 @@ from torch import nn
 
 from repedit.methods.codebook import radius as R
 from repedit.methods.codebook import samples as S
+from repedit.positions import length_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -121,17 +122,23 @@ class TrainingMixin:
         sentence of each row (``sent_id``) and, for pooled keys, one pooled key per sentence."""
         cfg = self.config
         rule = {"subject": None, "subject_mean": "prompt"}.get(cfg.key_positions, cfg.key_positions)
-        rows, ids, pooled = [], [], []
-        for b, (h, pm, sm) in enumerate(self._hidden(session, att, sents, None)):
+        rows: list[Any] = [None] * len(sents)
+        pooled: list[Any] = [None] * len(sents)
+        for idx in length_chunks(session.tokenizer, sents, 32):  # similar lengths pad little
+            h, pm, sm = self._hidden(session, att, [sents[i] for i in idx], None)[0]
             if rule is not None:
-                pooled.append(R.pool(h, pm, sm, rule)[0])
+                for i, key in zip(idx, R.pool(h, pm, sm, rule)[0]):
+                    pooled[i] = key
             pm = pm.clone()
             pm[:, 0] = False  # the first token is an attention sink with outlier activations
-            rows.append(h[pm])
-            ids.append((torch.arange(h.shape[0], device=h.device)[:, None] + b * 32).expand_as(pm)[pm])
-        out = {"h": torch.cat(rows), "sent_id": torch.cat(ids)}
-        if pooled:
-            out["pooled"] = torch.cat(pooled)
+            for j, i in enumerate(idx):
+                rows[i] = h[j][pm[j]]
+        device = rows[0].device if rows else session.device
+        out = {"h": torch.cat(rows) if rows else torch.zeros(0, self.hidden_size, device=device),
+               "sent_id": torch.cat([torch.full((len(r),), i, dtype=torch.long, device=device) for i, r in enumerate(rows)])
+               if rows else torch.zeros(0, dtype=torch.long, device=device)}
+        if rule is not None and rows:
+            out["pooled"] = torch.stack(pooled)
         return out
 
     def _corpus_states(self, session, att, corpus, sents: list[str]) -> dict[str, torch.Tensor]:
