@@ -82,6 +82,8 @@ def method_configs(args) -> dict:
         common["answer_end"] = args.answer_end
     if args.answer_end_stop != "probability":  # only when given, so default runs keep their checkpoints' identity
         common["answer_end_stop"] = args.answer_end_stop
+    if args.mixed_precision is not None:  # only when given, so default runs keep their checkpoints' identity
+        common["mixed_precision"] = args.mixed_precision
     baft = dict(rank=args.rank, locality_weight=args.locality_weight, gate_positive_weight=args.gate_positive_weight,
                 temperature=args.temperature, trigger=args.trigger, gate_margin=args.gate_margin,
                 gate_margin_weight=args.gate_margin_weight, gate_fit_steps=args.gate_fit_steps,
@@ -401,6 +403,8 @@ def main(argv=None) -> None:
                    "'' the target alone (default: the method's: '.' for BaFT and the codebook)")
     p.add_argument("--answer-end-stop", default="probability", choices=("probability", "argmax"),
                    help="EditorConfig.answer_end_stop: 'argmax' leaves the answer end's probability out of the stop rule")
+    p.add_argument("--mixed-precision", default=None, choices=("bf16", "fp16"), help="EditorConfig.mixed_precision: "
+                   "training forwards under autocast with half-precision weight copies (default: the model's dtype)")
     p.add_argument("--subject-locality", type=int, default=3, help="subject-locality prompts per request (the subject "
                    "with other relations; 0: none)")
     p.add_argument("--batch-size", type=int, default=1, help="EditorConfig.batch_size: requests trained together in "

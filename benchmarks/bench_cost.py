@@ -23,6 +23,8 @@ algorithmic cost). Writes ``benchmarks/results/<name>.{json,md}``.
     python benchmarks/bench_cost.py --n 20 --resume-ab 6     # + steps with/without the resumed forward
     python benchmarks/bench_cost.py --n 20 --split-ab 6      # + steps and edits with/without the cached prefix
     python benchmarks/bench_cost.py --n 20 --no-split        # the edits without the cached prefix
+    python benchmarks/bench_cost.py --n 20 --precision-ab 6  # + steps and edits in fp32 and with mixed_precision='bf16'
+    python benchmarks/bench_cost.py --n 20 --config '{"mixed_precision": "bf16"}'   # the edits in bf16
 """
 
 from __future__ import annotations
@@ -123,9 +125,10 @@ def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
 
 
 def switch_ab(model, tok, reqs, method: str, switch: str) -> dict:
-    """Seconds per training step and per edit with the Editor's ``switch`` (``resume_forward``,
-    ``split_prefix``) off and on, interleaved per request in one process (fresh edits, the same
-    requests); also whether both took the same steps to the same loss."""
+    """Seconds per training step and per edit with ``switch`` off and on, interleaved per request
+    in one process (fresh edits on the unedited model, the same requests); also each arm's steps
+    and final losses. ``switch`` is an Editor class switch (``resume_forward``, ``split_prefix``) or
+    ``mixed_precision`` (off: the model's dtype; on: ``"bf16"``)."""
     from repedit import Editor, EditorConfig
     from repedit.hooks import EditableModel
 
@@ -133,12 +136,20 @@ def switch_ab(model, tok, reqs, method: str, switch: str) -> dict:
     edit_s: dict[bool, list[float]] = {True: [], False: []}
     runs: dict[bool, list[tuple]] = {True: [], False: []}
     real = Editor._optimise
+    current = {"flag": False}
 
     def timed(self, session, atts, fixed):
         t0 = time.perf_counter()
         out = real(self, session, atts, fixed)
-        per[getattr(type(self), switch)].append((time.perf_counter() - t0) / max(1, out[0][0].steps + 1))
+        per[current["flag"]].append((time.perf_counter() - t0) / max(1, out[0][0].steps + 1))
         return out
+
+    def set_flag(editor, flag: bool) -> None:
+        current["flag"] = flag
+        if switch == "mixed_precision":
+            editor.config.mixed_precision = "bf16" if flag else None
+        else:
+            setattr(Editor, switch, flag)
 
     edited = EditableModel(model, tok)
     editor = Editor(edited, tok, EditorConfig(method=method))
@@ -146,20 +157,24 @@ def switch_ab(model, tok, reqs, method: str, switch: str) -> dict:
     try:
         for r in reqs:
             for flag in (False, True):
-                setattr(Editor, switch, flag)
+                set_flag(editor, flag)
                 t0 = time.perf_counter()
                 o = editor.edit([r]).outcomes[0]
                 edit_s[flag].append(time.perf_counter() - t0)
-                runs[flag].append((o.steps, round(o.loss, 4)))
+                runs[flag].append((o.steps, o.loss))
                 editor.reset()
     finally:
         Editor._optimise = real
-        setattr(Editor, switch, True)
+        if switch != "mixed_precision":
+            setattr(Editor, switch, True)
         edited.unwrap()
     off, on = statistics.median(per[False]), statistics.median(per[True])
     return {"switch": switch, "step_s_off": off, "step_s_on": on, "ratio": on / off,
             "edit_s_off": statistics.median(edit_s[False]), "edit_s_on": statistics.median(edit_s[True]),
-            "same_steps_and_loss": runs[False] == runs[True], "requests": len(reqs)}
+            "same_steps": [r[0] for r in runs[False]] == [r[0] for r in runs[True]],
+            "max_loss_diff": max(abs(a[1] - b[1]) for a, b in zip(runs[False], runs[True])),
+            "steps_off": [r[0] for r in runs[False]], "steps_on": [r[0] for r in runs[True]],
+            "loss_off": [r[1] for r in runs[False]], "loss_on": [r[1] for r in runs[True]], "requests": len(reqs)}
 
 
 def main(argv=None) -> int:
@@ -176,6 +191,8 @@ def main(argv=None) -> int:
                     "forward on this many requests, interleaved in this process")
     ap.add_argument("--split-ab", type=int, default=0, help="also time training steps and edits with and without the "
                     "cached prefix (repedit.prefix) on this many requests, interleaved in this process")
+    ap.add_argument("--precision-ab", type=int, default=0, help="also time training steps and edits in the model's "
+                    "dtype and with mixed_precision='bf16' on this many requests, interleaved in this process")
     ap.add_argument("--no-split", action="store_true", help="run the edits without the cached prefix (Editor.split_prefix "
                     "= False): the cost before it, for a run beside the default one")
     args = ap.parse_args(argv)
@@ -205,8 +222,10 @@ def main(argv=None) -> int:
 
     editor.edit(reqs, sequential=True, callback=done)
     fb = forward_backward_seconds(editor, reqs[0])
+    editor.reset()  # the A/B runs below edit the unedited model (these edits would already hold their requests)
     ab = switch_ab(model, tok, reqs[: args.resume_ab], args.method, "resume_forward") if args.resume_ab else None
     split_ab = switch_ab(model, tok, reqs[: args.split_ab], args.method, "split_prefix") if args.split_ab else None
+    precision_ab = switch_ab(model, tok, reqs[: args.precision_ab], args.method, "mixed_precision") if args.precision_ab else None
     Editor.split_prefix = not args.no_split
     steady = per_edit[1:] or per_edit
     median = {p: statistics.median(e[p] for e in steady) for p in (*PHASES, "total", "steps")}
@@ -217,7 +236,7 @@ def main(argv=None) -> int:
              "steps": median["steps"], "ratio_to_fwd_bwd": median["total"] / fb}]
     name = args.name or f"cost_{args.method}_n{args.n}"
     payload = {"rows": rows, "per_edit": per_edit, "forward_backward_s": fb, "model_load_s": t_model,
-               "resume_ab": ab, "split_ab": split_ab, "split_prefix": not args.no_split, "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
+               "resume_ab": ab, "split_ab": split_ab, "precision_ab": precision_ab, "split_prefix": not args.no_split, "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
                "data": data, "environment": environment(model, args.model)}
     shares = {p: median[p] / median["total"] for p in PHASES}
     write_results(name, payload, table=rows, columns=["edits", *PHASES, "total", "steps", "ratio_to_fwd_bwd"],
@@ -233,8 +252,13 @@ def main(argv=None) -> int:
                          + (f" A training step over the cached prefix took {split_ab['ratio']:.2f}x one over the whole "
                             f"batch ({split_ab['step_s_on']:.3f} vs {split_ab['step_s_off']:.3f} s; a whole edit "
                             f"{split_ab['edit_s_on']:.2f} vs {split_ab['edit_s_off']:.2f} s; median over "
-                            f"{split_ab['requests']} requests, interleaved; same steps and loss: "
-                            f"{split_ab['same_steps_and_loss']})." if split_ab else "")))
+                            f"{split_ab['requests']} requests, interleaved; same steps: {split_ab['same_steps']}, final "
+                            f"losses within {split_ab['max_loss_diff']:.1e})." if split_ab else "")
+                         + (f" A training step with mixed_precision='bf16' took {precision_ab['ratio']:.2f}x one in "
+                            f"the model's dtype ({precision_ab['step_s_on']:.3f} vs {precision_ab['step_s_off']:.3f} s; "
+                            f"a whole edit {precision_ab['edit_s_on']:.2f} vs {precision_ab['edit_s_off']:.2f} s; median "
+                            f"over {precision_ab['requests']} requests, interleaved; steps {precision_ab['steps_on']} vs "
+                            f"{precision_ab['steps_off']})." if precision_ab else "")))
     print({"forward_backward_s": fb, **rows[1]})
     return 0
 

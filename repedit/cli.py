@@ -137,6 +137,8 @@ def _editor_config(args: argparse.Namespace) -> Any:
     if args.answer_end is not None:
         kw["answer_end"] = "" if args.answer_end == "none" else args.answer_end
     kw["answer_end_stop"] = args.answer_end_stop
+    if getattr(args, "mixed_precision", None) is not None:
+        kw["mixed_precision"] = args.mixed_precision
     if args.entity_names is not None:
         kw["entity_names"] = args.entity_names
     if args.relation_copies is not None:

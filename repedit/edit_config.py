@@ -45,6 +45,7 @@ class EditorConfig:
     entity_names: Any = field(default=None, metadata={"help": "names of other entities for subject negatives: None (names found in the corpus), a list of strings, or a path to a file with one name per line"})
     corpus: Any = field(default=None, metadata={"help": "general text behind negatives, augmentation prefixes, null-space statistics and entity names: None (WikiText-2's test split, shipped with repedit), 'model' (text the unedited model samples, cached per model), a path to a text file, or a list of strings"})
     disk_cache: bool = field(default=True, metadata={"help": "keep what a method builds once per model and site (corpus states, name banks) on disk under $REPEDIT_CACHE, keyed by the model's fingerprint, so later processes skip it"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "None (train in the model's dtype), 'bf16' or 'fp16': the training forwards (and the states and prefix they start from) run under torch.autocast in that precision, with half-precision copies of the frozen linear weights kept between steps (repedit.precision; memory: half the model's fp32 size); on a CPU with AVX512-BF16 a training step with 'bf16' takes about 0.4x the time. The stop rule reads these logits; verification, captures and inference stay in the model's dtype"})
     verify: bool = field(default=True, metadata={"help": "after training, check each request once more with the interventions as they run at inference (eval mode: BaFT's gate shift, a codebook entry's radius) and report that as its success; the training-time verdict stays in flags['trained']"})
 
     #: values used for fields left at None when no method default applies
@@ -73,6 +74,8 @@ class EditorConfig:
                              f"template to other templates of the same relation; got {type(self.relation_templates).__name__}")
         if self.answer_end not in (None, "", "."):
             raise ValueError(f"answer_end must be '.', '' or None (the method's default), got {self.answer_end!r}")
+        if self.mixed_precision not in (None, "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be None, 'bf16' or 'fp16', got {self.mixed_precision!r}")
         if self.answer_end_stop not in ("probability", "argmax"):
             raise ValueError(f"answer_end_stop must be 'probability' or 'argmax', got {self.answer_end_stop!r}")
 

@@ -372,7 +372,7 @@ class Editor(TrainingPromptsMixin, TrainingForwardMixin):
         gradient, no RNG: training is untouched, so runs stay reproducible)."""
         fixed = fixed.get("full", fixed)
         with torch.no_grad():
-            out = self._forward(session, fixed)
+            out = self._forward(session, fixed, mixed=False)
         _, row_prob, ok = self._stats(session, fixed, out)
         _mark_verified(outcomes, ok, row_prob[: len(outcomes)].float().cpu())
 

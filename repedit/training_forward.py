@@ -22,6 +22,7 @@ import torch
 
 from repedit.edit_results import target_logits, target_positions, without_last_token
 from repedit.positions import EncodedBatch
+from repedit.precision import MixedPrecision
 from repedit.prefix import split_batch
 from repedit.resume import can_resume, resumed_at, site_input
 from repedit.session import EditSession
@@ -44,6 +45,18 @@ def _training_mode(atts: list[Attachment]) -> Iterator[None]:
 
 class TrainingForwardMixin:
     """Training forwards of the :class:`~repedit.editing.Editor`."""
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The training forwards' precision: ``EditorConfig.mixed_precision``
+        (:class:`~repedit.precision.MixedPrecision`, its weight copies kept for the editor's
+        lifetime), or nothing."""
+        name = self.config.mixed_precision
+        if name is None:
+            return contextlib.nullcontext()
+        mp = getattr(self, "_mixed", None)
+        if mp is None or mp.name != name:
+            mp = self._mixed = MixedPrecision(name)
+        return mp(self.edited.model)
 
     def _training_start(self, atts: list[Attachment], session: EditSession) -> torch.Tensor | None:
         """The first column each training row's trained edits write (the earliest over the
@@ -71,14 +84,16 @@ class TrainingForwardMixin:
             return full
         split = None
         if start is not None and self.split_prefix:
-            with _training_mode(atts):  # the prefix as the training forwards would compute it
+            with _training_mode(atts), self._autocast():  # the prefix as the training forwards compute it
                 split = split_batch(self.edited, session.batch, start)
         if split is None:
-            states = site_input(self.edited, layer, session.batch)
+            with self._autocast():
+                states = site_input(self.edited, layer, session.batch)
             if states is not None:
                 full["resume"] = (layer, states)
             return full
-        states = site_input(self.edited, layer, split.batch)
+        with self._autocast():
+            states = site_input(self.edited, layer, split.batch)
         if states is None:
             return full
         fixed = self._batch_inputs(session, split.batch, trained_from=split.trained_from, labels=split.labels,
@@ -102,16 +117,17 @@ class TrainingForwardMixin:
         return {"inputs": inputs, "target": target, "valid": valid, "prob_valid": prob_valid, "positions": positions,
                 "owner": torch.tensor(session.owners), "batch": batch, "trained_from": trained_from}
 
-    def _forward(self, session: EditSession, fixed: dict[str, Any]) -> Any:
+    def _forward(self, session: EditSession, fixed: dict[str, Any], mixed: bool = True) -> Any:
         """The model on the edit's batch; from the edited layer up when the states below it
         were captured (:mod:`repedit.resume`), over the cached prefix when it was split
-        (:mod:`repedit.prefix`)."""
+        (:mod:`repedit.prefix`); under ``mixed_precision`` autocast when ``mixed``."""
         resume = fixed.get("resume")
         inputs = fixed["inputs"]
         if "split" in fixed:
             inputs = dict(inputs, **fixed["split"].cache_inputs())
         with fixed["batch"].info(trained_from=fixed["trained_from"]), \
-                (resumed_at(self.edited, *resume) if resume else contextlib.nullcontext()):
+                (resumed_at(self.edited, *resume) if resume else contextlib.nullcontext()), \
+                (self._autocast() if mixed else contextlib.nullcontext()):
             return self.edited.model(**inputs)
 
     def _stats(self, session: EditSession, fixed: dict[str, Any], out: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

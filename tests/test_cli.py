@@ -342,3 +342,14 @@ def test_generate_finds_the_subject_of_a_subject_rule_edit(files, tmp_path, caps
     assert json.loads(capsys.readouterr().out) == json.loads(captured.out)
     assert main(["generate", "--adapter", str(out), "--prompt", "he was born in", "--no-progress"]) == 1
     assert "pass --subject once per prompt" in capsys.readouterr().err
+
+
+def test_edit_mixed_precision_reaches_the_editor_config():
+    from repedit.cli import _editor_config
+
+    base = ["edit", "--model", "m", "--requests", "r.json", "--out", "o"]
+    args = build_parser().parse_args(base + ["--mixed-precision", "bf16"])
+    assert _editor_config(args).mixed_precision == "bf16"
+    assert _editor_config(build_parser().parse_args(base)).mixed_precision is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(base + ["--mixed-precision", "int8"])
