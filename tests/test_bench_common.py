@@ -90,3 +90,35 @@ def test_hook_seconds_times_only_the_edit_hooks_and_removes_its_timers(tok, cloc
     before = dict(site._forward_hooks)
     assert hook_seconds(model, edited, run, repeats=3) == 1.5
     assert dict(site._forward_hooks) == before
+
+
+def test_subject_locality_prompts_are_built_once_per_checkpoint_dir(tmp_path, monkeypatch):
+    """A resumed run reads its requests' subject-locality prompts from the checkpoint folder
+    instead of generating them again, and gets the same prompts."""
+    import argparse
+
+    from benchmarks import bench_baft, common
+    from repedit import EditRequest
+
+    calls = []
+
+    def fake(reqs, model, tok, per_request, seed, source, edited):
+        calls.append(len(reqs))
+        for i, r in enumerate(reqs):
+            r.subject_locality_prompts = [{"prompt": f"{r.subject} was born in", "ground_truth": f"city {i}"}]
+            r.__post_init__()
+        return {"subject_locality_built": len(reqs)}
+
+    monkeypatch.setattr(common, "add_subject_locality", fake)
+    args = argparse.Namespace(checkpoint_dir=str(tmp_path), subject_locality=3, seed=0, source="counterfact")
+    make = lambda: [EditRequest(prompt=f"{s} speaks", target_new="French", subject=s, case_id=i)  # noqa: E731
+                    for i, s in enumerate(["Ada Lovelace", "Alan Turing"])]
+    first, second = make(), make()
+    assert bench_baft.subject_locality(args, first, None, None, None, {"model": "m"}) == {"subject_locality_built": 2}
+    assert bench_baft.subject_locality(args, second, None, None, None, {"model": "m"}) == {"subject_locality_built": 2}
+    assert calls == [2]  # the second run read them back
+    assert [r.subject_locality_prompts for r in second] == [r.subject_locality_prompts for r in first]
+    assert second[1].subject_locality_prompts[0].ground_truth == "city 1"
+    other = [EditRequest(prompt="Ada Lovelace speaks", target_new="French", subject="Ada Lovelace", case_id=7)]
+    bench_baft.subject_locality(args, other, None, None, None, {"model": "m"})
+    assert calls == [2, 1]  # other requests: built for them
