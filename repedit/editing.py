@@ -125,16 +125,26 @@ class Editor(TrainingPromptsMixin, TrainingForwardMixin):
             return Corpus.from_texts(list(source))
         return Corpus.from_file(source)
 
-    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
+    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], *, autocast: bool = False,
+               **parts: Any) -> dict[str, torch.Tensor]:
         """Tensors that depend only on the model and ``parts`` (a fixed corpus's states at a site):
         built once by ``build()``, kept for this editor's lifetime and, with
         ``EditorConfig.disk_cache``, on disk under ``$REPEDIT_CACHE/<kind>/`` keyed by the model's
-        fingerprint and ``parts``, so a later process loads them instead.
+        fingerprint and ``parts``, so a later process loads them instead. With ``autocast`` and
+        ``EditorConfig.mixed_precision`` set, ``build()`` runs in that precision
+        (:mod:`repedit.precision`) and the precision is part of the key.
 
         Example::
 
             states = editor.cached("corpus_states", lambda: {"h": capture()}, layer=5, corpus=sha)["h"]
         """
+        if autocast and self.config.mixed_precision is not None:
+            parts = dict(parts, precision=self.config.mixed_precision)
+            plain_build = build
+
+            def build() -> dict[str, torch.Tensor]:
+                with self._autocast():
+                    return plain_build()
         key = ("cached", kind, json.dumps(parts, sort_keys=True, default=str))
         if key not in self._memo:
             if self.config.disk_cache:

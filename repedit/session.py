@@ -67,9 +67,11 @@ class EditSession:
         editor's corpus), a path to a text file, or a list of strings."""
         return self.editor.corpus_from(source)
 
-    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], **parts: Any) -> dict[str, torch.Tensor]:
-        """Tensors that depend only on the model and ``parts`` (:meth:`Editor.cached`)."""
-        return self.editor.cached(kind, build, **parts)
+    def cached(self, kind: str, build: Callable[[], dict[str, torch.Tensor]], *, autocast: bool = False,
+               **parts: Any) -> dict[str, torch.Tensor]:
+        """Tensors that depend only on the model and ``parts`` (:meth:`Editor.cached`; ``autocast``:
+        built in ``EditorConfig.mixed_precision``)."""
+        return self.editor.cached(kind, build, autocast=autocast, **parts)
 
     def memory(self, kind: str) -> dict:
         """A dict that lives as long as the editor, for a method's per-model working state

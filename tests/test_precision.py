@@ -109,3 +109,26 @@ def test_edit_trained_in_bf16_takes_and_leaves_the_model_in_fp32(tok, method):
     x = tok(["the capital of france is"], return_tensors="pt")
     with torch.no_grad():
         assert tok.decode(edited.model(**x).logits[0, -1].argmax()) == "rome"
+
+
+def test_cached_banks_build_in_mixed_precision_under_their_own_key(tok, tmp_path, monkeypatch):
+    """``Editor.cached(..., autocast=True)`` builds in the editor's mixed precision and keys the
+    result (in memory and on disk) by it, so fp32 and bf16 banks never mix; without the flag,
+    or without mixed precision, the build runs in full precision under the old key."""
+    monkeypatch.setenv("REPEDIT_CACHE", str(tmp_path))
+    seen = []
+
+    def build():
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return {"x": torch.ones(2)}
+
+    edited = EditableModel(tiny_model("llama"), tok)
+    bf16 = Editor(edited, tok, EditorConfig(method="baft", mixed_precision="bf16"))
+    fp32 = Editor(edited, tok, EditorConfig(method="baft"))
+    bf16.cached("bank", build, autocast=True, layer=1)
+    bf16.cached("bank", build, autocast=True, layer=1)  # kept
+    bf16.cached("other", build, layer=1)  # no autocast asked
+    fp32.cached("bank", build, autocast=True, layer=1)  # another key on disk: built again, in fp32
+    assert seen == [True, False, False]
+    files = sorted(p.name for p in (tmp_path / "bank").iterdir())
+    assert len(files) == 2  # one per precision

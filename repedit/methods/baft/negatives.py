@@ -102,7 +102,7 @@ class NegativesMixin:
             return req_names, req_states
         # the corpus names' states depend only on the model, the site and the corpus: built once
         # and kept on disk (the Editor's cache), then filtered to the names chosen here
-        bank = session.cached("baft_name_bank", lambda: self._bank_tensors(session, att, corpus), layer=att.layer,
+        bank = session.cached("baft_name_bank", lambda: self._bank_tensors(session, att, corpus), autocast=True, layer=att.layer,
                               component=att.component, corpus=session.corpus.sha256, names=len(corpus),
                               prefixes=list(SUBJECT_PREFIXES))
         rows = [i for i, o in enumerate(bank["owner"].tolist()) if corpus[o] in chosen]
@@ -184,7 +184,7 @@ class NegativesMixin:
                     rows[i] = h[j][am[j]].float()
             return {"states": torch.cat(rows)}
 
-        return session.cached("baft_corpus_negatives", build, layer=att.layer, component=att.component, n=n,
+        return session.cached("baft_corpus_negatives", build, autocast=True, layer=att.layer, component=att.component, n=n,
                               corpus=session.corpus.sha256, words=16)["states"]
 
     def _subject_tokens(self, session: Any, att: Any, prompts: list[str], subjects: list[str | None]):
