@@ -80,7 +80,7 @@ def test_config_rejects_an_unknown_precision():
 
 
 @pytest.mark.parametrize("method", ["baft", "codebook"])
-def test_edit_trained_in_bf16_takes_and_leaves_the_model_in_fp32(tok, method):
+def test_edit_trained_in_bf16_takes_and_leaves_the_model_in_fp32(tok, method, monkeypatch):
     model = tiny_model("llama", initializer_range=0.5)
     hashes = param_hashes(model)
     edited = EditableModel(model, tok)
@@ -91,17 +91,14 @@ def test_edit_trained_in_bf16_takes_and_leaves_the_model_in_fp32(tok, method):
         seen.append(self.name)
         return real(self, m)
 
-    MixedPrecision.__call__ = spy
-    try:
-        if method == "baft":  # the settings of tests/methods/test_baft.py
-            cfg = EditorConfig(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5,
-                               relation_copies=0, mixed_precision="bf16", method_config={"num_corpus_negatives": 0})
-        else:  # those of tests/methods/test_codebook.py
-            cfg = EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=40, mixed_precision="bf16",
-                               method_config=dict(CODEBOOK_NOFILES, value_positions="attachment"))
-        res = Editor(edited, tok, cfg).edit(EditRequest(prompt="the capital of france is", target_new="rome", subject="france"))
-    finally:
-        MixedPrecision.__call__ = real
+    monkeypatch.setattr(MixedPrecision, "__call__", spy)
+    if method == "baft":  # the settings of tests/methods/test_baft.py
+        cfg = EditorConfig(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5,
+                           relation_copies=0, mixed_precision="bf16", method_config={"num_corpus_negatives": 0})
+    else:  # those of tests/methods/test_codebook.py
+        cfg = EditorConfig(method="codebook", layers=[0], lr=0.1, max_steps=40, mixed_precision="bf16",
+                           method_config=dict(CODEBOOK_NOFILES, value_positions="attachment"))
+    res = Editor(edited, tok, cfg).edit(EditRequest(prompt="the capital of france is", target_new="rome", subject="france"))
     assert seen and set(seen) == {"bf16"}  # the training forwards ran in bf16
     assert res.outcomes[0].success  # verified in full precision
     assert param_hashes(model) == hashes

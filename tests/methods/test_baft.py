@@ -764,3 +764,22 @@ def test_corpus_negatives_equal_one_padded_capture(tok):
     want = h[batch.attention_mask.bool()].float()
     assert got.shape == want.shape and got.shape[0] == sum(len(s.split()) for s in sents)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_name_states_keep_each_names_rows_in_prefix_order(tok):
+    """The name bank is captured in chunks of similar length, yet each name's rows come back in
+    SUBJECT_PREFIXES order, each equal to the capture of that prompt alone."""
+    from repedit.methods.baft.negatives import SUBJECT_PREFIXES
+
+    model = EditableModel(tiny_model("llama"), tok)
+    editor = Editor(model, tok, cfg(disk_cache=False))
+    att = editor.attachments()[0]
+    session = editor._start_session(REQS[:1], [0], REQS[:1])
+    names = ["paris", "danielle darrieux", "the eiffel tower", "rome"]
+    out_names, states = att.module._name_states(session, att, names)
+    assert out_names == [n for n in names for _ in SUBJECT_PREFIXES]
+    for k, (name, state) in enumerate(zip(out_names, states)):
+        batch = session.encode([SUBJECT_PREFIXES[k % len(SUBJECT_PREFIXES)] + name], subjects=[name])
+        h, _ = session.capture(att, batch)
+        last = int(batch.subject_mask[0].nonzero().max())
+        torch.testing.assert_close(state, h[0, last].float(), atol=1e-5, rtol=1e-5)

@@ -121,18 +121,20 @@ class NegativesMixin:
         cache: dict = session.memory(f"baft_name_states:{att.layer}:{att.component}")
         missing = list(dict.fromkeys(name for name in names if name not in cache))
         if missing:
-            found: dict[str, list[torch.Tensor]] = {}
             prompts = [(pre + name, name) for name in missing for pre in SUBJECT_PREFIXES]
-            for idx in length_chunks(session.tokenizer, [p for p, _ in prompts], 64):
-                chunk = [prompts[i] for i in sorted(idx)]  # each name's rows stay in prefix order
-                batch = session.encode([p for p, _ in chunk], subjects=[s for _, s in chunk])
+            state_of: dict[int, torch.Tensor] = {}  # prompt index -> its subject's last-token state
+            for order in length_chunks(session.tokenizer, [p for p, _ in prompts], 64):
+                batch = session.encode([prompts[i][0] for i in order], subjects=[prompts[i][1] for i in order])
                 h, _ = session.capture(att, batch)
-                idx = last_true_index(batch.subject_mask)
-                has = batch.subject_mask.any(1).tolist()
-                rows = h[torch.arange(len(chunk), device=h.device), idx].float()
-                for (_, name), ok, row in zip(chunk, has, rows):
+                last = last_true_index(batch.subject_mask)
+                rows = h[torch.arange(len(order), device=h.device), last].float()
+                for i, ok, row in zip(order, batch.subject_mask.any(1).tolist(), rows):
                     if ok:
-                        found.setdefault(name, []).append(row)
+                        state_of[i] = row
+            found: dict[str, list[torch.Tensor]] = {}  # each name's rows in SUBJECT_PREFIXES order
+            for i, (_, name) in enumerate(prompts):
+                if i in state_of:
+                    found.setdefault(name, []).append(state_of[i])
             empty = torch.zeros(0, self.hidden_size, device=session.device)
             for name in missing:
                 cache[name] = torch.stack(found[name]) if name in found else empty
