@@ -259,8 +259,37 @@ def hook_seconds(model, edited, run, repeats: int = 5) -> float:
     return spent[0] / repeats
 
 
+def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, checkpoint_dir, log) -> list[dict]:
+    """Rows for the run's kept milestones (``--milestones``): the state after its first k edits,
+    scored on those k requests (cached in ``checkpoint_dir`` like the final scores)."""
+    from benchmarks.checkpoints import cached
+    from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
+
+    rows = []
+    for k in (m for m in ck.milestones() if m < len(reqs)):
+        ck.restore(edited, cfg.adapter, milestone=k)
+        set_inference_knobs(edited, cfg_kwargs)
+        state = json.loads((ck.dir / f"keep_{k:06d}" / "state.json").read_text())
+        posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}_at{k}",
+                       {"checkpoint": ck.identity, "done": k, "saved_at": state["saved_at"], "protocols": PROTOCOLS,
+                        "device": str(next(model.parameters()).device.type),
+                        "knobs": {a.name: {kk: getattr(a.module.config, kk, None) for kk in INFERENCE_KNOBS}
+                                  for a in edited.attachments()}},
+                       lambda: evaluate_requests(model, tok, reqs[:k], protocols=PROTOCOLS, pre=pre[:k]))
+        outs = state["outcomes"]
+        row = {"method": name, "setting": f"after {k} of {len(reqs)} sequential",
+               **flat(summarize(build_case_records(reqs[:k], pre[:k], posts)))}
+        row.update(success_rate=sum(o["success"] for o in outs) / k, mean_steps=sum(o["steps"] for o in outs) / k,
+                   s_per_edit=state["seconds"] / k, latency_ratio=None, latency_min=None, hook_share=None,
+                   latency_aa=None)
+        rows.append(row)
+        log(f"  -> {row}")
+        edited.delete_adapter(cfg.adapter)
+    return rows
+
+
 def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25,
-                shard=None, latency_repeats=LATENCY_REPEATS):
+                shard=None, latency_repeats=LATENCY_REPEATS, milestones=()):
     """One method in one setting: ``(row, details)``, or ``(None, None)`` when the run only
     checkpoints (``--edit-only``, or a ``shard=(k, n)`` of single edits: those with index ≡ k mod n)."""
     from repedit import Editor, EditorConfig
@@ -281,7 +310,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
 
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
                                       {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
-                                       **resolved_identity(editor)})
+                                       **resolved_identity(editor)}, keep=milestones)
             done, outcomes, seconds = ck.restore(edited, cfg.adapter)
             if done:  # inference knobs are not part of a checkpoint: use this run's
                 set_inference_knobs(edited, cfg_kwargs)
@@ -316,6 +345,9 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         if hasattr(module, "projector"):
             extra["nullspace_dim_final"] = float(torch.trace(module.projector))
         editor.reset()
+        if ck is not None:
+            extra["milestone_rows"] = score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited,
+                                                       checkpoint_dir, log)
     else:
         extra = {}
         from tqdm.auto import tqdm
@@ -446,6 +478,9 @@ def main(argv=None) -> None:
                         "scores (reused by a later run of the same config); methods can edit in separate processes "
                         "with one --methods each, then one invocation with all of them writes the joint table")
     p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--milestones", default="", help="comma list of edit counts at which a sequential run keeps a copy "
+                   "of its checkpoint (e.g. 1000,5000); the scored run adds a row for each: the state after the "
+                   "first k edits, scored on those k requests")
     p.add_argument("--edit-only", action="store_true",
                    help="with --checkpoint-dir: only edit (and checkpoint), score nothing; run again without it to score")
     p.add_argument("--shard", default=None, metavar="K/N",
@@ -499,6 +534,9 @@ def main(argv=None) -> None:
     if args.subject_locality > 0:
         data.update(subject_locality(args, reqs, model, tok, edited, env))
     log(f"loaded model and {len(reqs)} requests")
+    milestones = tuple(int(x) for x in args.milestones.split(",") if x)
+    if milestones and not args.checkpoint_dir:
+        raise SystemExit("--milestones needs --checkpoint-dir")
     if args.edit_only:
         if not args.checkpoint_dir or n_single:
             raise SystemExit("--edit-only needs --checkpoint-dir and --single 0")
@@ -524,11 +562,12 @@ def main(argv=None) -> None:
             log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
             row, det = run_setting(mname, ck, reqs[:n], None if args.edit_only else pre[:n], model, tok, edited,
                                    sequential, log, checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every,
-                                   shard=shard, latency_repeats=latency_repeats)
+                                   shard=shard, latency_repeats=latency_repeats, milestones=milestones)
             if row is None:
                 why = f"shard {args.shard}: no table" if shard else "--edit-only: not scored"
                 log(f"  {mname}: {n} edits checkpointed in {args.checkpoint_dir} ({why})")
                 continue
+            rows.extend(det.pop("milestone_rows", []))
             rows.append(row)
             details[f"{mname}/{row['setting']}"] = det
             log(f"  -> {row}")

@@ -247,3 +247,37 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     assert len(calls) == 1
     (again,) = json.loads((tmp_path / "res" / "as_saved_cached.json").read_text())["rows"]
     assert again["rewrite_acc"] == row["rewrite_acc"] and again["locality"] == row["locality"]
+
+
+def test_milestones_keep_the_state_after_k_edits_and_the_bench_scores_them(tmp_path, tok, monkeypatch):
+    """keep=(2,): the state after 2 of 3 edits is kept beside the last checkpoint, restores to the
+    adapter the run had then, and bench_baft scores it as its own row on the first 2 requests."""
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
+    at2 = []
+    ed = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
+    ck = SequentialCheckpoint(tmp_path / "ck", "baft", every=3, identity={"config": CFG, "cases": [0, 1, 2]}, keep=(2,))
+    save = ck.callback(ed, "default", 3)
+
+    def cb(done, outcomes):
+        save(done, outcomes)
+        if done == 2:
+            at2.append({k: v.clone() for k, v in ed.attachments()[0].module.state_dict().items()})
+
+    Editor(ed, tok, EditorConfig(**CFG)).edit(REQS, sequential=True, callback=cb)
+    assert ck.milestones() == [2] and ck.state()["done"] == 3
+    assert sorted(p.name for p in (tmp_path / "ck" / "baft").glob("step_*")) == ["step_000003"]
+    ed2 = EditableModel(tiny_model("llama", initializer_range=0.5), tok)
+    done, outcomes, _ = ck.restore(ed2, "default", milestone=2)
+    assert done == 2 and [o.index for o in outcomes] == [0, 1]
+    got = ed2.attachments()[0].module.state_dict()
+    assert got.keys() == at2[0].keys() and all(torch.equal(got[k], at2[0][k]) for k in got)
+    with pytest.raises(FileNotFoundError, match="milestone"):
+        ck.restore(ed2, "default", milestone=1)
+    with pytest.raises(ValueError, match="milestones"):
+        SequentialCheckpoint(tmp_path, "bad", every=1, identity={}, keep=(0,))
+
+    row, det = bench_baft.run_setting("baft", CFG, reqs, pre, model, tok, edited, True, lambda m: None,
+                                      checkpoint_dir=tmp_path / "b", every=1, milestones=(2,), latency_repeats=1)
+    (m,) = det["milestone_rows"]
+    assert m["setting"] == "after 2 of 3 sequential" and row["setting"] == "3 sequential"
+    assert (tmp_path / "b" / "post_baft_seq3_at2.json").is_file() and edited.attachments() == []
