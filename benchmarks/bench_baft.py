@@ -32,6 +32,10 @@ Usage::
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods loreft,baft,baft_ns --checkpoint-dir ckpt
     # (the unedited scores and each finished run's scores are kept in ckpt/ and reused)
 
+    # a growth curve from one long run: keep its state after 1,000 and 5,000 edits; the scored
+    # run adds a row "after k of 10000 sequential" for each, scored on the first k requests
+    python benchmarks/bench_baft.py --single 0 --sequential 10000 --methods baft --checkpoint-dir ckpt --milestones 1000,5000
+
     # single edits with --checkpoint-dir keep each edit's outcome and scores (ckpt/single_<method>_<config hash>/),
     # so an interrupted run, or a joint table of methods run in separate processes, reuses them:
     python benchmarks/bench_baft.py --single 200 --sequential 0 --methods baft --checkpoint-dir ckpt
