@@ -21,7 +21,24 @@ from repedit.requests import EditRequest, normalize_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingPromptsMixin"]
+__all__ = ["TrainingPromptsMixin", "relation_copy_templates"]
+
+
+def relation_copy_templates(table, request: EditRequest) -> list[str]:
+    """The templates a relation copy of ``request`` may use: the other phrasings of its
+    relation in ``table`` (anything with ``.get(template, ())``, e.g. a
+    :class:`~repedit.relations.RelationTable`) whose filled-in prompt is none of the request's
+    evaluation prompts; ``[]`` without a subject or relation.
+
+    Example::
+
+        relation_copy_templates(builtin_relations(), request)   # ['The native language of {} is', ...]
+    """
+    if not request.subject or not request.relation:
+        return []
+    banned = request.evaluation_prompts() | {normalize_text(request.prompt)}
+    return sorted({t for t in table.get(request.relation, ()) if isinstance(t, str) and t.count("{}") == 1
+                   and t != request.relation and normalize_text(t.replace("{}", request.subject)) not in banned})
 
 
 class TrainingPromptsMixin:
@@ -86,9 +103,7 @@ class TrainingPromptsMixin:
         for j, (r, idx) in enumerate(zip(reqs, indices)):
             if not r.subject or not r.relation:
                 continue
-            banned = r.evaluation_prompts() | {normalize_text(r.prompt)}
-            pool = sorted({t for t in table.get(r.relation, ()) if isinstance(t, str) and t.count("{}") == 1
-                           and t != r.relation and normalize_text(t.replace("{}", r.subject)) not in banned})
+            pool = relation_copy_templates(table, r)
             if not pool:
                 logger.debug("no other phrasing of %r in the relation table: no relation copies for this request",
                              r.relation)

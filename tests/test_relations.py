@@ -80,3 +80,19 @@ def test_a_table_file_round_trips_and_bad_files_name_the_problem(tmp_path):
         load_relations(bad)
     with pytest.raises(ValueError, match="min_score"):
         RelationTable({"x": ["{} a"]}, min_score=0)
+
+
+def test_relation_copy_templates_skip_evaluation_prompts_and_the_coverage_script_counts_them():
+    """A copy's template is another phrasing of the relation whose filled-in prompt is none of the
+    request's evaluation prompts; bench_relations counts requests with at least one."""
+    from benchmarks.bench_relations import coverage
+    from repedit.requests import EditRequest
+    from repedit.training_prompts import relation_copy_templates
+
+    table = RelationTable({"lang": ["{} speaks", "The mother tongue of {} is", "{} is a native speaker of"]})
+    req = EditRequest(prompt="Danielle Darrieux speaks", target_new="English", subject="Danielle Darrieux",
+                      rephrase_prompts=["The mother tongue of Danielle Darrieux is"])
+    assert relation_copy_templates(table, req) == ["{} is a native speaker of"]
+    other = EditRequest(prompt="Paris is the capital of", target_new="Italy", subject="Paris")
+    assert relation_copy_templates(table, other) == []
+    assert coverage([req, other], table) == {"requests": 2, "with_copies": 1, "share": 0.5, "mean_templates": 0.5}
