@@ -263,6 +263,11 @@ def hook_seconds(model, edited, run, repeats: int = 5) -> float:
     return spent[0] / repeats
 
 
+def folder_bytes(path) -> int:
+    """Bytes of the files in a saved adapter's folder."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
 def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, checkpoint_dir, log) -> list[dict]:
     """Rows for the run's kept milestones (``--milestones``): the state after its first k edits,
     scored on those k requests (cached in ``checkpoint_dir`` like the final scores)."""
@@ -285,7 +290,7 @@ def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, c
                **flat(summarize(build_case_records(reqs[:k], pre[:k], posts)))}
         row.update(success_rate=sum(o["success"] for o in outs) / k, mean_steps=sum(o["steps"] for o in outs) / k,
                    s_per_edit=state["seconds"] / k, latency_ratio=None, latency_min=None, hook_share=None,
-                   latency_aa=None)
+                   latency_aa=None, adapter_bytes=folder_bytes(ck.dir / f"keep_{k:06d}" / state["step_dir"]))
         rows.append(row)
         log(f"  -> {row}")
         edited.delete_adapter(cfg.adapter)
@@ -350,6 +355,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             extra["nullspace_dim_final"] = float(torch.trace(module.projector))
         editor.reset()
         if ck is not None:
+            extra["adapter_bytes"] = folder_bytes(ck.dir / ck.state()["step_dir"])
             extra["milestone_rows"] = score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited,
                                                        checkpoint_dir, log)
     else:
@@ -410,6 +416,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     row["latency_min"] = lat["min_ratio"] if lat else None
     row["hook_share"] = lat["hook_share"] if lat else None
     row["latency_aa"] = lat["aa_ratio"] if lat else None
+    if "adapter_bytes" in extra:  # a sequential run's saved checkpoint
+        row["adapter_bytes"] = extra["adapter_bytes"]
     return row, {"summary": summary, "latency": lat, "config": cfg_kwargs, **extra}
 
 
@@ -583,7 +591,8 @@ def main(argv=None) -> None:
                 "method", "setting", "rewrite_acc", "rephrase_acc", "locality", "subject_loc", "gen_rephrase_prefix",
                 "gen_rephrase", "gen_rewrite", "gen_loc_agree", "gen_subject_agree", "efficacy", "paraphrase",
                 "neighborhood", "success_rate", "mean_steps",
-                "s_per_edit", "latency_ratio", "latency_min", "latency_aa", "hook_share"],
+                "s_per_edit", "latency_ratio", "latency_min", "latency_aa", "hook_share"]
+                + (["adapter_bytes"] if any("adapter_bytes" in r for r in rows) else []),
                 notes=("rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy (the headline); "
                        "locality: EasyEdit argmax agreement with the unedited model on neighbourhood prompts; "
                        "subject_loc: the same agreement on the edited subject asked about other relations; "
@@ -594,7 +603,9 @@ def main(argv=None) -> None:
                        f"Latency ratio: edited/unedited forward, 16 prompts, median of {latency_repeats} interleaved repeats "
                        "(latency_min: ratio of the fastest runs; latency_aa: the same measurement of the unedited model "
                        "against itself, the run's noise floor; hook_share: time inside the edit's hooks over the "
-                       "unedited forward time)."))
+                       "unedited forward time); adapter_bytes: the saved adapter of a checkpointed sequential run; "
+                       "'after k of N sequential': the run's state after its first k edits, scored on those k "
+                       "requests (--milestones)."))
     log("done")
 
 

@@ -280,4 +280,5 @@ def test_milestones_keep_the_state_after_k_edits_and_the_bench_scores_them(tmp_p
                                       checkpoint_dir=tmp_path / "b", every=1, milestones=(2,), latency_repeats=1)
     (m,) = det["milestone_rows"]
     assert m["setting"] == "after 2 of 3 sequential" and row["setting"] == "3 sequential"
+    assert 0 < m["adapter_bytes"] < row["adapter_bytes"]  # the adapter grows with its edits
     assert (tmp_path / "b" / "post_baft_seq3_at2.json").is_file() and edited.attachments() == []
