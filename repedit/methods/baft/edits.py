@@ -153,6 +153,9 @@ class EditsMixin:
                 self.earlier_subject = self.earlier_subject.index_select(0, left.to(self.earlier_subject.device))
             elif hasattr(self, "earlier_states") and self.earlier_states.shape[0]:
                 logger.warning("edit %d: its rows of the earlier-negatives bank cannot be told apart; the bank is kept", index)
+        if self.config.nullspace == "read" and self.config.nullspace_fold_edits:
+            logger.warning("edit %d deleted; its keys stay folded out of the null space (later edits still cannot "
+                           "read along them; the remaining edits are unchanged)", index)
         del recs[index]
         self.config.edits = recs if self.config.edits else []  # an adapter without records keeps none
         self.config.num_bases = self.num_frozen
