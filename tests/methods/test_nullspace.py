@@ -1,6 +1,10 @@
 """Null-space projection: projector math, caching, the read/write guarantees, folding, save/load."""
 
+import hashlib
+import json
+import logging
 import random
+import shutil
 
 import pytest
 import torch
@@ -174,3 +178,61 @@ def test_save_load_nullspace_adapter_bit_identical(tmp_path, monkeypatch, tok):
     module = fresh.attachments()[0].module
     assert module.config.nullspace_built and "projector" in module.state_dict()
     assert torch.equal(before, model(**x).logits)
+
+
+def test_deleting_an_edit_folds_its_keys_back_into_the_null_space(tmp_path, monkeypatch, tok, caplog):
+    """The fold history (P as built, each edit's folded keys) is saved with the adapter; deleting
+    an edit rebuilds P from it without that edit's keys, so the null space is what it would be
+    had only the other edits been folded, and a new edit can read along the deleted key again.
+    An adapter without the history keeps the fold and says so."""
+    from repedit import edits
+    from repedit.methods.nullspace import deflate
+
+    monkeypatch.setenv("REPEDIT_CACHE", str(tmp_path / "cache"))
+    model = tiny_model("llama", initializer_range=0.5)
+    editor = ns_editor(model, tok)
+    res = editor.edit([REQ, REQ2], sequential=True)
+    module = editor.attachments()[0].module
+    base = module.projector_base.clone()
+    recs = module.config.edits
+    assert [r["num_fold"] for r in recs] == [1, 1] and module.fold_keys.shape[0] == 2
+    att = editor.attachments()[0]
+    h, m = editor.capture(att, encode(tok, [REQ.prompt]))
+    key1 = h[m]
+    assert (key1 @ module.projector).norm() < 1e-4 * key1.norm()
+    res.save_pretrained(tmp_path / "ad")
+    res.edited.unwrap()
+
+    fresh = EditableModel.from_pretrained(model, tmp_path / "ad")
+    mod = fresh.attachments()[0].module
+    assert torch.equal(mod.fold_keys, module.fold_keys) and torch.equal(mod.projector_base, base)
+    info = edits.delete_edit(fresh, 0)
+    assert info["fold_rows_removed"] == 1 and mod.fold_keys.shape[0] == 1
+    want, _ = deflate(base, module.fold_keys[1:])
+    assert torch.allclose(mod.projector, want, atol=1e-6)
+    assert (key1 @ mod.projector).norm() > 0.1 * key1.norm()  # readable again
+    assert abs(float(torch.trace(mod.projector)) - (float(torch.trace(base)) - 1)) < 1e-3
+    fresh.save_pretrained(tmp_path / "deleted")
+    fresh.unwrap()
+    again = EditableModel.from_pretrained(model, tmp_path / "deleted").attachments()[0].module
+    assert again.export_config().num_fold == 1 and torch.equal(again.projector, mod.projector)
+
+    # an adapter from before the history (no num_fold, no history tensors): the fold stays, with a warning
+    from safetensors.torch import load_file, save_file
+
+    old = tmp_path / "old"
+    shutil.copytree(tmp_path / "ad", old)
+    st_path = next(old.glob("*.safetensors"))
+    tensors = {k: v for k, v in load_file(st_path).items() if "projector_base" not in k and "fold_keys" not in k}
+    save_file(tensors, st_path)
+    cfg_path = old / "adapter_config.json"
+    text = cfg_path.read_text()
+    assert '"num_fold": 2' in text
+    sha = json.loads(text)["tensors_sha256"]
+    cfg_path.write_text(text.replace('"num_fold": 2', '"num_fold": -1').replace(sha, hashlib.sha256(st_path.read_bytes()).hexdigest()))
+    legacy = EditableModel.from_pretrained(model, old)
+    lmod = legacy.attachments()[0].module
+    before = lmod.projector.clone()
+    with caplog.at_level(logging.WARNING, logger="repedit.methods.baft.edits"):
+        edits.delete_edit(legacy, 0)
+    assert torch.equal(lmod.projector, before) and "no fold history" in caplog.text

@@ -52,6 +52,7 @@ class BaFTConfig(MethodConfig):
     nullspace_fold_edits: bool = field(default=True, metadata={"help": "remove each finished edit's keys from the null space (sequential editing)"})
     nullspace_min_dim: int = field(default=8, metadata={"help": "stop folding keys once the null space would drop below this dimension"})
     nullspace_built: bool = field(default=False, metadata={"help": "whether P is built (set by export_config; a loaded adapter never rebuilds it)"})
+    num_fold: int = field(default=-1, metadata={"help": "rows of the fold history held: the keys each recorded edit folded out of the null space, kept with P as built, so deleting an edit folds it back in exactly (set by export_config; -1: no history, as in adapters from before it)"})
     seed: int | None = field(default=None, metadata={"help": "seed for initial parameters (None: torch's global RNG)"})
     trigger: str = field(default="subject", metadata={"help": "what the gates of an edit learn to fire on when the intervention sees several tokens per prompt (positions 'prompt'/'all'): 'subject' = the last token of the request's subject only (every other token is a negative); 'positions' = every token the positions rule selects"})
     gate_templates: int = field(default=4, metadata={"help": "subject trigger: extra gate positives, the subject put into this many relation templates of other requests (never the request's own evaluation fields)"})
@@ -130,4 +131,6 @@ class BaFTConfig(MethodConfig):
             raise ValueError("temperature must be > 0")
         if self.num_bases < 0:
             raise ValueError("num_bases must be >= 0")
+        if self.num_fold < -1:
+            raise ValueError("num_fold must be >= -1")
 

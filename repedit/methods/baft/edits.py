@@ -9,7 +9,7 @@ unknown text.
 Example::
 
     module.list_edits()          # [{'index': 0, 'prompt': ..., 'bases': [0, 2], ...}, ...]
-    module.delete_edit(1)        # its bases leave every frozen tensor
+    module.delete_edit(1)        # its bases leave every frozen tensor (and its keys the null-space folds)
 """
 
 from __future__ import annotations
@@ -131,6 +131,33 @@ class EditsMixin:
         keep[g0:g1] = mine
         return keep
 
+    def _keep_fold(self, keys: torch.Tensor, owners: torch.Tensor, n: int) -> None:
+        """Called by ``finish_edit`` after the last ``n`` recorded edits folded ``keys`` (rows
+        owned by ``owners``) out of the null space: keep them, grouped by edit, in the history."""
+        if not hasattr(self, "fold_keys"):
+            return
+        own = owners.reshape(-1).cpu()
+        order = torch.argsort(own, stable=True).to(keys.device)
+        self.fold_keys = torch.cat([self.fold_keys, keys.detach()[order].to(self.fold_keys)], 0)
+        recs = self.config.edits
+        for rec, c in zip(recs[len(recs) - n :], torch.bincount(own, minlength=n).tolist()):
+            rec["num_fold"] = int(c)
+
+    def _unfold(self, recs: list[dict], index: int) -> int:
+        """Drop edit ``index``'s folded keys and rebuild the null space from P as built, folding
+        the other edits' keys out again; returns the rows dropped."""
+        from repedit.methods.nullspace import deflate
+
+        counts = [int(e.get("num_fold") or 0) for e in recs]
+        start, n = sum(counts[:index]), counts[index]
+        if n == 0:
+            return 0
+        keep = torch.cat([self.fold_keys[:start], self.fold_keys[start + n :]], 0)
+        self.fold_keys = keep
+        P, _ = deflate(self.projector_base.cpu(), keep.cpu()) if keep.shape[0] else (self.projector_base.cpu(), 0)
+        self.projector.copy_(P.to(self.projector))
+        return n
+
     def delete_edit(self, index: int) -> dict:
         self._check_incremental("delete an edit")
         recs = self._edit_records()
@@ -153,9 +180,11 @@ class EditsMixin:
                 self.earlier_subject = self.earlier_subject.index_select(0, left.to(self.earlier_subject.device))
             elif hasattr(self, "earlier_states") and self.earlier_states.shape[0]:
                 logger.warning("edit %d: its rows of the earlier-negatives bank cannot be told apart; the bank is kept", index)
-        if self.config.nullspace == "read" and self.config.nullspace_fold_edits:
-            logger.warning("edit %d deleted; its keys stay folded out of the null space (later edits still cannot "
-                           "read along them; the remaining edits are unchanged)", index)
+        if hasattr(self, "fold_keys"):
+            info["fold_rows_removed"] = self._unfold(recs, index)
+        elif self.config.nullspace == "read" and self.config.nullspace_fold_edits:
+            logger.warning("edit %d deleted; this adapter has no fold history, so its keys stay folded out of the "
+                           "null space (later edits cannot read along them; the remaining edits are unchanged)", index)
         del recs[index]
         self.config.edits = recs if self.config.edits else []  # an adapter without records keeps none
         self.config.num_bases = self.num_frozen
@@ -214,7 +243,12 @@ class EditsMixin:
         shift = 1 + max((int(e["group"]) for e in recs_a if e.get("group") is not None), default=-1)
         recs_b = [{**e, "group": e["group"] + shift} if e.get("group") is not None else e for e in recs_b]
         na, nb = self.num_frozen, other.num_frozen
-        cfg = dataclasses.replace(self.config, num_bases=0, edits=recs_a + recs_b, num_earlier=0)
+        history = hasattr(self, "fold_keys") and hasattr(other, "fold_keys")
+        if history and not torch.allclose(self.projector_base, other.projector_base.to(self.projector_base),
+                                          atol=1e-5, rtol=1e-5):
+            raise ValueError("cannot merge BaFTs whose null spaces were built differently (another model, layer or corpus)")
+        cfg = dataclasses.replace(self.config, num_bases=0, edits=recs_a + recs_b, num_earlier=0,
+                                  num_fold=0 if history else -1)
         out = type(self)(cfg, self.hidden_size).to(device=self.write_frozen.device, dtype=self.write_frozen.dtype)
         ra, rb = self.read_frozen, other.read_frozen.to(self.read_frozen)
         with torch.no_grad():
@@ -227,6 +261,9 @@ class EditsMixin:
             for name in ("gate_center", "gate_scale", "projector"):
                 if hasattr(self, name):
                     getattr(out, name).copy_(getattr(src, name))
+            if history:
+                out.projector_base.copy_(self.projector_base)
+                out.fold_keys = torch.cat([self.fold_keys, other.fold_keys.to(self.fold_keys)])
         out.config.num_bases = out.num_frozen
         out.config.num_earlier = out.earlier_states.shape[0] if hasattr(out, "earlier_states") else 0
         out.config.nullspace_built = self.config.nullspace_built or other.config.nullspace_built

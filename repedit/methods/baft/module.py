@@ -97,6 +97,10 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, EditsMixin, Intervention):
         self.register_buffer("usage", torch.zeros(n))
         if config.nullspace != "none":
             self.register_buffer("projector", torch.eye(d))
+        if self._fold_history_kept(config):
+            # P as built and the keys each recorded edit folded out of it (edit_records' num_fold)
+            self.register_buffer("projector_base", torch.eye(d))
+            self.register_buffer("fold_keys", torch.zeros(config.num_fold, d))
         if self._normalized:
             self.register_buffer("gate_center", torch.zeros(d))
             self.register_buffer("gate_scale", torch.ones(d))
@@ -116,6 +120,10 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, EditsMixin, Intervention):
         self._cache_key: tuple | None = None
         self._train_state: dict = {}
         self._fold_warned = False
+
+    @staticmethod
+    def _fold_history_kept(config: BaFTConfig) -> bool:
+        return config.nullspace == "read" and config.incremental and config.num_fold >= 0
 
     def _new_block(self, hidden: int, m: int, generator: torch.Generator | None) -> _Block:
         return _Block(hidden, m, generator)
@@ -142,6 +150,7 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, EditsMixin, Intervention):
         num_earlier = self.earlier_states.shape[0] if hasattr(self, "earlier_states") else 0
         return dataclasses.replace(self.config, num_bases=self.num_frozen, nullspace_corpus=corpus,
                                    nullspace_built=self.config.nullspace_built, num_earlier=num_earlier,
+                                   num_fold=self.fold_keys.shape[0] if hasattr(self, "fold_keys") else -1,
                                    edits=[dict(e) for e in self.config.edits])
 
     # ----------------------------------------------------------------- math

@@ -47,6 +47,10 @@ class TrainingMixin:
         P, pinfo = ns.null_space_projector(moment, cfg.nullspace_threshold, cfg.nullspace_threshold_mode)
         with torch.no_grad():
             self.projector.copy_(P.to(self.projector))
+            if cfg.nullspace == "read" and cfg.incremental:  # a fresh P: the fold history starts here
+                cfg.num_fold = 0
+                self.register_buffer("projector_base", self.projector.detach().clone())
+                self.register_buffer("fold_keys", self.projector.new_zeros(0, self.projector.shape[0]))
         cfg.nullspace_built = True
         info.update(pinfo)
         self.nullspace_info = info
@@ -242,6 +246,7 @@ class TrainingMixin:
                 if dim - keys.shape[0] >= cfg.nullspace_min_dim:
                     P, _ = deflate(self.projector.cpu(), keys.cpu())
                     self.projector.copy_(P.to(self.projector))
+                    self._keep_fold(keys, st["pos_owner"], len(session.requests))
                 elif not self._fold_warned:
                     self._fold_warned = True
                     logger.warning("null space down to %d dims: later edits' keys are no longer folded in", dim)
