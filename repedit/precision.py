@@ -44,17 +44,19 @@ class MixedPrecision:
             raise ValueError(f"mixed precision must be one of {sorted(PRECISIONS)}, got {name!r}")
         self.name = name
         self.dtype = PRECISIONS[name]
-        # id(parameter) -> (the parameter, its version, its data pointer, the half copy)
-        self._copies: dict[int, tuple[torch.Tensor, int, int, nn.Parameter]] = {}
-        # the model's linear modules, listed once per model (a module added later is only cast by autocast)
-        self._linears: tuple[Any, list[nn.Linear]] | None = None
+        # id(parameter) -> (a weak reference to it, its version, its data pointer, the half copy);
+        # weak, so the copies never keep a model's own weights alive
+        self._copies: dict[int, tuple[weakref.ref, int, int, nn.Parameter]] = {}
+        # the model's linear modules, listed once per model (a module added later is only cast by
+        # autocast); weak references, like the copies' keys
+        self._linears: tuple[Any, list[weakref.ref]] | None = None
 
     def _half(self, weight: torch.Tensor) -> nn.Parameter:
         hit = self._copies.get(id(weight))
-        if hit is not None and hit[0] is weight and hit[1] == weight._version and hit[2] == weight.data_ptr():
+        if hit is not None and hit[0]() is weight and hit[1] == weight._version and hit[2] == weight.data_ptr():
             return hit[3]
         half = nn.Parameter(weight.detach().to(self.dtype), requires_grad=False)
-        self._copies[id(weight)] = (weight, weight._version, weight.data_ptr(), half)
+        self._copies[id(weight)] = (weakref.ref(weight), weight._version, weight.data_ptr(), half)
         return half
 
     @contextlib.contextmanager
@@ -63,9 +65,10 @@ class MixedPrecision:
         swapped: list[tuple[nn.Module, torch.Tensor]] = []
         try:
             if self._linears is None or self._linears[0]() is not model:
-                self._linears = (weakref.ref(model), [m for m in model.modules() if isinstance(m, nn.Linear)])
-            for module in self._linears[1]:
-                w = module._parameters.get("weight")
+                self._linears = (weakref.ref(model), [weakref.ref(m) for m in model.modules() if isinstance(m, nn.Linear)])
+            for ref in self._linears[1]:
+                module = ref()
+                w = module._parameters.get("weight") if module is not None else None
                 if w is not None and not w.requires_grad and w.dtype == torch.float32:
                     module._parameters["weight"] = self._half(w)
                     swapped.append((module, w))

@@ -59,6 +59,26 @@ def test_copies_are_kept_between_calls_and_remade_after_an_in_place_change(llama
     torch.testing.assert_close(remade.float(), (first.float() + 1.0), atol=0.05, rtol=0.02)
 
 
+
+def test_copies_do_not_keep_the_models_weights_alive():
+    """The cache refers to a model's weights weakly: once the model is gone, so are they."""
+    import gc
+    import weakref
+
+    from conftest import tiny_model
+
+    llama = tiny_model("llama")
+    for p in llama.parameters():
+        p.requires_grad_(False)
+    mp = MixedPrecision("bf16")
+    with mp(llama):
+        pass
+    probe = weakref.ref(_linears(llama)[1]._parameters["weight"])
+    del llama
+    gc.collect()
+    assert probe() is None and mp._copies
+
+
 def test_logits_under_mixed_precision_are_close_to_full_precision(llama, tok):
     for p in llama.parameters():
         p.requires_grad_(False)
