@@ -147,11 +147,14 @@ def set_inference_knobs(edited, cfg_kwargs: dict) -> None:
                 att.module.set_knob(k, float(mc.get(k, getattr(BaFTConfig(), k))))
 
 
-def resolved_identity(editor) -> dict:
+def resolved_identity(editor, cfg_kwargs: dict | None = None) -> dict:
     """The method defaults a run resolved to, when they differ from those before they moved into
-    ``editor_defaults`` (so checkpoints made with other defaults are not reused)."""
+    ``editor_defaults`` or changed (so checkpoints made with other defaults are not reused);
+    ``cfg_kwargs``: what the run set explicitly (already part of its identity)."""
     cfg = editor.config
     out = {"answer_end": cfg.answer_end} if cfg.answer_end else {}
+    if cfg.method == "codebook" and cfg.lr != 0.1 and (cfg_kwargs or {}).get("lr") is None:
+        out["lr"] = cfg.lr  # the codebook's default lr was 0.1 until session 16
     if cfg.relation_copies and cfg.relation_templates is None:  # the shipped table
         from repedit.relations import builtin_relations
 
@@ -319,7 +322,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
 
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
                                       {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
-                                       **resolved_identity(editor)}, keep=milestones)
+                                       **resolved_identity(editor, cfg_kwargs)}, keep=milestones)
             done, outcomes, seconds = ck.restore(edited, cfg.adapter)
             if done:  # inference knobs are not part of a checkpoint: use this run's
                 set_inference_knobs(edited, cfg_kwargs)
@@ -379,7 +382,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
 
             from repedit.adapters import fingerprint
 
-            ident = {"config": copy.deepcopy(cfg_kwargs), **resolved_identity(editor), "protocols": PROTOCOLS,
+            ident = {"config": copy.deepcopy(cfg_kwargs), **resolved_identity(editor, cfg_kwargs), "protocols": PROTOCOLS,
                      "model": fingerprint(model),
                      "device": str(next(model.parameters()).device.type)}
             key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -282,3 +282,18 @@ def test_milestones_keep_the_state_after_k_edits_and_the_bench_scores_them(tmp_p
     assert m["setting"] == "after 2 of 3 sequential" and row["setting"] == "3 sequential"
     assert 0 < m["adapter_bytes"] < row["adapter_bytes"]  # the adapter grows with its edits
     assert (tmp_path / "b" / "post_baft_seq3_at2.json").is_file() and edited.attachments() == []
+
+
+def test_bench_identity_tells_the_codebooks_old_default_lr_from_the_new(tok):
+    """Runs at the codebook's default lr (0.2 since session 16) never reuse checkpoints made at
+    the old default (0.1, not in the identity then); an explicit lr is already in the config."""
+    from benchmarks import bench_baft
+
+    model = tiny_model("llama")
+    cb = CONFIGS["codebook"]
+    default = Editor(model, tok, EditorConfig(**{k: v for k, v in cb.items() if k != "lr"}))
+    assert default.config.lr == 0.2 and bench_baft.resolved_identity(default, {})["lr"] == 0.2
+    old = Editor(model, tok, EditorConfig(**dict(cb, lr=0.1)))
+    assert "lr" not in bench_baft.resolved_identity(old, {"lr": 0.1})
+    explicit = Editor(model, tok, EditorConfig(**dict(cb, lr=0.2)))
+    assert "lr" not in bench_baft.resolved_identity(explicit, {"lr": 0.2})

@@ -91,9 +91,9 @@ class CodebookConfig(MethodConfig):
 
     @classmethod
     def editor_defaults(cls, method_config: dict | None = None) -> dict:
-        """Adam at 0.1 (the value is ``value_scale`` × the parameter) for at most 50 steps until
+        """Adam at 0.2 (the value is ``value_scale`` × the parameter) for at most 50 steps until
         p(target) ≥ 0.9, the target trained with a full stop after it (docs/methods.md)."""
-        return {"lr": 0.1, "max_steps": 50, "stop_prob": 0.9, "answer_end": "."}
+        return {"lr": 0.2, "max_steps": 50, "stop_prob": 0.9, "answer_end": "."}
 
     @classmethod
     def default_layers(cls, num_layers: int, model_type: str | None = None) -> list[int]:
