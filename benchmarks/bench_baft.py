@@ -273,12 +273,13 @@ def folder_bytes(path) -> int:
 
 def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, checkpoint_dir, log) -> list[dict]:
     """Rows for the run's kept milestones (``--milestones``): the state after its first k edits,
-    scored on those k requests (cached in ``checkpoint_dir`` like the final scores)."""
+    scored on those k requests (cached in ``checkpoint_dir`` like the final scores); milestones
+    beyond ``pre`` (the unedited scores at hand) are left out."""
     from benchmarks.checkpoints import cached
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
 
     rows = []
-    for k in (m for m in ck.milestones() if m < len(reqs)):
+    for k in (m for m in ck.milestones() if m < len(reqs) and m <= len(pre)):
         ck.restore(edited, cfg.adapter, milestone=k)
         set_inference_knobs(edited, cfg_kwargs)
         state = json.loads((ck.dir / f"keep_{k:06d}" / "state.json").read_text())
@@ -301,9 +302,11 @@ def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, c
 
 
 def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log, checkpoint_dir=None, every=25,
-                shard=None, latency_repeats=LATENCY_REPEATS, milestones=()):
+                shard=None, latency_repeats=LATENCY_REPEATS, milestones=(), milestones_only=False):
     """One method in one setting: ``(row, details)``, or ``(None, None)`` when the run only
-    checkpoints (``--edit-only``, or a ``shard=(k, n)`` of single edits: those with index ≡ k mod n)."""
+    checkpoints (``--edit-only``, or a ``shard=(k, n)`` of single edits: those with index ≡ k mod n),
+    or ``(None, {"milestone_rows": [...]})`` with ``milestones_only`` (a sequential run's kept
+    milestones scored, nothing edited; ``pre`` may cover only the first requests)."""
     from repedit import Editor, EditorConfig
     from repedit.editing import RequestOutcome
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
@@ -323,6 +326,10 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
                                       {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
                                        **resolved_identity(editor, cfg_kwargs)}, keep=milestones)
+            if milestones_only:
+                rows = score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, checkpoint_dir, log)
+                editor.reset()
+                return None, {"milestone_rows": rows}
             done, outcomes, seconds = ck.restore(edited, cfg.adapter)
             if done:  # inference knobs are not part of a checkpoint: use this run's
                 set_inference_knobs(edited, cfg_kwargs)
@@ -493,6 +500,9 @@ def main(argv=None) -> None:
                         "scores (reused by a later run of the same config); methods can edit in separate processes "
                         "with one --methods each, then one invocation with all of them writes the joint table")
     p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--score-milestones", action="store_true", help="score the kept --milestones of a sequential run "
+                   "now, unfinished or not, without editing (the unedited model is scored on the first max(milestones) "
+                   "requests only)")
     p.add_argument("--milestones", default="", help="comma list of edit counts at which a sequential run keeps a copy "
                    "of its checkpoint (e.g. 1000,5000); the scored run adds a row for each: the state after the "
                    "first k edits, scored on those k requests")
@@ -552,6 +562,11 @@ def main(argv=None) -> None:
     milestones = tuple(int(x) for x in args.milestones.split(",") if x)
     if milestones and not args.checkpoint_dir:
         raise SystemExit("--milestones needs --checkpoint-dir")
+    scored = reqs
+    if args.score_milestones:
+        if not args.checkpoint_dir or n_single or args.edit_only or not milestones:
+            raise SystemExit("--score-milestones needs --checkpoint-dir, --milestones, --single 0 and no --edit-only")
+        scored = reqs[: max(milestones)]  # the unedited model scored on what the milestones cover
     if args.edit_only:
         if not args.checkpoint_dir or n_single:
             raise SystemExit("--edit-only needs --checkpoint-dir and --single 0")
@@ -559,12 +574,12 @@ def main(argv=None) -> None:
     elif args.checkpoint_dir:  # resumed or split runs score the unedited model once
         from benchmarks.checkpoints import cached
 
-        pre = cached(args.checkpoint_dir, *unedited_cache(env, args.source, PROTOCOLS, reqs, torch.device(device).type),
-                     lambda: evaluate_requests(model, tok, reqs, protocols=PROTOCOLS))
+        pre = cached(args.checkpoint_dir, *unedited_cache(env, args.source, PROTOCOLS, scored, torch.device(device).type),
+                     lambda: evaluate_requests(model, tok, scored, protocols=PROTOCOLS))
     else:
         pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
     if not args.edit_only:
-        unedited = {"method": "unedited", "setting": "–", **flat(summarize(build_case_records(reqs, pre, pre)))}
+        unedited = {"method": "unedited", "setting": "–", **flat(summarize(build_case_records(scored, pre, pre)))}
         unedited["locality"] = None
         log("scored the unedited model")
 
@@ -577,15 +592,17 @@ def main(argv=None) -> None:
             log(f"{mname}: {n} {'sequential' if sequential else 'single'}")
             row, det = run_setting(mname, ck, reqs[:n], None if args.edit_only else pre[:n], model, tok, edited,
                                    sequential, log, checkpoint_dir=args.checkpoint_dir, every=args.checkpoint_every,
-                                   shard=shard, latency_repeats=latency_repeats, milestones=milestones)
-            if row is None:
+                                   shard=shard, latency_repeats=latency_repeats, milestones=milestones,
+                                   milestones_only=args.score_milestones and sequential)
+            if row is None and det is None:
                 why = f"shard {args.shard}: no table" if shard else "--edit-only: not scored"
                 log(f"  {mname}: {n} edits checkpointed in {args.checkpoint_dir} ({why})")
                 continue
             rows.extend(det.pop("milestone_rows", []))
-            rows.append(row)
-            details[f"{mname}/{row['setting']}"] = det
-            log(f"  -> {row}")
+            if row is not None:
+                rows.append(row)
+                details[f"{mname}/{row['setting']}"] = det
+                log(f"  -> {row}")
             payload = {"rows": rows, "details": details, "args": vars(args), "data": data, "environment": env,
                        "targets": {"single": {"efficacy": 0.99, "paraphrase": 0.85, "locality": 0.95},
                                    "sequential_1000": {"efficacy": 0.95, "paraphrase": 0.75, "locality": 0.90}},

@@ -282,6 +282,11 @@ def test_milestones_keep_the_state_after_k_edits_and_the_bench_scores_them(tmp_p
     assert m["setting"] == "after 2 of 3 sequential" and row["setting"] == "3 sequential"
     assert 0 < m["adapter_bytes"] < row["adapter_bytes"]  # the adapter grows with its edits
     assert (tmp_path / "b" / "post_baft_seq3_at2.json").is_file() and edited.attachments() == []
+    # --score-milestones: the milestones alone, nothing edited, the unedited scores of what they cover
+    none, only = bench_baft.run_setting("baft", CFG, reqs, pre[:2], model, tok, edited, True, lambda m: None,
+                                        checkpoint_dir=tmp_path / "b", every=1, milestones=(2,), milestones_only=True)
+    assert none is None and [r["setting"] for r in only["milestone_rows"]] == ["after 2 of 3 sequential"]
+    assert only["milestone_rows"][0]["rewrite_acc"] == m["rewrite_acc"] and edited.attachments() == []
 
 
 def test_bench_identity_tells_the_codebooks_old_default_lr_from_the_new(tok):
