@@ -10,7 +10,7 @@ from repedit.editing import resolve_config
 from repedit.methods import get_method
 
 
-@pytest.mark.parametrize("method,lr,steps", [("baft", 2e-2, 60), ("codebook", 0.1, 50), ("loreft", 2e-2, 60)])
+@pytest.mark.parametrize("method,lr,steps", [("baft", 2e-2, 60), ("codebook", 0.2, 50), ("loreft", 2e-2, 60)])
 def test_each_method_carries_its_training_defaults(method, lr, steps):
     cfg = resolve_config(EditorConfig(method=method), get_method(method).config_cls)
     assert (cfg.lr, cfg.max_steps, cfg.stop_prob) == (lr, steps, 0.9)
