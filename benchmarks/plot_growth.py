@@ -67,7 +67,7 @@ def plot(series: list[tuple[str, list[dict]]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 4.8))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 6.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, pts) in enumerate(series):
         x = [p["edits"] for p in pts]
@@ -92,9 +92,11 @@ def plot(series: list[tuple[str, list[dict]]], out: Path) -> None:
         ax.set_title(title)
         ax.set_ylabel(yl)
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
+        if ax.lines:  # below the panel, so no curve is hidden
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     axes[0].set_ylim(0, 1.02)
+    for ax in axes[1:4:2]:
+        ax.set_ylim(bottom=0)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
