@@ -381,6 +381,8 @@ class Editor(TrainingPromptsMixin, TrainingForwardMixin):
         """Re-check the finished edits as they run at inference (eval mode, one forward, no
         gradient, no RNG: training is untouched, so runs stay reproducible)."""
         fixed = fixed.get("full", fixed)
+        if self.config.mixed_precision is not None:  # its states below the edited layer were captured in that precision
+            fixed = {k: v for k, v in fixed.items() if k != "resume"}
         with torch.no_grad():
             out = self._forward(session, fixed, mixed=False)
         _, row_prob, ok = self._stats(session, fixed, out)

@@ -149,3 +149,26 @@ def test_cached_banks_build_in_mixed_precision_under_their_own_key(tok, tmp_path
     assert seen == [True, False, False]
     files = sorted(p.name for p in (tmp_path / "bank").iterdir())
     assert len(files) == 2  # one per precision
+
+
+def test_verification_does_not_resume_from_states_captured_in_mixed_precision(tok, monkeypatch):
+    """Without the cached prefix, training resumes at the edited layer from states captured in
+    bf16; verification runs the whole forward in the model's dtype instead."""
+    from repedit.editing import Editor as EditorCls
+
+    calls = []
+    real = EditorCls._forward
+
+    def spy(self, session, fixed, mixed=True):
+        calls.append((mixed, "resume" in fixed))
+        return real(self, session, fixed, mixed)
+
+    monkeypatch.setattr(EditorCls, "_forward", spy)
+    cfg = EditorConfig(method="baft", layers=[1], positions="last_prompt", lr=5e-2, max_steps=150, stop_prob=0.5,
+                       relation_copies=0, mixed_precision="bf16", method_config={"num_corpus_negatives": 0})
+    editor = Editor(EditableModel(tiny_model("llama", initializer_range=0.5), tok), tok, cfg)
+    editor.split_prefix = False
+    editor.edit(EditRequest(prompt="the capital of france is", target_new="rome", subject="france"))
+    training = [r for m, r in calls if m]
+    assert training and all(training)  # the training forwards resumed at the edited layer
+    assert [r for m, r in calls if not m] == [False]  # one verification forward, from the input
