@@ -282,7 +282,7 @@ def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, c
     for k in (m for m in ck.milestones() if m < len(reqs) and m <= len(pre)):
         ck.restore(edited, cfg.adapter, milestone=k)
         set_inference_knobs(edited, cfg_kwargs)
-        state = json.loads((ck.dir / f"keep_{k:06d}" / "state.json").read_text())
+        state = ck.state(milestone=k)
         posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}_at{k}",
                        {"checkpoint": ck.identity, "done": k, "saved_at": state["saved_at"], "protocols": PROTOCOLS,
                         "device": str(next(model.parameters()).device.type),
@@ -294,7 +294,7 @@ def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, c
                **flat(summarize(build_case_records(reqs[:k], pre[:k], posts)))}
         row.update(success_rate=sum(o["success"] for o in outs) / k, mean_steps=sum(o["steps"] for o in outs) / k,
                    s_per_edit=state["seconds"] / k, latency_ratio=None, latency_min=None, hook_share=None,
-                   latency_aa=None, adapter_bytes=folder_bytes(ck.dir / f"keep_{k:06d}" / state["step_dir"]))
+                   latency_aa=None, adapter_bytes=folder_bytes(ck.folder(k) / state["step_dir"]))
         rows.append(row)
         log(f"  -> {row}")
         edited.delete_adapter(cfg.adapter)
@@ -365,7 +365,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             extra["nullspace_dim_final"] = float(torch.trace(module.projector))
         editor.reset()
         if ck is not None:
-            extra["adapter_bytes"] = folder_bytes(ck.dir / ck.state()["step_dir"])
+            extra["adapter_bytes"] = folder_bytes(ck.folder() / ck.state()["step_dir"])
             extra["milestone_rows"] = score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited,
                                                        checkpoint_dir, log)
     else:

@@ -64,12 +64,19 @@ class SequentialCheckpoint:
         """Remove the checkpoint (after the run's final adapter is saved)."""
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def state(self) -> dict | None:
+    def folder(self, milestone: int | None = None) -> Path:
+        """Where the last checkpoint (or the milestone after ``milestone`` edits) lives."""
+        return self.dir if milestone is None else self.dir / f"keep_{int(milestone):06d}"
+
+    def state(self, milestone: int | None = None) -> dict | None:
         """The saved ``state.json`` (``done``, ``seconds``, ``step_dir``, ``outcomes``,
-        ``saved_at``), or None when there is no checkpoint; raises :class:`CheckpointMismatch`
-        when it was written for other requests or another config."""
-        path = self.dir / STATE
+        ``saved_at``) of the last checkpoint, or of the milestone after ``milestone`` edits; None
+        when there is no checkpoint (a missing milestone raises FileNotFoundError). Raises
+        :class:`CheckpointMismatch` when it was written for other requests or another config."""
+        path = self.folder(milestone) / STATE
         if not path.is_file():
+            if milestone is not None:
+                raise FileNotFoundError(f"{path.parent} holds no milestone (kept: {self.milestones()})")
             return None
         state = json.loads(path.read_text())
         if state.get("identity") != self.identity:
@@ -80,23 +87,19 @@ class SequentialCheckpoint:
     def restore(self, edited: Any, adapter: str, milestone: int | None = None) -> tuple[int, list, float]:
         """Load the last checkpoint's adapter (or the kept one after ``milestone`` edits) onto
         ``edited``; returns (edits done, their outcomes, edit seconds so far), or (0, [], 0.0)
-        when there is none. A missing milestone raises FileNotFoundError."""
+        when there is none. A missing milestone raises FileNotFoundError. Only restoring the
+        last checkpoint sets where :meth:`callback` continues from."""
         from repedit.adapters import attach_adapter
         from repedit.editing import RequestOutcome
 
-        state = self.state()
-        where = self.dir
-        if milestone is not None:
-            where = self.dir / f"keep_{int(milestone):06d}"
-            if state is None or not (where / STATE).is_file():
-                raise FileNotFoundError(f"{where} holds no milestone (kept: {self.milestones()})")
-            state = json.loads((where / STATE).read_text())
+        state = self.state(milestone)
         if state is None:
             return 0, [], 0.0
-        attach_adapter(edited, where / state["step_dir"], adapter=adapter)
+        attach_adapter(edited, self.folder(milestone) / state["step_dir"], adapter=adapter)
         outcomes = [RequestOutcome(**o) for o in state["outcomes"]]
-        self._outcomes = list(outcomes)
-        self._seconds0 = float(state["seconds"])
+        if milestone is None:
+            self._outcomes = list(outcomes)
+            self._seconds0 = float(state["seconds"])
         return int(state["done"]), outcomes, float(state["seconds"])
 
     def save(self, edited: Any, adapter: str, done: int, outcomes: list, seconds: float) -> None:
@@ -117,7 +120,7 @@ class SequentialCheckpoint:
             if old.name != step:
                 shutil.rmtree(old, ignore_errors=True)
         if done in self.keep:
-            self._copy_step(self.dir, state, self.dir / f"keep_{done:06d}")
+            self._copy_step(self.dir, state, self.folder(done))
 
     def milestones(self) -> list[int]:
         """Edit counts with a kept copy in ``keep_<done>/``."""

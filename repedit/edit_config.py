@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from repedit.positions import Positions
+from repedit.precision import PRECISIONS
 
 __all__ = ["EditorConfig", "resolve_config", "config_dict"]
 
@@ -74,8 +75,8 @@ class EditorConfig:
                              f"template to other templates of the same relation; got {type(self.relation_templates).__name__}")
         if self.answer_end not in (None, "", "."):
             raise ValueError(f"answer_end must be '.', '' or None (the method's default), got {self.answer_end!r}")
-        if self.mixed_precision not in (None, "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be None, 'bf16' or 'fp16', got {self.mixed_precision!r}")
+        if self.mixed_precision is not None and self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be None or one of {sorted(PRECISIONS)}, got {self.mixed_precision!r}")
         if self.answer_end_stop not in ("probability", "argmax"):
             raise ValueError(f"answer_end_stop must be 'probability' or 'argmax', got {self.answer_end_stop!r}")
 
