@@ -271,6 +271,15 @@ def folder_bytes(path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def post_identity(ck, state: dict, model, edited) -> dict:
+    """What the scores of a checkpoint (``state``: the last one or a milestone) depend on: the
+    run, how far it got, the protocols, the device and the inference knobs it is scored with."""
+    return {"checkpoint": ck.identity, "done": state["done"], "saved_at": state["saved_at"], "protocols": PROTOCOLS,
+            "device": str(next(model.parameters()).device.type),
+            "knobs": {a.name: {k: getattr(a.module.config, k, None) for k in INFERENCE_KNOBS}
+                      for a in edited.attachments()}}
+
+
 def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, checkpoint_dir, log) -> list[dict]:
     """Rows for the run's kept milestones (``--milestones``): the state after its first k edits,
     scored on those k requests (cached in ``checkpoint_dir`` like the final scores); milestones
@@ -283,11 +292,7 @@ def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, c
         ck.restore(edited, cfg.adapter, milestone=k)
         set_inference_knobs(edited, cfg_kwargs)
         state = ck.state(milestone=k)
-        posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}_at{k}",
-                       {"checkpoint": ck.identity, "done": k, "saved_at": state["saved_at"], "protocols": PROTOCOLS,
-                        "device": str(next(model.parameters()).device.type),
-                        "knobs": {a.name: {kk: getattr(a.module.config, kk, None) for kk in INFERENCE_KNOBS}
-                                  for a in edited.attachments()}},
+        posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}_at{k}", post_identity(ck, state, model, edited),
                        lambda: evaluate_requests(model, tok, reqs[:k], protocols=PROTOCOLS, pre=pre[:k]))
         outs = state["outcomes"]
         row = {"method": name, "setting": f"after {k} of {len(reqs)} sequential",
@@ -349,12 +354,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         if ck is not None:  # scores of a finished checkpoint are kept, so a joint table can reuse them
             from benchmarks.checkpoints import cached
 
-            state = ck.state()
-            posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}",
-                           {"checkpoint": ck.identity, "done": state["done"], "saved_at": state["saved_at"],
-                            "protocols": PROTOCOLS, "device": str(next(model.parameters()).device.type),
-                            "knobs": {a.name: {k: getattr(a.module.config, k, None) for k in INFERENCE_KNOBS}
-                                      for a in edited.attachments()}}, score)
+            posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}", post_identity(ck, ck.state(), model, edited),
+                           score)
         else:
             posts = score()
         lat = measure_latency(model, tok, latency_prompts, edited, latency_repeats)
