@@ -124,8 +124,10 @@ def method_configs(args) -> dict:
     return {k: out[k] for k in args.methods.split(",") if k != "none"}
 
 
-#: BaFT settings used only at inference (``_shift()`` is 0 in training): a checkpoint made
-#: with one value is the same edit under any other, so they stay out of its identity
+#: BaFT settings used only at inference (``_shift()`` is 0 for the bases in training): a
+#: single edit made with one value is the same edit under any other, so they stay out of its
+#: identity. A sequential run's earlier edits act shifted while later ones train (BaFTConfig's
+#: train_as_inference), so its identity has the shift again (:func:`sequential_identity`)
 INFERENCE_KNOBS = ("gate_shift",)
 
 
@@ -160,6 +162,21 @@ def resolved_identity(editor, cfg_kwargs: dict | None = None) -> dict:
 
         out.update(relation_copies=cfg.relation_copies, relation_table=repr(builtin_relations()))
     return out
+
+
+def sequential_identity(cfg_kwargs: dict) -> dict:
+    """What a sequential BaFT run adds to its identity: how earlier edits run while a new one
+    trains and, where they run as at inference, the gate shift they run with (the runs before
+    session 17 trained against unshifted earlier edits and have neither)."""
+    if cfg_kwargs.get("method") != "baft":
+        return {}
+    from repedit.methods.baft import BaFTConfig
+
+    mc = cfg_kwargs.get("method_config") or {}
+    mode = mc.get("train_as_inference", BaFTConfig.train_as_inference)
+    if mode == "none":
+        return {}
+    return {"train_as_inference": mode, "gate_shift": float(mc.get("gate_shift", BaFTConfig.gate_shift))}
 
 
 def subject_locality(args, reqs: list, model, tok, edited, env: dict) -> dict:
@@ -330,7 +347,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
 
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
                                       {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
-                                       **resolved_identity(editor, cfg_kwargs)}, keep=milestones)
+                                       **resolved_identity(editor, cfg_kwargs), **sequential_identity(cfg_kwargs)},
+                                      keep=milestones)
             if milestones_only:
                 rows = score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, checkpoint_dir, log)
                 editor.reset()
@@ -432,7 +450,8 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     return row, {"summary": summary, "latency": lat, "config": cfg_kwargs, **extra}
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """bench_baft's command line (also read by probes that rebuild a run's config)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="8 single + 16 sequential edits per method (~30 min on 2 cores for all methods)")
     p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 8)")
@@ -517,6 +536,11 @@ def main(argv=None) -> None:
     p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
     p.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
     p.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
+    return p
+
+
+def main(argv=None) -> None:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.methods == "all":
         args.methods = ",".join(METHODS)

@@ -123,12 +123,31 @@ def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch
     assert len(calls) == 1
     assert {k: again[k] for k in ("efficacy", "rewrite_acc", "locality")} == \
         {k: first[k] for k in ("efficacy", "rewrite_acc", "locality")}
-    run(dict(CFG, method_config=dict(CFG["method_config"], gate_shift=-60.0)))
-    assert len(calls) == 2  # same checkpoint, another inference knob: scored anew
-    run(CFG)
-    assert len(calls) == 3  # one cached score per checkpoint: the knob's last value
     with pytest.raises(CheckpointMismatch):  # another config's run is not mistaken for this one
         run(dict(CFG, lr=1e-2))
+    with pytest.raises(CheckpointMismatch):  # later edits were trained against earlier ones at −4
+        run(dict(CFG, method_config=dict(CFG["method_config"], gate_shift=-60.0)))
+
+
+def test_bench_baft_gate_shift_is_an_inference_knob_when_earlier_edits_train_unshifted(tmp_path, tok, monkeypatch):
+    """With earlier edits run as in training (unshifted), a sequential checkpoint is the same
+    under any gate_shift: another shift scores it anew without editing again."""
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
+    calls, real = [], metrics.evaluate_requests
+    monkeypatch.setattr(metrics, "evaluate_requests", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = dict(CFG, method_config=dict(CFG["method_config"], train_as_inference="none"))
+
+    def run(cfg):
+        return bench_baft.run_setting("baft", cfg, reqs, pre, model, tok, edited, True, lambda m: None,
+                                      checkpoint_dir=tmp_path, every=1)[0]
+
+    run(base)
+    run(dict(base, method_config=dict(base["method_config"], gate_shift=-60.0)))
+    assert len(calls) == 2  # same checkpoint, another inference knob: scored anew
+    run(base)
+    assert len(calls) == 3  # one cached score per checkpoint: the knob's last value
+    assert bench_baft.sequential_identity(base) == {}
+    assert bench_baft.sequential_identity(CFG) == {"train_as_inference": "earlier", "gate_shift": -4.0}
 
 
 def test_bench_baft_inference_knobs_are_not_part_of_a_checkpoint(tmp_path, tok):

@@ -740,6 +740,41 @@ def test_routing_auto_switches_by_edit_count_and_not_in_training():
     assert not _many_edits(300, train_gates=True).sparse_routing  # trained gates: rows may differ
 
 
+@pytest.mark.parametrize("n_edits", [10, 300])  # dense and sparsely routed at inference
+def test_training_forward_runs_earlier_edits_as_inference_does(n_edits):
+    """While a new edit trains, the frozen edits act as at inference (gate shift, sparse routing
+    where inference routes), so a fresh block (no change yet) leaves the training forward equal
+    to the inference forward; 'none' (the behaviour before) runs them unshifted and dense; 'all'
+    shifts the new bases' gates too."""
+    from repedit.methods.baft.module import _Block
+
+    x = torch.randn(2, 5, 24, generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    phi = _many_edits(n_edits, open_edits=(1, 7), gate_shift=-4.0, routing_min_edits=256)
+    with torch.no_grad():  # gates of every strength: the shift matters for each
+        phi.gate_bias_frozen.copy_(torch.linspace(-3, 6, n_edits).repeat_interleave(2))
+    assert phi.sparse_routing == (n_edits >= 256)
+    inference = phi(x, mask)
+    phi.block = _Block(24, 2, torch.Generator().manual_seed(0))  # W = R, b = 0: adds nothing yet
+    phi.train()
+    assert torch.allclose(phi(x, mask), inference, atol=1e-5)
+    phi.config.train_as_inference = "none"
+    assert not torch.allclose(phi(x, mask), inference, atol=1e-3)
+    phi.config.train_as_inference = "earlier"
+    with torch.no_grad():  # the new bases act in training, unshifted, on top of the frozen ones
+        phi.block.bias.fill_(1.0)
+        phi.block.gate_bias.fill_(2.0)
+    read, write, bias, gbias = phi._block_mats()
+    new = baft_delta(x, read, write, bias, gbias, 1.0, gate_center=None)
+    assert torch.allclose(phi(x, mask), inference + new, atol=1e-5)
+    phi.config.train_as_inference = "all"  # ... or shifted like them, as inference will run them
+    shifted = baft_delta(x, read, write, bias, gbias - 4.0, 1.0, gate_center=None)
+    assert torch.allclose(phi(x, mask), inference + shifted, atol=1e-5)
+    assert not torch.allclose(new, shifted, atol=1e-3)
+    with pytest.raises(ValueError, match="train_as_inference"):
+        BaFTConfig(train_as_inference="never")
+
+
 def _varied_texts(n: int, seed: int = 0) -> list[str]:
     import random
 

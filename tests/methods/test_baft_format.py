@@ -34,7 +34,8 @@ def test_saved_adapter_loads_bit_identically(tok, tmp_path):
     new_cfg = json.loads((tmp_path / "again" / "adapter_config.json").read_text())
     # the same entries; the config only gains fields added since, at their defaults
     added = {"gate_fit": "active", "gate_fit_sample": 1024, "gate_fit_slack": 4.0, "gate_fit_rounds": 3,
-             "value": "reft", "routing": "auto", "routing_top_k": 8, "routing_min_edits": 256, "num_fold": -1}
+             "value": "reft", "routing": "auto", "routing_top_k": 8, "routing_min_edits": 256, "num_fold": -1,
+                 "train_as_inference": "earlier"}
     for o, n in zip(old_cfg["interventions"], new_cfg["interventions"], strict=True):
         assert {k: v for k, v in n.items() if k != "config"} == {k: v for k, v in o.items() if k != "config"}
         assert {k: v for k, v in n["config"].items() if k in o["config"]} == o["config"]

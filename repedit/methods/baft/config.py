@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from repedit.methods.base import MethodConfig
 
-__all__ = ["BaFTConfig", "NULLSPACE_MODES", "GATES", "GATE_INPUTS", "TRIGGERS", "GATE_FITS", "VALUES", "ROUTINGS"]
+__all__ = ["BaFTConfig", "NULLSPACE_MODES", "GATES", "GATE_INPUTS", "TRIGGERS", "GATE_FITS", "VALUES", "ROUTINGS",
+           "TRAIN_AS_INFERENCE"]
 
 NULLSPACE_MODES = ("none", "read", "write")
 GATES = ("sigmoid", "constant")
@@ -17,6 +18,7 @@ TRIGGERS = ("subject", "positions")
 GATE_FITS = ("active", "full")
 VALUES = ("reft", "vector")
 ROUTINGS = ("auto", "dense", "sparse")
+TRAIN_AS_INFERENCE = ("earlier", "all", "none")
 
 
 @dataclass
@@ -28,7 +30,7 @@ class BaFTConfig(MethodConfig):
     gate_input: str = field(default="normalized", metadata={"help": "what the gates read: 'normalized' = the centred, scaled, normalised state y·√d/‖y‖ with y = (h−μ)/σ (μ, σ: per-coordinate median and spread of corpus states at the site, fixed at the first edit), so a gate fires inside a cone around its subject's direction whatever the token's norm; 'raw' = h (P·h with a read-mode null space), as in the formula"})
     value: str = field(default="reft", metadata={"help": "what an edit writes where its gates open: 'reft' = LoReFT's R^T(Wh + b − Rh) (depends on h); 'vector' = R^T b, one fixed vector per edit (ROME's v*), W tied to R"})
     temperature: float = field(default=1.0, metadata={"help": "gate temperature τ"})
-    gate_shift: float = field(default=-4.0, metadata={"help": "added to every gate logit before /τ at inference, not in training (a sweep knob, no retraining): > 0 widens each edit's scope (generality), < 0 narrows it (locality); the default −4 shuts the sigmoid tails of gates fitted to ≤ −2 on negatives, which add up over many edits (measurements: docs/methods.md#baft)"})
+    gate_shift: float = field(default=-4.0, metadata={"help": "added to every gate logit before /τ at inference, and in training to the gates that train_as_inference names (a sweep knob on a saved adapter, no retraining): > 0 widens each edit's scope (generality), < 0 narrows it (locality); the default −4 shuts the sigmoid tails of gates fitted to ≤ −2 on negatives, which add up over many edits (measurements: docs/methods.md#baft)"})
     gate_init_sharpness: float = field(default=4.0, metadata={"help": "data-driven gate init: logit at the request's prompt (and −logit mirrored at the negatives' boundary)"})
     locality_weight: float = field(default=1.0, metadata={"help": "weight of the gate locality term: mean softplus(gate logit) of the new bases on negative inputs (pushes w_i → 0)"})
     gate_positive_weight: float = field(default=0.1, metadata={"help": "weight of −log w_i on the request's own positions (keeps the gate on)"})
@@ -60,6 +62,7 @@ class BaFTConfig(MethodConfig):
     gate_margin_weight: float = field(default=1.0, metadata={"help": "weight of the gate-margin term (0: off)"})
     gate_fit_steps: int = field(default=150, metadata={"help": "steps of a logistic fit of the new gates on the fixed positive/negative states before the edit is trained (0: data init only)"})
     gate_fit_lr: float = field(default=5e-3, metadata={"help": "Adam learning rate of the gate fit"})
+    train_as_inference: str = field(default="earlier", metadata={"help": "which gates run as at inference (gate_shift added) in the forwards that train an edit: 'earlier' = the earlier (frozen) edits of a sequential run, also sparsely routed where inference is, so each edit is trained in the model it will be used in, and the new bases unshifted; 'all' = the new bases too, so the stop rule judges the edit as inference will run it; 'none' = nothing shifted, every edit dense, as before session 17 (the gates' sigmoid tails, shut by gate_shift at inference, then add up over thousands of earlier edits in training only)"})
     routing: str = field(default="auto", metadata={"help": "inference with many edits: 'sparse' evaluates at each token only the routing_top_k edits whose gates are most open (one matmul over the edits' gate rows picks them; the others contribute exactly 0); 'dense' evaluates every edit; 'auto': sparse from routing_min_edits edits on"})
     routing_top_k: int = field(default=8, metadata={"help": "sparse routing: edits evaluated per token"})
     routing_min_edits: int = field(default=256, metadata={"help": "routing 'auto': the number of edits from which routing is sparse"})
@@ -111,6 +114,9 @@ class BaFTConfig(MethodConfig):
             raise ValueError(f"trigger must be one of {TRIGGERS}, got {self.trigger!r}")
         if self.gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {self.gate!r}")
+        if self.train_as_inference not in TRAIN_AS_INFERENCE:
+            raise ValueError(f"train_as_inference must be one of {TRAIN_AS_INFERENCE}, "
+                             f"got {self.train_as_inference!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         if self.routing_top_k < 1 or self.routing_min_edits < 1:

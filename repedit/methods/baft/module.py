@@ -209,42 +209,70 @@ class BaFT(TrainingMixin, GatesMixin, NegativesMixin, EditsMixin, Intervention):
         """Whether inference evaluates only the most open edits per token
         (:mod:`~repedit.methods.baft.routing`): frozen incremental edits whose bases share their
         edit's gate row (gates fitted, not trained), in eval mode, per ``routing``."""
+        return not self.training and self.block is None and self._frozen_routable()
+
+    def _frozen_routable(self) -> bool:
+        """Whether the frozen edits, as they run at inference, are sparsely routed."""
         cfg = self.config
-        if cfg.routing == "dense" or self.training or self.block is not None or cfg.gate != "sigmoid":
-            return False
-        if not cfg.incremental or cfg.train_gates:
+        if cfg.routing == "dense" or cfg.gate != "sigmoid" or not cfg.incremental or cfg.train_gates:
             return False
         return cfg.routing == "sparse" or self.num_frozen // cfg.rank >= cfg.routing_min_edits
 
     def _shift(self) -> float:
         return 0.0 if self.training else float(self.config.gate_shift)
 
+    @property
+    def _as_inference(self) -> str:
+        """What of this forward runs as inference would (``train_as_inference``): 'none' outside
+        training an incremental sigmoid-gated edit."""
+        cfg = self.config
+        if not (self.training and self.block is not None and cfg.incremental and cfg.gate == "sigmoid"):
+            return "none"
+        return cfg.train_as_inference
+
+    def _delta(self, x: torch.Tensor, read, write, bias, gbias, shift: float, sparse: bool,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        if shift:
+            gbias = gbias + shift
+        if sparse:
+            gate_x = self._gate_input(x) if self._normalized else x
+            return sparse_delta(x, gate_x, read, write, bias, gbias, self.config.rank, self.config.routing_top_k,
+                                self.config.temperature)
+        center, scale = (self.gate_center, self.gate_scale) if self._normalized else (None, None)
+        return baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant",
+                          center, scale, mask)
+
     def edit(self, h: torch.Tensor, ctx: Any = None) -> torch.Tensor:
+        mode = self._as_inference
+        if mode != "none":  # earlier edits as at inference, plus the new bases as trained
+            x = h.to(self.read_frozen.dtype)
+            read, write, bias, gbias = self._block_mats()
+            shift = float(self.config.gate_shift)
+            out = x + self._delta(x, read, write, bias, gbias, shift if mode == "all" else 0.0, False,
+                                  self._trained_mask(x, ctx, write.shape[0], frozen=0))
+            if self.num_frozen:
+                out = out + self._delta(x, self.read_frozen, self.write_frozen, self.bias_frozen,
+                                        self.gate_bias_frozen, shift, self._frozen_routable(), None)
+            return out
         read, write, bias, gbias = self.matrices()
         x = h.to(read.dtype)
         if write.shape[0] == 0:
             return x
-        shift = self._shift()
-        if shift:
-            gbias = gbias + shift
-        if self.sparse_routing:
-            gate_x = self._gate_input(x) if self._normalized else x
-            return x + sparse_delta(x, gate_x, read, write, bias, gbias, self.config.rank, self.config.routing_top_k,
-                                    self.config.temperature)
-        center, scale = (self.gate_center, self.gate_scale) if self._normalized else (None, None)
-        return x + baft_delta(x, read, write, bias, gbias, self.config.temperature, self.config.gate == "constant",
-                              center, scale, self._trained_mask(x, ctx, write.shape[0]))
+        return x + self._delta(x, read, write, bias, gbias, self._shift(), self.sparse_routing,
+                               self._trained_mask(x, ctx, write.shape[0]))
 
-    def _trained_mask(self, x: torch.Tensor, ctx: Any, n: int) -> torch.Tensor | None:
-        """In training forwards that set ``TokenInfo.trained_from``: 1 for every frozen basis,
-        and for the new bases 1 only from each row's ``trained_from`` column on (B, T, N)."""
+    def _trained_mask(self, x: torch.Tensor, ctx: Any, n: int, frozen: int | None = None) -> torch.Tensor | None:
+        """In training forwards that set ``TokenInfo.trained_from``: 1 for the ``frozen`` bases
+        first (default: all but the new ones), and for the new bases 1 only from each row's
+        ``trained_from`` column on (B, T, N)."""
         if not self.training or self.block is None or x.dim() != 3:
             return None
         keep = trained_columns(ctx, x.shape[1], x.device)
         if keep is None:
             return None
         m = self.block.bias.shape[0]
-        return torch.cat([torch.ones(*keep.shape, n - m, dtype=x.dtype, device=x.device),
+        frozen = n - m if frozen is None else frozen
+        return torch.cat([torch.ones(*keep.shape, frozen, dtype=x.dtype, device=x.device),
                           keep[..., None].expand(*keep.shape, m).to(x.dtype)], -1)
 
     # ----------------------------------------------------------------- sweep knobs
