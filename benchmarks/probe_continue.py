@@ -43,6 +43,37 @@ def summarize_outcomes(outcomes: list) -> dict:
             "mean_steps": sum(o.steps for o in outcomes) / n}
 
 
+def continue_once(args, edited, tok, method: str, cfg_kwargs: dict, reqs: list, stop: int, variant: dict) -> dict:
+    """Restore ``args.milestone`` of the run, apply ``variant`` to its module, edit
+    ``reqs[milestone:stop]`` and summarise the new edits (one row)."""
+    from repedit import Editor, EditorConfig
+    from repedit.checkpoints import CheckpointMismatch, SequentialCheckpoint
+
+    editor = Editor(edited, tok, EditorConfig(**copy.deepcopy(cfg_kwargs), progress=False))
+    key = f"{method}_seq{len(reqs)}"
+    identity = {"config": bench_baft.training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
+                **bench_baft.resolved_identity(editor, cfg_kwargs)}
+    try:
+        ck = SequentialCheckpoint(args.checkpoint_dir, key, 50, {**identity, **bench_baft.sequential_identity(cfg_kwargs)})
+        done, _, _ = ck.restore(edited, editor.config.adapter, milestone=args.milestone)
+    except CheckpointMismatch:  # a run from before session 17: no train_as_inference in its identity
+        ck = SequentialCheckpoint(args.checkpoint_dir, key, 50, identity)
+        done, _, _ = ck.restore(edited, editor.config.adapter, milestone=args.milestone)
+        print("restored a checkpoint from before train_as_inference", flush=True)
+    if done != args.milestone:
+        raise SystemExit(f"milestone {args.milestone} restored {done} edits")
+    bench_baft.set_inference_knobs(edited, cfg_kwargs)
+    module = edited.attachments()[0].module
+    for k, v in variant.items():
+        setattr(module.config, k, v)
+    t = time.perf_counter()
+    res = editor.edit(reqs[:stop], sequential=True, start=done)
+    row = {"variant": json.dumps(variant, sort_keys=True), **summarize_outcomes(res.outcomes),
+           "s_per_edit": (time.perf_counter() - t) / max(1, len(res.outcomes))}
+    print(row, flush=True)
+    editor.reset()
+    return row
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint-dir", required=True, help="the run's --checkpoint-dir")
@@ -63,8 +94,7 @@ def main(argv=None) -> None:
     (method, cfg_kwargs), = configs.items()
 
     set_threads(args.threads)
-    from repedit import Editor, EditorConfig, models
-    from repedit.checkpoints import CheckpointMismatch, SequentialCheckpoint
+    from repedit import models
     from repedit.hooks import EditableModel
 
     model, tok = models.load(run.model, device="cpu")
@@ -75,31 +105,10 @@ def main(argv=None) -> None:
     stop = min(len(reqs), args.milestone + args.n)
     rows = []
     for variant in variants:
-        editor = Editor(edited, tok, EditorConfig(**copy.deepcopy(cfg_kwargs), progress=False))
-        identity = {"config": bench_baft.training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
-                    **bench_baft.resolved_identity(editor, cfg_kwargs)}
         try:
-            ck = SequentialCheckpoint(args.checkpoint_dir, f"{method}_seq{len(reqs)}", 50,
-                                      {**identity, **bench_baft.sequential_identity(cfg_kwargs)}, keep=(args.milestone,))
-            done, _, _ = ck.restore(edited, editor.config.adapter, milestone=args.milestone)
-        except CheckpointMismatch:  # a run from before session 17: no train_as_inference in its identity
-            ck = SequentialCheckpoint(args.checkpoint_dir, f"{method}_seq{len(reqs)}", 50, identity,
-                                      keep=(args.milestone,))
-            done, _, _ = ck.restore(edited, editor.config.adapter, milestone=args.milestone)
-            print("restored a checkpoint from before train_as_inference", flush=True)
-        if done != args.milestone:
-            raise SystemExit(f"milestone {args.milestone} restored {done} edits")
-        bench_baft.set_inference_knobs(edited, cfg_kwargs)
-        module = edited.attachments()[0].module
-        for k, v in variant.items():
-            setattr(module.config, k, v)
-        t = time.perf_counter()
-        res = editor.edit(reqs[:stop], sequential=True, start=done)
-        row = {"variant": json.dumps(variant, sort_keys=True), **summarize_outcomes(res.outcomes),
-               "s_per_edit": (time.perf_counter() - t) / max(1, len(res.outcomes))}
-        print(row, flush=True)
-        rows.append(row)
-        editor.reset()
+            rows.append(continue_once(args, edited, tok, method, cfg_kwargs, reqs, stop, variant))
+        except FileNotFoundError as e:  # no such milestone kept
+            raise SystemExit(str(e)) from e
     notes = (f"Continuing `{method}` from milestone {args.milestone} of `{args.checkpoint_dir}` with its next "
              f"{stop - args.milestone} requests, once per variant. success_rate/target_prob: verified as inference runs "
              "the edit; trained_*: the training-time verdict (the last step's forward).")

@@ -321,3 +321,35 @@ def test_bench_identity_tells_the_codebooks_old_default_lr_from_the_new(tok):
     assert "lr" not in bench_baft.resolved_identity(old, {"lr": 0.1})
     explicit = Editor(model, tok, EditorConfig(**dict(cb, lr=0.2)))
     assert "lr" not in bench_baft.resolved_identity(explicit, {"lr": 0.2})
+
+
+def test_probe_continue_resumes_a_milestone_once_per_variant(tmp_path, tok, monkeypatch):
+    """probe_continue restores the same milestone for every variant and edits the run's next
+    requests; with train_as_inference='all' an edit verifies exactly as it trained."""
+    import shlex
+
+    from benchmarks import common, probe_continue
+    import repedit.models
+
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
+    run_args = ("--single 0 --sequential 3 --methods baft --layer 1 --positions prompt --relation-copies 0 --augment 0 "
+                "--lr 0.05 --max-steps 30 --stop-prob 0.5 --answer-end '' "
+                "--baft-config '{\"num_corpus_negatives\": 0, \"seed\": 0}'")
+    cfg = bench_baft.method_configs(bench_baft.build_parser().parse_args(shlex.split(run_args)))["baft"]
+    ck = tmp_path / "ck"
+    bench_baft.run_setting("baft", cfg, reqs, None, model, tok, edited, True, lambda m: None,
+                           checkpoint_dir=ck, every=1, milestones=(1,))
+    monkeypatch.setattr(repedit.models, "load", lambda *a, **k: (model, tok))
+    monkeypatch.setattr(probe_continue, "select_requests", lambda n, **k: (reqs[:n], {"source": "test"}))
+    real = common.write_results
+    monkeypatch.setattr(probe_continue, "write_results", lambda *a, **k: real(*a, directory=tmp_path / "res", **k))
+    variants = '[{"train_as_inference": "none"}, {"train_as_inference": "all"}]'
+    probe_continue.main(["--checkpoint-dir", str(ck), "--run-args", run_args, "--milestone", "1", "--n", "2",
+                         "--variants", variants, "--name", "c"])
+    rows = json.loads((tmp_path / "res" / "c.json").read_text())["rows"]
+    assert [json.loads(r["variant"]) for r in rows] == json.loads(variants)
+    assert all(r["edits"] == 2 for r in rows)  # requests 2 and 3 after the milestone's first
+    assert rows[1]["target_prob"] == pytest.approx(rows[1]["trained_target_prob"], abs=1e-4)
+    with pytest.raises(SystemExit):  # no such milestone kept
+        probe_continue.main(["--checkpoint-dir", str(ck), "--run-args", run_args, "--milestone", "2",
+                             "--variants", variants, "--name", "c"])
