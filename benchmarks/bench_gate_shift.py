@@ -11,6 +11,8 @@ cached there are reused)::
 
     python benchmarks/bench_gate_shift.py --checkpoint-dir CKPT --key baft_seq1000 \
         --shifts 0,-2,-4,-7 --stride 2 --name gate_shift_seq1000
+    # a long run's kept milestone (bench_baft --milestones 1000):
+    python benchmarks/bench_gate_shift.py --checkpoint-dir CKPT --key baft_seq10000 --milestone 1000 ...
 
 Writes ``benchmarks/results/<name>.{json,md}``: efficacy / paraphrase / locality (and the
 teacher-forced accuracies) at each shift, on every ``--stride``-th edited request, all edits
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shifts", default="0,-2,-4,-7",
                    help="comma list (write --shifts=-4,0 when it starts with a minus); '' scores the checkpoint "
                         "as saved, which also works for other methods (an interim score of a LoReFT run)")
+    p.add_argument("--milestone", type=int, default=None, help="score the run's kept milestone after this many edits "
+                   "(bench_baft --milestones) instead of its last checkpoint")
     p.add_argument("--stride", type=int, default=2, help="score every k-th edited request")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--source", default="counterfact")
@@ -60,7 +64,11 @@ def main(argv: list[str] | None = None) -> None:
     from repedit.hooks import EditableModel
     from repedit.methods.baft import BaFT
 
-    run = Path(args.checkpoint_dir) / args.key
+    from repedit.checkpoints import SequentialCheckpoint
+
+    run = SequentialCheckpoint(args.checkpoint_dir, args.key, every=1, identity={}).folder(args.milestone)
+    if not (run / "state.json").is_file():
+        raise SystemExit(f"{run} holds no checkpoint" + (" (--milestone not kept)" if args.milestone else ""))
     state = json.loads((run / "state.json").read_text())
     n_total = len(state["identity"]["cases"])
     done = int(state["done"])

@@ -237,7 +237,8 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
     ck = tmp_path / "ck"
     cfg = dict(CFG, adapter=adapter, method_config=dict(CFG["method_config"], gate_shift=0.0))
-    bench_baft.run_setting("baft", cfg, reqs, pre, model, tok, edited, True, lambda m: None, checkpoint_dir=ck, every=1)
+    bench_baft.run_setting("baft", cfg, reqs, pre, model, tok, edited, True, lambda m: None, checkpoint_dir=ck, every=1,
+                           milestones=(2,))
     (ck / "pre_counterfact_3.json").write_text(json.dumps(  # other protocols: must be ignored
         {"identity": {"cases": [0, 1, 2], "protocols": ["generation"]}, "value": [{}, {}, {}]}))
     monkeypatch.setattr(repedit.models, "load", lambda *a, **k: (tiny_model("llama", initializer_range=0.5), tok))
@@ -248,6 +249,12 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     rows = json.loads((tmp_path / "res" / "gate_shift_baft_seq3.json").read_text())["rows"]
     base = bench_baft.flat(metrics.summarize(metrics.build_case_records(reqs, pre, pre)))
     assert [r["gate_shift"] for r in rows] == [0.0, -60.0] and rows[0]["scored"] == 3
+    bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "baft_seq3", "--shifts", "0", "--stride", "1",
+                           "--milestone", "2", "--name", "at2"])  # the state after the first 2 edits
+    (at2,) = json.loads((tmp_path / "res" / "at2.json").read_text())["rows"]
+    assert at2["edits"] == 2 and at2["scored"] == 2
+    with pytest.raises(SystemExit, match="milestone"):
+        bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "baft_seq3", "--milestone", "1"])
     assert rows[1]["locality"] == 1.0 and rows[1]["rewrite_acc"] == base["rewrite_acc"]
     assert rows[0]["rewrite_acc"] > base["rewrite_acc"]
     bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "baft_seq3", "--shifts", "", "--stride", "1",
