@@ -179,6 +179,14 @@ def sequential_identity(cfg_kwargs: dict) -> dict:
     return {"train_as_inference": mode, "gate_shift": float(mc.get("gate_shift", BaFTConfig.gate_shift))}
 
 
+def sequential_checkpoint_identity(editor, cfg_kwargs: dict, reqs: list, before_session17: bool = False) -> dict:
+    """The identity of a sequential run's checkpoint: its training config, requests, resolved
+    defaults and (unless ``before_session17``, for runs made before it) :func:`sequential_identity`."""
+    identity = {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
+                **resolved_identity(editor, cfg_kwargs)}
+    return identity if before_session17 else {**identity, **sequential_identity(cfg_kwargs)}
+
+
 def subject_locality(args, reqs: list, model, tok, edited, env: dict) -> dict:
     """Give ``reqs`` their subject-locality prompts (:func:`benchmarks.common.add_subject_locality`);
     with ``--checkpoint-dir`` they are built once and kept there, so a resumed long run does not
@@ -346,9 +354,7 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
             from repedit.checkpoints import SequentialCheckpoint
 
             ck = SequentialCheckpoint(checkpoint_dir, f"{name}_seq{len(reqs)}", every,
-                                      {"config": training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
-                                       **resolved_identity(editor, cfg_kwargs), **sequential_identity(cfg_kwargs)},
-                                      keep=milestones)
+                                      sequential_checkpoint_identity(editor, cfg_kwargs, reqs), keep=milestones)
             if milestones_only:
                 rows = score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, checkpoint_dir, log)
                 editor.reset()
@@ -476,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-positive-weight", type=float, default=0.1)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--gate-shift", type=float, default=None,
-                   help="BaFT's inference gate shift (default: BaFTConfig's); not part of a checkpoint's identity")
+                   help="BaFT's inference gate shift (default: BaFTConfig's); part of a sequential run's checkpoint identity "
+                        "(earlier edits run shifted while a new one trains), not of a single edit's")
     p.add_argument("--trigger", default="subject", help="BaFT gate trigger: subject or positions")
     p.add_argument("--gate-margin", type=float, default=2.0)
     p.add_argument("--gate-margin-weight", type=float, default=1.0)

@@ -51,13 +51,13 @@ def continue_once(args, edited, tok, method: str, cfg_kwargs: dict, reqs: list, 
 
     editor = Editor(edited, tok, EditorConfig(**copy.deepcopy(cfg_kwargs), progress=False))
     key = f"{method}_seq{len(reqs)}"
-    identity = {"config": bench_baft.training_config(cfg_kwargs), "cases": [r.case_id for r in reqs],
-                **bench_baft.resolved_identity(editor, cfg_kwargs)}
     try:
-        ck = SequentialCheckpoint(args.checkpoint_dir, key, 50, {**identity, **bench_baft.sequential_identity(cfg_kwargs)})
+        ck = SequentialCheckpoint(args.checkpoint_dir, key, 50,
+                                  bench_baft.sequential_checkpoint_identity(editor, cfg_kwargs, reqs))
         done, _, _ = ck.restore(edited, editor.config.adapter, milestone=args.milestone)
     except CheckpointMismatch:  # a run from before session 17: no train_as_inference in its identity
-        ck = SequentialCheckpoint(args.checkpoint_dir, key, 50, identity)
+        ck = SequentialCheckpoint(args.checkpoint_dir, key, 50,
+                                  bench_baft.sequential_checkpoint_identity(editor, cfg_kwargs, reqs, True))
         done, _, _ = ck.restore(edited, editor.config.adapter, milestone=args.milestone)
         print("restored a checkpoint from before train_as_inference", flush=True)
     if done != args.milestone:
