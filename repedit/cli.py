@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from repedit.cli_args import (  # noqa: F401  (re-exported: the subcommands' shared helpers)
     CLIError,
@@ -356,5 +357,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def console_main() -> NoReturn:
+    """Run :func:`main` on ``sys.argv`` and exit with its status: the ``repedit`` console script.
+
+    A rank started by a multi-process launcher leaves with ``os._exit`` once its streams and
+    log handlers are flushed. By then its results are written and its process group is
+    destroyed, and torch's gloo teardown during interpreter finalization now and then aborts
+    (SIGABRT, "terminate called without an active exception"), which the launcher would
+    report as a failed run.
+
+    Example::
+
+        python -m repedit.cli inspect my-edit
+    """
+    from repedit.eval.distributed import launched
+
+    code = main()
+    if launched():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # python -m repedit.cli ...
-    sys.exit(main())
+    console_main()

@@ -261,6 +261,29 @@ def test_edit_reports_success_as_the_edit_runs_at_inference(files, tmp_path, cap
     assert rates == {False: 0.0, True: 1.0}
 
 
+def test_console_main_under_a_launcher_exits_without_interpreter_teardown(monkeypatch):
+    """Under torchrun a rank leaves by os._exit with main's status (gloo's teardown at
+    finalization can abort); alone it exits normally through SystemExit."""
+    import repedit.cli as cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exited) as hard:
+        cli.console_main()
+    assert hard.value.args == (3,)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit) as soft:
+        cli.console_main()
+    assert soft.value.code == 3
+
+
 def test_threads_must_be_positive(capsys):
     assert main(["inspect", "--methods", "--threads", "0"]) == 2
     assert "--threads must be >= 1" in capsys.readouterr().err
