@@ -14,7 +14,7 @@ Both radius modes run in the same process on the same requests; a ``radius_scale
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_codebook.py --quick        # minutes
+    .venv/bin/python benchmarks/bench_codebook.py --quick        # 24 edits (minutes)
     .venv/bin/python benchmarks/bench_codebook.py                # 1,000 sequential edits
 """
 
@@ -207,8 +207,8 @@ def wait_for(path: Path, poll: float = 5.0):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="50 edits, small sweep (minutes)")
-    ap.add_argument("--n", type=int, default=None, help="number of sequential edits (default 1000; quick 50)")
+    ap.add_argument("--quick", action="store_true", help="24 edits, radius scales 0.75,1.0,1.5 (minutes)")
+    ap.add_argument("--n", type=int, default=None, help="number of sequential edits (default 1000; quick 24)")
     ap.add_argument("--modes", default="balanced,grace", help="comma list of <radii>[+lowrank]: balanced, grace, "
                     "balanced+lowrank (low-rank LoReFT/BaFT-form values instead of a vector)")
     ap.add_argument("--layer", type=int, default=None, help="edited layer (default: the codebook's default, 1/6 of the depth)")
@@ -218,7 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=None, help="default: the codebook's editor_defaults")
     ap.add_argument("--alpha", type=float, default=None, help="BalancEdit alpha (default: the config default)")
     ap.add_argument("--init-radius", type=float, default=None, help="GRACE-mode initial radius (default: config default)")
-    ap.add_argument("--scales", default="0.5,0.75,1.0,1.25,1.5")
+    ap.add_argument("--scales", default=None, help="radius scales swept on the saved codebook (default "
+                    "0.5,0.75,1.0,1.25,1.5; quick 0.75,1.0,1.5)")
     ap.add_argument("--sweep-subset", type=int, default=None, help="requests scored in the radius_scale sweep (default all; full 200)")
     ap.add_argument("--gen-subset", type=int, default=None, help="requests scored by generation (default quick 50, full 100)")
     ap.add_argument("--latency-entries", type=int, default=10000)
@@ -233,7 +234,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pre-file", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    n = args.n or (50 if args.quick else 1000)
+    n = args.n or (24 if args.quick else 1000)
+    args.scales = args.scales or ("0.75,1.0,1.5" if args.quick else "0.5,0.75,1.0,1.25,1.5")
     sweep_n = args.sweep_subset or (n if args.quick else min(n, 200))
     gen_n = args.gen_subset or (min(n, 50) if args.quick else min(n, 100))
     name = args.name or ("codebook_quick" if args.quick else "codebook_full")

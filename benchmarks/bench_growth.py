@@ -17,7 +17,7 @@ benchmarks' result files (``codebook_*``, ``baft_*``) and plots everything into
 
 Usage::
 
-    python benchmarks/bench_growth.py --quick          # 1, 100, 1000 edits
+    python benchmarks/bench_growth.py --quick          # 1, 100, 1000 edits (growth_quick.*)
     python benchmarks/bench_growth.py                  # 1, 100, 1000, 10000 edits
 """
 
@@ -197,12 +197,14 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--layer", type=int, default=None, help="edited layer (default: 1/6 of the depth, BaFT's default)")
     p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--name", default="growth")
+    p.add_argument("--name", default=None, help="results file stem (default growth; growth_quick with --quick, so a "
+                   "quick run never overwrites the full one)")
     p.add_argument("--worker-method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--worker-n", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--replot", action="store_true", help="redraw the plot from the last results (and the other result files)")
     args = p.parse_args(argv)
+    args.name = args.name or ("growth_quick" if args.quick else "growth")
     if args.replot:
         data = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
         data["quality"] = quality_points()
@@ -251,7 +253,8 @@ def main(argv=None) -> int:
                          f"median of {args.repeats} interleaved repeats, one torch thread; A/A: the unedited model timed against "
                          "itself (the noise floor); hook_ms: the intervention alone on the site's states. "
                          "baft routes sparsely from 256 edits (top 8 per token), baft_dense evaluates every edit. Peak memory: rise of the "
-                         "process's peak RSS over an unedited forward (fresh process per point). Plot: growth.png; its "
+                         "process's peak RSS over an unedited forward (fresh process per point). "
+                         f"Plot: {args.name}.png; its "
                          "last panel collects sequential-edit quality from the other result files."))
     plot(points, quality, RESULTS_DIR / f"{args.name}.png")
     print("done", flush=True)

@@ -1,41 +1,80 @@
 """One entry point for the benchmarks: ``python -m benchmarks.run --quick`` (what ``make bench`` runs).
 
-Runs each benchmark script in turn (quick or full mode), then redraws the Pareto plot.
+Runs the benchmark scripts (quick or full mode), ``--jobs`` at a time, one torch thread each
+(default: one job per core, at most 2), each one's output in ``benchmarks/results/logs/``;
+then redraws the Pareto plot and writes how long each took to ``bench_run_<mode>.json/.md``.
 ``--matrix`` also runs the BaFT and codebook benchmarks on every (model, data) pair of
 ``--models`` × ``--sources`` (results named ``<bench>_<mode>_<model>_<source>``). Every
 script writes JSON and Markdown (with its command, versions, model fingerprint and machine)
 into ``benchmarks/results/``. The pyreft cross-check needs pyreft in a separate environment
 and runs only when ``--pyreft-python`` names that environment's interpreter.
+
+Usage::
+
+    python -m benchmarks.run --quick            # minutes on 2 cores
+    python -m benchmarks.run --quick --jobs 1   # one after another
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.common import RESULTS_DIR, environment, write_results  # noqa: E402
+
+#: longest first, so that with several jobs the short ones fill in beside it
+BENCHMARKS = ("baft", "codebook", "eval_speed", "growth")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="minutes on 2 cores instead of hours")
-    parser.add_argument("--only", default="baft,codebook,eval_speed,growth", help="comma list of benchmarks to run")
-    parser.add_argument("--matrix", action="store_true", help="also run baft and codebook on every --models x --sources pair")
-    parser.add_argument("--models", default="smollm2-135m,gemma3-270m", help="models of the matrix")
-    parser.add_argument("--sources", default="counterfact,zsre", help="dev data of the matrix")
-    parser.add_argument("--pyreft-python", default=None, help="python of an environment with pyreft installed")
-    args = parser.parse_args(argv)
+def run_jobs(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path, poll_s: float = 0.5) -> dict[str, dict]:
+    """Run ``(name, argv)`` commands, at most ``jobs`` at once, each one's stdout and stderr
+    into ``log_dir/<name>.log``; return ``{name: {"returncode", "seconds", "log"}}``.
+
+    Example::
+
+        run_jobs([("a", ["python", "-c", "print(1)"])], jobs=2, log_dir=Path("/tmp"))
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, done = list(commands), {}, {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd = pending.pop(0)
+            log_path = log_dir / f"{name}.log"
+            log = log_path.open("w")
+            print("$", " ".join(cmd), f"  > {log_path}", flush=True)
+            proc = subprocess.Popen(cmd, cwd=HERE.parent, stdout=log, stderr=subprocess.STDOUT)
+            running[name] = (proc, time.perf_counter(), log, log_path)
+        time.sleep(poll_s)
+        for name, (proc, t0, log, log_path) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            seconds = time.perf_counter() - t0
+            done[name] = {"returncode": proc.returncode, "seconds": round(seconds, 1), "log": str(log_path)}
+            del running[name]
+            status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}); last lines of {log_path}:"
+            print(f"{name}: {status} in {seconds:.0f} s", flush=True)
+            if proc.returncode != 0:
+                print("".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-20:]), file=sys.stderr)
+    return done
+
+
+def build_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """The ``(name, argv)`` of every benchmark a run of ``benchmarks.run`` starts."""
     mode = ["--quick"] if args.quick else []
-    failed = []
-    for name in [n.strip() for n in args.only.split(",") if n.strip()]:
-        cmd = [sys.executable, str(HERE / f"bench_{name}.py"), *mode]
-        print("$", " ".join(cmd), flush=True)
-        if subprocess.run(cmd, cwd=HERE.parent).returncode != 0:
-            failed.append(name)
+    tag = "quick" if args.quick else "full"
+    out = [(f"{name}_{tag}", [sys.executable, str(HERE / f"bench_{name}.py"), *mode])
+           for name in (n.strip() for n in args.only.split(",")) if name]
     if args.matrix:
-        tag = "quick" if args.quick else "full"
         for model in args.models.split(","):
             for source in args.sources.split(","):
                 if model == "smollm2-135m" and source == "counterfact":
@@ -46,15 +85,41 @@ def main(argv: list[str] | None = None) -> int:
                            "--name", name]
                     if bench == "codebook":
                         cmd += ["--latency-entries", "0"]
-                    print("$", " ".join(cmd), flush=True)
-                    if subprocess.run(cmd, cwd=HERE.parent).returncode != 0:
-                        failed.append(name)
+                    out.append((name, cmd))
     if args.pyreft_python:
-        cmd = [args.pyreft_python, str(HERE / "bench_pyreft.py")]
-        print("$", " ".join(cmd), flush=True)
-        if subprocess.run(cmd, cwd=HERE.parent).returncode != 0:
-            failed.append("pyreft")
+        out.append(("pyreft", [args.pyreft_python, str(HERE / "bench_pyreft.py")]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="minutes on 2 cores instead of hours")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma list of benchmarks to run")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="benchmarks run at once, one torch thread each (default: the cores, at most 2)")
+    parser.add_argument("--matrix", action="store_true", help="also run baft and codebook on every --models x --sources pair")
+    parser.add_argument("--models", default="smollm2-135m,gemma3-270m", help="models of the matrix")
+    parser.add_argument("--sources", default="counterfact,zsre", help="dev data of the matrix")
+    parser.add_argument("--pyreft-python", default=None, help="python of an environment with pyreft installed")
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    unknown = sorted({n.strip() for n in args.only.split(",") if n.strip()} - set(BENCHMARKS))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; known: {', '.join(BENCHMARKS)}")
+    start = time.perf_counter()
+    done = run_jobs(build_commands(args), args.jobs, RESULTS_DIR / "logs")
     subprocess.run([sys.executable, str(HERE / "plot_pareto.py")], cwd=HERE.parent)
+    wall = time.perf_counter() - start
+    tag = "quick" if args.quick else "full"
+    rows = [{"benchmark": name, "seconds": r["seconds"], "exit": r["returncode"]} for name, r in done.items()]
+    rows.append({"benchmark": "all (wall)", "seconds": round(wall, 1), "exit": int(any(r["returncode"] for r in done.values()))})
+    write_results(f"bench_run_{tag}", {"jobs": args.jobs, "wall_seconds": round(wall, 1), "runs": done,
+                                       "environment": environment()},
+                  table=rows, columns=["benchmark", "seconds", "exit"],
+                  notes=f"Wall time of `benchmarks.run` ({tag}), {args.jobs} job(s) at once, one torch thread each.")
+    print(f"all done in {wall / 60:.1f} min", flush=True)
+    failed = [name for name, r in done.items() if r["returncode"] != 0]
     if failed:
         print("failed:", ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0

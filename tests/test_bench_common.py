@@ -122,3 +122,48 @@ def test_subject_locality_prompts_are_built_once_per_checkpoint_dir(tmp_path, mo
     other = [EditRequest(prompt="Ada Lovelace speaks", target_new="French", subject="Ada Lovelace", case_id=7)]
     bench_baft.subject_locality(args, other, None, None, None, {"model": "m"})
     assert calls == [2, 1]  # other requests: built for them
+
+
+def test_benchmarks_run_starts_jobs_side_by_side_and_logs_each(tmp_path):
+    """run_jobs keeps ``jobs`` commands running at once (the first waits for a file the second
+    writes), logs each one's output to its own file and reports every exit status."""
+    import sys
+
+    from benchmarks.run import run_jobs
+
+    marker = tmp_path / "second-started"
+    waits = ("import pathlib, sys, time\n"
+             f"p = pathlib.Path({str(marker)!r})\n"
+             "for _ in range(600):\n"
+             "    if p.exists(): print('saw it'); sys.exit(0)\n"
+             "    time.sleep(0.05)\n"
+             "sys.exit(3)\n")
+    cmds = [("first", [sys.executable, "-c", waits]),
+            ("second", [sys.executable, "-c", f"import pathlib; pathlib.Path({str(marker)!r}).touch(); print('hello')"]),
+            ("broken", [sys.executable, "-c", "import sys; print('oops', file=sys.stderr); sys.exit(5)"])]
+    done = run_jobs(cmds, jobs=2, log_dir=tmp_path / "logs", poll_s=0.05)
+    assert {k: v["returncode"] for k, v in done.items()} == {"first": 0, "second": 0, "broken": 5}
+    assert (tmp_path / "logs" / "first.log").read_text().strip() == "saw it"
+    assert (tmp_path / "logs" / "second.log").read_text().strip() == "hello"
+    assert "oops" in (tmp_path / "logs" / "broken.log").read_text()
+    with pytest.raises(ValueError, match="jobs"):
+        run_jobs(cmds, jobs=0, log_dir=tmp_path)
+
+
+def test_benchmarks_run_commands_and_arguments(capsys):
+    import argparse
+
+    from benchmarks.run import build_commands, main
+
+    args = argparse.Namespace(quick=True, only="baft,growth", matrix=True, models="smollm2-135m,gemma3-270m",
+                              sources="counterfact", pyreft_python=None)
+    cmds = dict(build_commands(args))
+    assert list(cmds) == ["baft_quick", "growth_quick", "baft_quick_gemma3-270m_counterfact",
+                          "codebook_quick_gemma3-270m_counterfact"]
+    assert cmds["baft_quick"][-2:] == [cmds["baft_quick"][-2], "--quick"] and cmds["baft_quick"][-2].endswith("bench_baft.py")
+    assert "--latency-entries" in cmds["codebook_quick_gemma3-270m_counterfact"]
+    with pytest.raises(SystemExit):
+        main(["--quick", "--only", "baft,nonsense"])
+    assert "unknown benchmarks ['nonsense']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--jobs", "0"])
