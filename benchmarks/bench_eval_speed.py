@@ -171,7 +171,7 @@ def main() -> None:
         "mode": "quick" if n < 1000 else "full", "post_edit_headline": head, "data": info, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
         "environment": environment(model, args.model),
     }
-    name = args.name or "eval_speed"
+    name = args.name or ("eval_speed_quick" if args.quick and args.records is None else "eval_speed")  # a quick run never overwrites the full one
     jp, mp = write_results(name, payload, table=[row], notes=notes)
     print(f"ratio eval_full/(2*bare) = {row['ratio_full_vs_2bare']:.3f}, eval_post/bare = {row['ratio_post_vs_bare']:.3f}")
     print(f"wrote {jp} and {mp}")
