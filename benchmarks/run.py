@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS_DIR, environment, write_results  # noqa: E402
+from benchmarks.common import RESULTS_DIR, environment, set_threads, write_results  # noqa: E402
 
 #: longest first, so that with several jobs the short ones fill in beside it
 BENCHMARKS = ("baft", "codebook", "eval_speed", "growth")
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = "quick" if args.quick else "full"
     rows = [{"benchmark": name, "seconds": r["seconds"], "exit": r["returncode"]} for name, r in done.items()]
     rows.append({"benchmark": "all (wall)", "seconds": round(wall, 1), "exit": int(any(r["returncode"] for r in done.values()))})
+    set_threads(1)  # the machine line reads the benchmarks' setting, not this parent's
     write_results(f"bench_run_{tag}", {"jobs": args.jobs, "wall_seconds": round(wall, 1), "runs": done,
                                        "environment": environment()},
                   table=rows, columns=["benchmark", "seconds", "exit"],
