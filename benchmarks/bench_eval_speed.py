@@ -72,6 +72,12 @@ def bare_batches(tok, reqs, batch_size: int, chunk_size: int):
     return batches
 
 
+def results_name(args: argparse.Namespace) -> str:
+    """The results file stem: ``--name``, else ``eval_speed_quick`` for ``--quick`` (a quick run
+    never overwrites the full one) and ``eval_speed`` otherwise."""
+    return args.name or ("eval_speed_quick" if args.quick and args.records is None else "eval_speed")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="200 records instead of 1,000")
@@ -171,7 +177,7 @@ def main() -> None:
         "mode": "quick" if n < 1000 else "full", "post_edit_headline": head, "data": info, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
         "environment": environment(model, args.model),
     }
-    name = args.name or ("eval_speed_quick" if args.quick and args.records is None else "eval_speed")  # a quick run never overwrites the full one
+    name = results_name(args)
     jp, mp = write_results(name, payload, table=[row], notes=notes)
     print(f"ratio eval_full/(2*bare) = {row['ratio_full_vs_2bare']:.3f}, eval_post/bare = {row['ratio_post_vs_bare']:.3f}")
     print(f"wrote {jp} and {mp}")

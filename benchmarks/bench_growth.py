@@ -189,6 +189,12 @@ def plot(points: list[dict], quality: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def results_name(args: argparse.Namespace) -> str:
+    """The results file stem: ``--name``, else ``growth_quick`` for ``--quick`` (a quick run never
+    overwrites the full one) and ``growth`` otherwise."""
+    return args.name or ("growth_quick" if args.quick else "growth")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="sizes 1, 100, 1000")
@@ -204,7 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--replot", action="store_true", help="redraw the plot from the last results (and the other result files)")
     args = p.parse_args(argv)
-    args.name = args.name or ("growth_quick" if args.quick else "growth")
+    args.name = results_name(args)
     if args.replot:
         data = json.loads((RESULTS_DIR / f"{args.name}.json").read_text())
         data["quality"] = quality_points()

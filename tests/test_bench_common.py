@@ -167,3 +167,17 @@ def test_benchmarks_run_commands_and_arguments(capsys):
     assert "unknown benchmarks ['nonsense']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--jobs", "0"])
+
+
+def test_quick_runs_never_overwrite_the_full_results():
+    """``--quick`` writes its own results files: the docs quote the full ones."""
+    import argparse
+
+    from benchmarks import bench_eval_speed, bench_growth
+
+    ns = lambda **kw: argparse.Namespace(**{"name": None, "records": None, **kw})  # noqa: E731
+    assert bench_growth.results_name(ns(quick=True)) == "growth_quick"
+    assert bench_growth.results_name(ns(quick=False)) == "growth"
+    assert bench_eval_speed.results_name(ns(quick=True)) == "eval_speed_quick"
+    assert bench_eval_speed.results_name(ns(quick=False)) == "eval_speed"
+    assert bench_eval_speed.results_name(ns(quick=True, name="mine")) == "mine"
