@@ -45,26 +45,32 @@ def run_jobs(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path, po
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     log_dir.mkdir(parents=True, exist_ok=True)
     pending, running, done = list(commands), {}, {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            name, cmd = pending.pop(0)
-            log_path = log_dir / f"{name}.log"
-            log = log_path.open("w")
-            print("$", " ".join(cmd), f"  > {log_path}", flush=True)
-            proc = subprocess.Popen(cmd, cwd=HERE.parent, stdout=log, stderr=subprocess.STDOUT)
-            running[name] = (proc, time.perf_counter(), log, log_path)
-        time.sleep(poll_s)
-        for name, (proc, t0, log, log_path) in list(running.items()):
-            if proc.poll() is None:
-                continue
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                name, cmd = pending.pop(0)
+                log_path = log_dir / f"{name}.log"
+                log = log_path.open("w")
+                print("$", " ".join(cmd), f"  > {log_path}", flush=True)
+                proc = subprocess.Popen(cmd, cwd=HERE.parent, stdout=log, stderr=subprocess.STDOUT)
+                running[name] = (proc, time.perf_counter(), log, log_path)
+            time.sleep(poll_s)
+            for name, (proc, t0, log, log_path) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                seconds = time.perf_counter() - t0
+                done[name] = {"returncode": proc.returncode, "seconds": round(seconds, 1), "log": str(log_path)}
+                del running[name]
+                status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}); last lines of {log_path}:"
+                print(f"{name}: {status} in {seconds:.0f} s", flush=True)
+                if proc.returncode != 0:
+                    print("".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-20:]), file=sys.stderr)
+    finally:  # interrupted (Ctrl-C): no benchmark keeps running behind the user's back
+        for proc, _, log, _ in running.values():
+            proc.terminate()
+            proc.wait()
             log.close()
-            seconds = time.perf_counter() - t0
-            done[name] = {"returncode": proc.returncode, "seconds": round(seconds, 1), "log": str(log_path)}
-            del running[name]
-            status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}); last lines of {log_path}:"
-            print(f"{name}: {status} in {seconds:.0f} s", flush=True)
-            if proc.returncode != 0:
-                print("".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-20:]), file=sys.stderr)
     return done
 
 

@@ -181,3 +181,26 @@ def test_quick_runs_never_overwrite_the_full_results():
     assert bench_eval_speed.results_name(ns(quick=True)) == "eval_speed_quick"
     assert bench_eval_speed.results_name(ns(quick=False)) == "eval_speed"
     assert bench_eval_speed.results_name(ns(quick=True, name="mine")) == "mine"
+
+
+def test_benchmarks_run_stops_its_jobs_when_interrupted(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from benchmarks import run
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*a, **kw):
+        started.append(real_popen(*a, **kw))
+        return started[-1]
+
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run.subprocess, "Popen", popen)
+    monkeypatch.setattr(run.time, "sleep", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_jobs([("slow", [sys.executable, "-c", "import time; time.sleep(600)"])], jobs=1, log_dir=tmp_path)
+    assert len(started) == 1 and started[0].poll() is not None  # terminated, not left running
