@@ -30,7 +30,9 @@ Usage::
     # a long sequential run, resumable and split over processes (same command to resume):
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods baft --checkpoint-dir ckpt --edit-only
     python benchmarks/bench_baft.py --single 0 --sequential 1000 --methods loreft,baft,baft_ns --checkpoint-dir ckpt
-    # (the unedited scores and each finished run's scores are kept in ckpt/ and reused)
+    # (the unedited scores and each finished run's scores are kept in ckpt/ and reused; while a
+    # scoring pass runs, each 250 records' scores are kept in ckpt/<name>.parts/, so an
+    # interrupted pass over 10,000 records resumes at its first missing part)
 
     # a growth curve from one long run: keep its state after 1,000 and 5,000 edits; the scored
     # run adds a row "after k of 10000 sequential" for each, scored on the first k requests
@@ -311,7 +313,7 @@ def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, c
     """Rows for the run's kept milestones (``--milestones``): the state after its first k edits,
     scored on those k requests (cached in ``checkpoint_dir`` like the final scores); milestones
     beyond ``pre`` (the unedited scores at hand) are left out."""
-    from benchmarks.checkpoints import cached
+    from benchmarks.checkpoints import cached_in_chunks
     from repedit.eval.metrics import build_case_records, evaluate_requests, summarize
 
     rows = []
@@ -319,8 +321,9 @@ def score_milestones(name, ck, cfg, cfg_kwargs, reqs, pre, model, tok, edited, c
         ck.restore(edited, cfg.adapter, milestone=k)
         set_inference_knobs(edited, cfg_kwargs)
         state = ck.state(milestone=k)
-        posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}_at{k}", post_identity(ck, state, model, edited),
-                       lambda: evaluate_requests(model, tok, reqs[:k], protocols=PROTOCOLS, pre=pre[:k]))
+        posts = cached_in_chunks(
+            checkpoint_dir, f"post_{name}_seq{len(reqs)}_at{k}", post_identity(ck, state, model, edited), k,
+            lambda lo, hi: evaluate_requests(model, tok, reqs[lo:hi], protocols=PROTOCOLS, pre=pre[lo:hi]), progress=log)
         outs = state["outcomes"]
         row = {"method": name, "setting": f"after {k} of {len(reqs)} sequential",
                **flat(summarize(build_case_records(reqs[:k], pre[:k], posts)))}
@@ -376,14 +379,14 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         if pre is None:  # --edit-only: the checkpoint is the result; a later invocation scores it
             editor.reset()
             return None, None
-        score = lambda: evaluate_requests(model, tok, reqs, protocols=PROTOCOLS, pre=pre)  # noqa: E731
-        if ck is not None:  # scores of a finished checkpoint are kept, so a joint table can reuse them
-            from benchmarks.checkpoints import cached
+        score = lambda lo, hi: evaluate_requests(model, tok, reqs[lo:hi], protocols=PROTOCOLS, pre=pre[lo:hi])  # noqa: E731
+        if ck is not None:  # scores of a finished checkpoint are kept (in parts while they are computed),
+            from benchmarks.checkpoints import cached_in_chunks  # so a joint table can reuse them
 
-            posts = cached(checkpoint_dir, f"post_{name}_seq{len(reqs)}", post_identity(ck, ck.state(), model, edited),
-                           score)
+            posts = cached_in_chunks(checkpoint_dir, f"post_{name}_seq{len(reqs)}",
+                                     post_identity(ck, ck.state(), model, edited), len(reqs), score, progress=log)
         else:
-            posts = score()
+            posts = score(0, len(reqs))
         lat = measure_latency(model, tok, latency_prompts, edited, latency_repeats)
         module = editor.attachments()[0].module
         extra = {"num_bases": getattr(module, "num_bases", None),
@@ -607,11 +610,12 @@ def main(argv=None) -> None:
         if not args.checkpoint_dir or n_single:
             raise SystemExit("--edit-only needs --checkpoint-dir and --single 0")
         pre = [None] * len(reqs)
-    elif args.checkpoint_dir:  # resumed or split runs score the unedited model once
-        from benchmarks.checkpoints import cached
+    elif args.checkpoint_dir:  # resumed or split runs score the unedited model once, kept in parts as it goes
+        from benchmarks.checkpoints import cached_in_chunks
 
-        pre = cached(args.checkpoint_dir, *unedited_cache(env, args.source, PROTOCOLS, scored, torch.device(device).type),
-                     lambda: evaluate_requests(model, tok, scored, protocols=PROTOCOLS))
+        pre = cached_in_chunks(
+            args.checkpoint_dir, *unedited_cache(env, args.source, PROTOCOLS, scored, torch.device(device).type),
+            len(scored), lambda lo, hi: evaluate_requests(model, tok, scored[lo:hi], protocols=PROTOCOLS), progress=log)
     else:
         pre = evaluate_requests(model, tok, reqs, protocols=PROTOCOLS)
     if not args.edit_only:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from repedit.checkpoints import CheckpointMismatch, SequentialCheckpoint
 
-__all__ = ["CheckpointMismatch", "SequentialCheckpoint", "cached", "lookup"]
+__all__ = ["CheckpointMismatch", "SequentialCheckpoint", "cached", "cached_in_chunks", "lookup"]
+
+#: records per stored part of a long scoring pass (minutes of CPU each)
+SCORE_CHUNK = 250
 
 
 def lookup(root: str | os.PathLike, name: str, identity: dict[str, Any]) -> tuple[bool, Any]:
@@ -40,6 +44,41 @@ def cached(root: str | os.PathLike, name: str, identity: dict[str, Any], compute
     with os.fdopen(fd, "w") as f:
         json.dump({"identity": _normal(identity), "value": value}, f)
     os.replace(tmp, path)
+    return value
+
+
+def cached_in_chunks(root: str | os.PathLike, name: str, identity: dict[str, Any], n: int,
+                     compute: Callable[[int, int], list], chunk: int | None = None,
+                     progress: Callable[[str], None] | None = None) -> list:
+    """Like :func:`cached` for a list of ``n`` per-record values, computed ``chunk`` records at a
+    time (default :data:`SCORE_CHUNK`) by ``compute(lo, hi)`` (the values of records ``lo``..``hi - 1``). Each part is kept in
+    ``root/<name>.parts/`` as it is done, so an interrupted scoring pass of thousands of records
+    resumes at its first missing part. When all parts are there, they are joined into
+    ``root/<name>.json`` (what :func:`cached` reads) and the parts are removed.
+
+    Example::
+
+        pre = cached_in_chunks(ck_dir, "pre_counterfact_10000", ident, len(reqs),
+                               lambda lo, hi: evaluate_requests(model, tok, reqs[lo:hi]))
+    """
+    found, value = lookup(root, name, identity)
+    if found:
+        return value
+    chunk = SCORE_CHUNK if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be at least 1, got {chunk}")
+    parts = Path(root) / f"{name}.parts"
+    values: list = []
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        if progress is not None and not lookup(parts, f"{lo:07d}", dict(identity, part=[lo, hi]))[0]:
+            progress(f"{name}: scoring records {lo}..{hi - 1} of {n}")
+        part = cached(parts, f"{lo:07d}", dict(identity, part=[lo, hi]), lambda: list(compute(lo, hi)))
+        if len(part) != hi - lo:
+            raise ValueError(f"{name}: part {lo}..{hi - 1} holds {len(part)} values, not {hi - lo}")
+        values.extend(part)
+    value = cached(root, name, identity, lambda: values)
+    shutil.rmtree(parts, ignore_errors=True)  # joined: the parts are no longer needed
     return value
 
 

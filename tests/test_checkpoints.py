@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from benchmarks.checkpoints import cached
+from benchmarks.checkpoints import cached, cached_in_chunks, lookup
 from repedit.checkpoints import CheckpointMismatch, SequentialCheckpoint
 from repedit import EditRequest, Editor, EditorConfig
 from repedit.hooks import EditableModel
@@ -88,6 +88,33 @@ def test_cached_reuses_only_a_matching_identity(tmp_path):
     assert len(calls) == 2
 
 
+def test_cached_in_chunks_resumes_an_interrupted_pass_at_its_first_missing_part(tmp_path):
+    """A long scoring pass kept in parts: after an interruption only the missing parts are
+    computed, the joined list equals one uninterrupted pass, and the parts are removed."""
+    calls = []
+
+    def compute(lo, hi):
+        calls.append((lo, hi))
+        if len(calls) == 3 and not getattr(compute, "resumed", False):
+            raise Interrupt
+        return [i * i for i in range(lo, hi)]
+
+    with pytest.raises(Interrupt):
+        cached_in_chunks(tmp_path, "pre", {"cases": 10}, 10, compute, chunk=4)
+    assert calls == [(0, 4), (4, 8), (8, 10)]
+    assert sorted(f.name for f in (tmp_path / "pre.parts").glob("*.json")) == ["0000000.json", "0000004.json"]
+    assert not (tmp_path / "pre.json").exists()
+    compute.resumed = True
+    assert cached_in_chunks(tmp_path, "pre", {"cases": 10}, 10, compute, chunk=4) == [i * i for i in range(10)]
+    assert calls[3:] == [(8, 10)]  # only the part the interruption lost
+    assert not (tmp_path / "pre.parts").exists()
+    assert lookup(tmp_path, "pre", {"cases": 10}) == (True, [i * i for i in range(10)])  # what cached() reads
+    assert cached_in_chunks(tmp_path, "pre", {"cases": 10}, 10, compute, chunk=3) == [i * i for i in range(10)]
+    assert len(calls) == 4  # the joined file is reused whatever the part size
+    with pytest.raises(ValueError, match="holds 1 values, not 2"):
+        cached_in_chunks(tmp_path, "short", {}, 2, lambda lo, hi: [0])
+
+
 def _bench_setup(tok, monkeypatch):
     """Three scorable requests, a tiny model, its EditableModel and the unedited scores, with
     bench_baft's protocols cut to the fast ones."""
@@ -127,6 +154,38 @@ def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch
         run(dict(CFG, lr=1e-2))
     with pytest.raises(CheckpointMismatch):  # later edits were trained against earlier ones at −4
         run(dict(CFG, method_config=dict(CFG["method_config"], gate_shift=-60.0)))
+
+
+def test_bench_baft_resumes_an_interrupted_scoring_pass(tmp_path, tok, monkeypatch):
+    """The post-edit scores of a long run are kept in parts: a scoring pass interrupted after its
+    first part scores only the rest when the same command runs again, to the same table."""
+    from benchmarks import checkpoints
+
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
+    monkeypatch.setattr(checkpoints, "SCORE_CHUNK", 1)
+    calls, real = [], metrics.evaluate_requests
+
+    def counting(*a, **k):
+        calls.append(len(a[2]))
+        if len(calls) == 2 and not tmp_path.joinpath("resumed").exists():
+            raise Interrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(metrics, "evaluate_requests", counting)
+    run = lambda d: bench_baft.run_setting("baft", CFG, reqs, pre, model, tok, edited, True,  # noqa: E731
+                                           lambda m: None, checkpoint_dir=d, every=1)[0]
+    with pytest.raises(Interrupt):
+        run(tmp_path / "a")
+    assert calls == [1, 1] and len(list((tmp_path / "a" / "post_baft_seq3.parts").glob("*.json"))) == 1
+    for adapter in edited.adapters():  # what the killed process held
+        edited.delete_adapter(adapter)
+    tmp_path.joinpath("resumed").touch()
+    row = run(tmp_path / "a")
+    assert calls[2:] == [1, 1]  # records 1 and 2 only: record 0's part was kept
+    assert (tmp_path / "a" / "post_baft_seq3.json").is_file() and not (tmp_path / "a" / "post_baft_seq3.parts").exists()
+    whole = run(tmp_path / "b")  # the same run, never interrupted
+    assert {k: row[k] for k in ("rewrite_acc", "rephrase_acc", "locality", "efficacy")} == \
+        {k: whole[k] for k in ("rewrite_acc", "rephrase_acc", "locality", "efficacy")}
 
 
 def test_bench_baft_gate_shift_is_an_inference_knob_when_earlier_edits_train_unshifted(tmp_path, tok, monkeypatch):
@@ -262,7 +321,7 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     (row,) = json.loads((tmp_path / "res" / "as_saved.json").read_text())["rows"]
     assert row["gate_shift"] is None and row["rewrite_acc"] == rows[0]["rewrite_acc"]
     # unedited scores kept the way bench_baft keeps them are reused: only the edited model is scored
-    from benchmarks.checkpoints import cached
+    from benchmarks.checkpoints import cached, cached_in_chunks, lookup
 
     env = common.environment(model, "smollm2-135m")
     cached(ck, *bench_baft.unedited_cache(env, "counterfact", bench_gate_shift.PROTOCOLS, reqs, "cpu"), lambda: pre)
