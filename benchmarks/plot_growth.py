@@ -3,9 +3,9 @@
 Each ``--series LABEL=FILE[:METHOD],FILE...`` is one curve: every sequential row of those
 ``benchmarks/results/FILE.json`` files (``"N sequential"``, and ``"after k of N sequential"``
 from ``--milestones``) of METHOD (default: the file's only edited method) becomes a point at
-its number of edits. Four panels: strict quality (rewrite_acc, rephrase_acc, locality, and
-greedy rephrase exact match dashed), s/edit, forward-latency ratio with every edit attached
-(beside its A/A noise floor), and saved adapter bytes per edit. Writes
+its number of edits. Six panels, each series in one colour throughout: rewrite_acc,
+rephrase_acc (greedy rephrase exact match dashed), locality, s/edit, the forward-latency ratio
+with every edit attached (its A/A noise floor dotted), and saved adapter bytes per edit. Writes
 ``results/<name>.{json,md,png}``.
 
     python benchmarks/plot_growth.py --series "BaFT fp32=baft_seq100_rel4,baft_seq1000_rel4" \\
@@ -61,42 +61,48 @@ def series_points(spec: str, results: Path = RESULTS_DIR) -> tuple[str, list[dic
     return label, sorted(points, key=lambda p: p["edits"])
 
 
+#: the panels: (title, y label, [(row key, line style, legend suffix)], y range)
+PANELS = (
+    ("rewrite_acc (teacher-forced)", "score", [("rewrite_acc", "-", "")], (0, 1.02)),
+    ("rephrase: rephrase_acc, greedy exact (dashed)", "score",
+     [("rephrase_acc", "-", ""), ("gen_rephrase", "--", " (greedy exact)")], (0, 1.02)),
+    ("locality (agreement with the unedited model)", "score", [("locality", "-", "")], (0, 1.02)),
+    ("seconds per edit", "s/edit", [("s_per_edit", "-", "")], (0, None)),
+    ("forward latency, all edits attached (A/A floor dotted)", "edited / unedited forward time",
+     [("latency_ratio", "-", ""), ("latency_aa", ":", " (A/A floor)")], (None, None)),
+    ("adapter bytes per edit", "bytes", [("bytes_per_edit", "-", "")], (0, None)),
+)
+
+
 def plot(series: list[tuple[str, list[dict]]], out: Path) -> None:
+    """One panel per measure (:data:`PANELS`), one colour per series in every panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(19, 6.5))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 10))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, pts) in enumerate(series):
-        x = [p["edits"] for p in pts]
-        for j, key in enumerate(QUALITY):
-            axes[0].plot(x, [p.get(key) for p in pts], marker="os^"[j], color=colors[(3 * i + j) % len(colors)],
-                         label=f"{label}: {key}")
-        axes[0].plot(x, [p.get("gen_rephrase") for p in pts], "--", marker="x", color=colors[(3 * i + 1) % len(colors)],
-                     label=f"{label}: greedy rephrase (exact)")
-        axes[1].plot(x, [p.get("s_per_edit") for p in pts], marker="o", label=label)
-        lat = [(p["edits"], p["latency_ratio"], p.get("latency_aa")) for p in pts if p.get("latency_ratio")]
-        if lat:
-            axes[2].plot([a for a, _, _ in lat], [b for _, b, _ in lat], marker="o", label=label)
-            axes[2].plot([a for a, _, _ in lat], [c for _, _, c in lat], ":", marker=".", label=f"{label}: A/A floor")
-        size = [(p["edits"], p["adapter_bytes"] / p["edits"]) for p in pts if p.get("adapter_bytes")]
-        if size:
-            axes[3].plot([a for a, _ in size], [b for _, b in size], marker="o", label=label)
-    titles = ("strict quality", "seconds per edit", "forward latency, all edits attached", "adapter bytes per edit")
-    ylabels = ("score", "s/edit", "edited / unedited forward time", "bytes")
-    for ax, title, yl in zip(axes, titles, ylabels):
+        color = colors[i % len(colors)]
+        for p in pts:
+            p.setdefault("bytes_per_edit", p["adapter_bytes"] / p["edits"] if p.get("adapter_bytes") else None)
+        for ax, (_, _, lines, _) in zip(axes.flat, PANELS):
+            for key, style, suffix in lines:
+                xy = [(p["edits"], p[key]) for p in pts if p.get(key) is not None]
+                if xy:
+                    ax.plot([a for a, _ in xy], [b for _, b in xy], style, marker="o" if style == "-" else ".",
+                            color=color, label=label + suffix)
+    for ax, (title, ylabel, _, (lo, hi)) in zip(axes.flat, PANELS):
         ax.set_xscale("log")
         ax.set_xlabel("sequential edits")
-        ax.set_title(title)
-        ax.set_ylabel(yl)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if ax.lines:  # below the panel, so no curve is hidden
-            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
-    axes[0].set_ylim(0, 1.02)
-    for ax in axes[1:4:2]:
-        ax.set_ylim(bottom=0)
+        if lo is not None or hi is not None:
+            ax.set_ylim(bottom=lo, top=hi)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
