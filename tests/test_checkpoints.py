@@ -321,7 +321,7 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     (row,) = json.loads((tmp_path / "res" / "as_saved.json").read_text())["rows"]
     assert row["gate_shift"] is None and row["rewrite_acc"] == rows[0]["rewrite_acc"]
     # unedited scores kept the way bench_baft keeps them are reused: only the edited model is scored
-    from benchmarks.checkpoints import cached, cached_in_chunks, lookup
+    from benchmarks.checkpoints import cached
 
     env = common.environment(model, "smollm2-135m")
     cached(ck, *bench_baft.unedited_cache(env, "counterfact", bench_gate_shift.PROTOCOLS, reqs, "cpu"), lambda: pre)
@@ -332,6 +332,39 @@ def test_gate_shift_sweep_scores_one_checkpoint_at_each_shift(tmp_path, tok, mon
     assert len(calls) == 1
     (again,) = json.loads((tmp_path / "res" / "as_saved_cached.json").read_text())["rows"]
     assert again["rewrite_acc"] == row["rewrite_acc"] and again["locality"] == row["locality"]
+
+
+def test_knob_sweep_scores_a_codebook_checkpoint_at_each_radius_scale(tmp_path, tok, monkeypatch):
+    """bench_gate_shift sweeps any knob the checkpoint's interventions have: a codebook's radius
+    scale trades the edits' reach for the neighbours' answers; with the generation protocol the rows carry greedy-generation match; a knob the interventions lack
+    is refused, naming it."""
+    import json
+
+    from benchmarks import bench_gate_shift, common
+    import repedit.models
+
+    bench_baft, metrics, reqs, model, edited, pre = _bench_setup(tok, monkeypatch)
+    ck = tmp_path / "ck"
+    cfg = dict(CONFIGS["codebook"], layers=[0], max_steps=40,  # tiny models edit fastest at the last token
+               method_config={"corpus_sentences": 0, "num_names": 0, "value_positions": "attachment"})
+    bench_baft.run_setting("codebook", cfg, reqs, pre, model, tok, edited, True, lambda m: None,
+                           checkpoint_dir=ck, every=1)
+    monkeypatch.setattr(repedit.models, "load", lambda *a, **k: (tiny_model("llama", initializer_range=0.5), tok))
+    monkeypatch.setattr(bench_gate_shift, "select_requests", lambda n, **k: (reqs[:n], {"source": "test"}))
+    real = common.write_results
+    monkeypatch.setattr(bench_gate_shift, "write_results", lambda *a, **k: real(*a, directory=tmp_path / "res", **k))
+    bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "codebook_seq3", "--knob", "radius_scale",
+                           "--values", "1,0", "--stride", "1", "--protocols", "teacher_forced,probability,generation"])
+    data = json.loads((tmp_path / "res" / "radius_scale_codebook_seq3.json").read_text())
+    rows = data["rows"]
+    assert data["knob"] == "radius_scale" and [r["radius_scale"] for r in rows] == [1.0, 0.0]
+    # scale 1: every edit (and, with no negatives on a tiny model, the neighbours too); scale 0:
+    # only a prompt whose key is the entry's own, so the neighbours keep their answers
+    assert rows[0]["rewrite_acc"] == rows[0]["rephrase_acc"] == 1.0 and rows[0]["locality"] < 1.0
+    assert rows[1]["locality"] == rows[1]["gen_loc_agree"] == 1.0 and rows[1]["rephrase_acc"] < 1.0
+    assert "gen_rephrase" in rows[0]
+    with pytest.raises(SystemExit, match="no knob 'gate_shift'"):
+        bench_gate_shift.main(["--checkpoint-dir", str(ck), "--key", "codebook_seq3", "--values", "-4"])
 
 
 def test_milestones_keep_the_state_after_k_edits_and_the_bench_scores_them(tmp_path, tok, monkeypatch):
