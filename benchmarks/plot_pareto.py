@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,9 @@ CURRENT_POINTS = (
 #: bench_baft files drawn with --all
 ALL_POINT_FILES = ("baft_quick", "baft_single200", "baft_seq100", "baft_seq1000", "baft_seq1000_baft",
                    "baft_seq1000_baft_ns", "baft_full")
+#: one colour per method in every plot (others take tab10's colours in order)
+METHOD_COLORS = {"baft": "tab:blue", "baft_ns": "tab:orange", "balancedit": "tab:green", "grace": "tab:red",
+                 "loreft": "tab:purple"}
 NAMES = {"baft": "BaFT", "baft_ns": "BaFT + null space", "balancedit": "BalancEdit codebook", "grace": "GRACE-style codebook",
          "loreft": "LoReFT", "radius_scale": "radius scale", "gate_shift": "gate shift"}
 
@@ -54,6 +58,7 @@ class Series:
     notes: list | None = None
     greedy: tuple[list, list] | None = None
     marker: str = "o"
+    method: str = ""
 
 
 def _default_setting(data: dict) -> bool:
@@ -85,7 +90,8 @@ def sweep_series(path: Path) -> list[Series]:
                 kind = "BalancEdit" if mode.startswith("balanced") else "GRACE-style"
                 out.append(Series(f"codebook ({kind} radii), {data.get('n_edits')} seq., radius-scale sweep ({path.stem})",
                                   [r["locality"] for r in rows], [r["rephrase_acc"] for r in rows],
-                                  [f"×{r['radius_scale']:g}" for r in rows]))
+                                  [f"×{r['radius_scale']:g}" for r in rows],
+                                  method="balancedit" if mode.startswith("balanced") else "grace"))
         return out
     knob = data.get("knob", "gate_shift")
     rows = [r for r in data.get("rows", []) if r.get(knob) is not None]
@@ -97,7 +103,7 @@ def sweep_series(path: Path) -> list[Series]:
     fmt = (lambda v: f"×{v:g}") if knob == "radius_scale" else (lambda v: f"{v:+g}")
     return [Series(f"{NAMES.get(method, method)}, {rows[0]['edits']} seq., {NAMES.get(knob, knob)} sweep ({path.stem})",
                    [r["locality"] for r in rows], [r["rephrase_acc"] for r in rows], [fmt(r[knob]) for r in rows],
-                   _greedy(rows), marker="P" if knob == "gate_shift" else "o")]
+                   _greedy(rows), marker="P" if knob == "gate_shift" else "o", method=method)]
 
 
 def point_series(path: Path, methods: set[str] | None = None, marker: str = "D") -> list[Series]:
@@ -111,9 +117,11 @@ def point_series(path: Path, methods: set[str] | None = None, marker: str = "D")
             continue
         if methods is not None and row["method"] not in methods:
             continue
-        m = "v" if "sequential" in row["setting"] else marker
+        seq = re.match(r"(?:after (\d+) of )?(\d+) sequential", row["setting"])
+        note = [f"{int(seq.group(1) or seq.group(2)):,}"] if seq else None
         out.append(Series(f"{NAMES.get(row['method'], row['method'])}, {row['setting']} ({path.stem})",
-                          [row["locality"]], [row["rephrase_acc"]], None, _greedy([row]), m))
+                          [row["locality"]], [row["rephrase_acc"]], note, _greedy([row]), "v" if seq else marker,
+                          row["method"]))
     return out
 
 
@@ -154,18 +162,21 @@ def draw(series: list[Series], out: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 7.5))
-    colors = plt.cm.tab20.colors
-    for k, s in enumerate(series):
-        color = colors[k % len(colors)]
+    palette = plt.cm.tab10.colors
+    methods = list(dict.fromkeys(s.method for s in series))  # one colour per method
+    for s in series:
+        color = METHOD_COLORS.get(s.method, palette[methods.index(s.method) % len(palette)])
         panels = [(axes[0], s.xs, s.ys)] + ([(axes[1], *s.greedy)] if s.greedy else [])
         for ax, xs, ys in panels:
-            if s.notes is not None:
+            if s.notes is not None and len(xs) > 1:
                 ax.plot(xs, ys, marker=s.marker, color=color, label=s.label if ax is axes[0] else None, markersize=4)
                 for note, x, y in zip(s.notes, xs, ys):
                     ax.annotate(note, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
             else:
                 ax.scatter(xs, ys, marker=s.marker, color=color, label=s.label if ax is axes[0] else None, s=40,
                            edgecolors="black", linewidths=0.4)
+                for note, x, y in zip(s.notes or [], xs, ys):  # a sequential point's number of edits
+                    ax.annotate(note, (x, y), textcoords="offset points", xytext=(-4, -10), fontsize=6, color=color)
     axes[0].set_xlabel("Locality: neighbourhood argmax tokens unchanged (teacher-forced)")
     axes[0].set_ylabel("Generality: rephrase_acc (EasyEdit, teacher-forced)")
     axes[0].set_title(f"{title}: teacher-forced")
