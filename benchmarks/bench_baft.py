@@ -6,7 +6,7 @@ in one run: ``loreft``, ``baft``, ``baft_ns`` (BaFT with a read-mode null space)
 combinations: ``balancedit_lowrank`` (a BalancEdit codebook whose values are LoReFT/BaFT-form
 low-rank updates of h, gated by the codebook's lookup) and ``balancedit_ns`` (a BalancEdit
 codebook whose values lie in the null space of preserved corpus states). Dev data:
-CounterFact (default) or zsRE (``--source``); model: ``--model``.
+CounterFact (default), zsRE, or every valid zsRE record (``--source zsre_all``); model: ``--model``.
 
 Settings (the targets of issue 4):
 
@@ -38,6 +38,11 @@ Usage::
     # run adds a row "after k of 10000 sequential" for each, scored on the first k requests
     python benchmarks/bench_baft.py --single 0 --sequential 10000 --methods baft --checkpoint-dir ckpt --milestones 1000,5000
 
+    # every valid zsRE record (eval then training split, about 1,930) edited in sequence:
+    python benchmarks/bench_baft.py --single 0 --sequential all --source zsre_all --methods baft --checkpoint-dir ckpt
+
+    # the whole benchmark matrix (models x data x settings x methods), resumable: benchmarks/matrix.py
+
     # single edits with --checkpoint-dir keep each edit's outcome and scores (ckpt/single_<method>_<config hash>/),
     # so an interrupted run, or a joint table of methods run in separate processes, reuses them:
     python benchmarks/bench_baft.py --single 200 --sequential 0 --methods baft --checkpoint-dir ckpt
@@ -63,9 +68,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import environment, latency_ratio, select_requests, set_threads, write_results  # noqa: E402
+from benchmarks.common import SOURCES, environment, latency_ratio, select_requests, set_threads, write_results  # noqa: E402
 
 PROTOCOLS = ["teacher_forced", "probability", "generation"]
+#: ``--sequential all``: every record of the source
+ALL = sys.maxsize
 METHODS = ["loreft", "baft", "baft_ns", "grace", "balancedit", "balancedit_lowrank", "balancedit_ns"]
 #: what ``--quick`` runs: the reference without scope, the two mechanisms and their combination
 QUICK_METHODS = ["loreft", "baft", "baft_ns", "grace", "balancedit"]
@@ -461,13 +468,27 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     return row, {"summary": summary, "latency": lat, "config": cfg_kwargs, **extra}
 
 
+def edit_count(value: str) -> int:
+    """An argparse type: a number of edits, or ``all`` (every record the source has)."""
+    if value == "all":
+        return ALL
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of edits or 'all', got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a number of edits must be >= 0, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     """bench_baft's command line (also read by probes that rebuild a run's config)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"4 single + 8 sequential edits per method, methods {','.join(QUICK_METHODS)} "
                    "unless --methods names others (minutes)")
     p.add_argument("--single", type=int, default=None, help="number of single edits (default 200; quick 4)")
-    p.add_argument("--sequential", type=int, default=None, help="number of sequential edits (default 1000; quick 8)")
+    p.add_argument("--sequential", type=edit_count, default=None,
+                   help="number of sequential edits, or 'all': every record of --source (default 1000; quick 8)")
     p.add_argument("--methods", default="all", help=f"comma list of {','.join(METHODS)} (default all: every one, with --quick "
                    f"{','.join(QUICK_METHODS)}; none: only score the "
                         "unedited model into --checkpoint-dir, e.g. while long runs still edit)")
@@ -549,7 +570,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"interleaved pairs of forwards per latency ratio (default {LATENCY_REPEATS}; 11 with --quick)")
     p.add_argument("--name", default=None, help="results file stem (default baft_quick / baft_full)")
     p.add_argument("--model", default="smollm2-135m", help="model alias, HF id or path (repedit.models.load)")
-    p.add_argument("--source", default="counterfact", help="dev data: counterfact or zsre")
+    p.add_argument("--source", default="counterfact", choices=SOURCES,
+                   help="dev data: counterfact, zsre, or zsre_all (every valid zsRE record, eval then training split)")
     return p
 
 
@@ -595,6 +617,7 @@ def main(argv=None) -> None:
     env = environment(model, args.model)
     n_all = max(n_single, n_seq)
     reqs, data = select_requests(n_all, seed=args.seed, offset=args.offset, source=args.source)
+    n_single, n_seq = min(n_single, len(reqs)), min(n_seq, len(reqs))  # 'all': as many as the source has
     if args.subject_locality > 0:
         data.update(subject_locality(args, reqs, model, tok, edited, env))
     log(f"loaded model and {len(reqs)} requests")

@@ -55,21 +55,42 @@ def set_threads(n: int = 1) -> None:
     torch.set_num_threads(n)
 
 
+#: zsRE's training-split records get case ids from here in ``source="zsre_all"`` (the eval
+#: file's record ids run below it), so every request of the joint set has its own id
+ZSRE_TRAIN_ID_BASE = 100_000
+SOURCES = ("counterfact", "zsre", "zsre_all")
+
+
 def select_requests(n: int, seed: int = 0, offset: int = 0, path: str | None = None, source: str = "counterfact"):
     """``n`` requests chosen deterministically (a seeded sample after ``offset``) from the dev data.
 
-    ``source``: ``"counterfact"`` (:func:`repedit.eval.data.load_counterfact`) or ``"zsre"``
+    ``source``: ``"counterfact"`` (:func:`repedit.eval.data.load_counterfact`), ``"zsre"``
     (:func:`repedit.eval.data.load_zsre`, EasyEdit's convention: edit toward ``alt``; records
-    with an empty ``alt`` are skipped). Returns (requests, data info dict).
+    with an empty ``alt`` are skipped) or ``"zsre_all"``: every valid zsRE record, the eval
+    file's (seeded order) then the training split's (``zsre_train_1k.json``, seeded order, case
+    ids from :data:`ZSRE_TRAIN_ID_BASE`). Returns (requests, data info dict).
     """
-    from repedit.eval.data import data_info, load_counterfact, load_zsre, to_requests
+    from dataclasses import replace
+
+    from repedit.eval.data import data_info, default_data_dir, load_counterfact, load_zsre, to_requests
 
     if source == "counterfact":
         ds = load_counterfact(path, limit=n, offset=offset, seed=seed)
     elif source == "zsre":
         ds = load_zsre(path, limit=n, offset=offset, seed=seed, skip_invalid=True)
+    elif source == "zsre_all":
+        if path is not None:
+            raise ValueError("source 'zsre_all' reads both zsRE files from the data folder; it takes no path")
+        ev = load_zsre(seed=seed, skip_invalid=True)
+        tr = load_zsre(default_data_dir() / "zsre" / "zsre_train_1k.json", seed=seed, skip_invalid=True)
+        both = to_requests(ev) + [replace(r, case_id=ZSRE_TRAIN_ID_BASE + int(r.case_id)) for r in to_requests(tr)]
+        info = {"source": "zsre_all", "zsre_target": data_info(ev).get("zsre_target"), "offset": offset, "limit": n,
+                "seed": seed, "files": [data_info(ev), data_info(tr)], "train_case_id_base": ZSRE_TRAIN_ID_BASE}
+        chosen = both[offset: offset + n]
+        info["rows"] = len(chosen)
+        return chosen, info
     else:
-        raise ValueError(f"unknown source {source!r} (counterfact or zsre)")
+        raise ValueError(f"unknown source {source!r} ({', '.join(SOURCES)})")
     return to_requests(ds), data_info(ds)
 
 

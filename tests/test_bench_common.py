@@ -204,3 +204,26 @@ def test_benchmarks_run_stops_its_jobs_when_interrupted(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run.run_jobs([("slow", [sys.executable, "-c", "import time; time.sleep(600)"])], jobs=1, log_dir=tmp_path)
     assert len(started) == 1 and started[0].poll() is not None  # terminated, not left running
+
+
+def test_zsre_all_is_every_valid_record_of_both_files_with_distinct_ids():
+    """source="zsre_all": the eval file's valid records, then the training split's, each with
+    its own case id (the training split's from ZSRE_TRAIN_ID_BASE); 'all' sequential edits take
+    them all."""
+    from benchmarks import bench_baft
+    from benchmarks.common import ZSRE_TRAIN_ID_BASE, select_requests
+    from repedit.eval.data import load_zsre, to_requests
+
+    reqs, info = select_requests(bench_baft.ALL, source="zsre_all")
+    n_eval = len(to_requests(load_zsre(skip_invalid=True)))
+    assert info["rows"] == len(reqs) > n_eval and len({r.case_id for r in reqs}) == len(reqs)
+    assert all(r.case_id < ZSRE_TRAIN_ID_BASE for r in reqs[:n_eval])
+    assert all(r.case_id >= ZSRE_TRAIN_ID_BASE for r in reqs[n_eval:])
+    assert [r.case_id for r in select_requests(3, source="zsre_all", offset=n_eval - 1)[0]] == \
+        [r.case_id for r in reqs[n_eval - 1:n_eval + 2]]
+    with pytest.raises(ValueError, match="zsre_all"):
+        select_requests(3, source="zsre_all", path="elsewhere.json")
+    args = bench_baft.build_parser().parse_args(["--sequential", "all", "--source", "zsre_all"])
+    assert args.sequential == bench_baft.ALL
+    with pytest.raises(SystemExit):
+        bench_baft.build_parser().parse_args(["--sequential", "many"])

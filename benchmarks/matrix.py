@@ -1,0 +1,231 @@
+"""The benchmark matrix (issue 21) as one resumable entry point.
+
+Every cell (model × data × setting) and method becomes ``bench_baft.py`` jobs over one
+checkpoint folder per model and data (``ROOT/<model>_<source>/``): the unedited model's
+scores once per cell, each sequential run edited (``--edit-only``, checkpointed every 50 edits)
+then scored, each single-edit run edited and scored edit by edit. A job that finishes leaves
+``ROOT/done/<job>.json``; a job that stops (the session ends, Ctrl-C) starts again where its
+checkpoint stopped the next time the same command runs. Jobs run ``--jobs`` at a time (one
+torch thread each), a job only once those it needs are done. Results:
+``benchmarks/results/matrix_<model>_<source>_<setting><N>_<method>.{json,md}``.
+
+Usage::
+
+    python -m benchmarks.matrix --root RUNS --list              # the plan and what is done
+    python -m benchmarks.matrix --root RUNS --jobs 2            # run (or resume) all of it
+    python -m benchmarks.matrix --root RUNS --only smollm2-135m_counterfact_seq1000 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+#: the methods of every cell (the reference without scope, both mechanisms, their combination)
+METHODS = ("loreft", "baft", "baft_ns", "grace", "balancedit")
+#: the two best methods, the only ones run to 10,000 edits (generality: BaFT; locality and
+#: reliability: the BalancEdit codebook; docs/results.md#which-method-for-my-case)
+LONG_METHODS = ("baft", "balancedit")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the matrix: ``n`` edits (``"all"``: every record) of ``source`` on ``model``."""
+
+    model: str
+    source: str
+    setting: str  # "single" or "seq"
+    n: int | str
+    methods: tuple[str, ...] = METHODS
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.source}_{self.setting}{self.n}"
+
+
+#: in the order they start: the long runs first, so the other core works through the rest beside them
+CELLS = (
+    Cell("smollm2-135m", "counterfact", "seq", 10000, LONG_METHODS),
+    Cell("smollm2-135m", "counterfact", "seq", 1000),
+    Cell("smollm2-135m", "counterfact", "single", 200),
+    Cell("smollm2-135m", "zsre", "single", 200),
+    Cell("smollm2-135m", "zsre_all", "seq", "all"),
+    Cell("gemma3-270m", "counterfact", "single", 200),
+    Cell("gemma3-270m", "counterfact", "seq", 1000),
+    Cell("gemma3-270m", "zsre", "single", 200),
+    Cell("gemma3-270m", "zsre", "seq", 1000),
+)
+#: what every job passes to bench_baft.py: the final cost (bf16 training), three latency repeats
+COMMON = ("--mixed-precision", "bf16", "--latency-repeats", "3")
+#: kept states of a 10,000-edit run, scored with it (the growth plot's points)
+MILESTONES = {10000: "100,1000,2000,5000"}
+
+
+@dataclass
+class Job:
+    """One ``bench_baft.py`` invocation; ``needs``: the names of jobs that must be done first."""
+
+    name: str
+    argv: list[str]
+    needs: list[str] = field(default_factory=list)
+
+
+def plan(root: Path, cells=CELLS, python: str = sys.executable) -> list[Job]:
+    """The jobs of every cell, in the order they may start.
+
+    Example::
+
+        [j.name for j in plan(Path("runs"), cells=CELLS[:1])][:2]
+        # ['smollm2-135m_counterfact_seq10000_pre', 'smollm2-135m_counterfact_seq10000_baft_edit']
+    """
+    jobs: list[Job] = []
+    for cell in cells:
+        ck = root / f"{cell.model}_{cell.source}"
+        base = [python, str(HERE / "bench_baft.py"), "--model", cell.model, "--source", cell.source,
+                "--checkpoint-dir", str(ck), *COMMON]
+        counts = (["--single", str(cell.n), "--sequential", "0"] if cell.setting == "single"
+                  else ["--single", "0", "--sequential", str(cell.n)])
+        pre = f"{cell.name}_pre"  # the unedited model scored once, in parts, for every method
+        jobs.append(Job(pre, [*base, *counts, "--methods", "none"]))
+        for method in cell.methods:
+            result = ["--methods", method, "--name", f"matrix_{cell.name}_{method}"]
+            if cell.setting == "single":
+                jobs.append(Job(f"{cell.name}_{method}", [*base, *counts, *result], [pre]))
+                continue
+            keep = ["--milestones", MILESTONES[cell.n]] if cell.n in MILESTONES else []
+            edit = f"{cell.name}_{method}_edit"
+            jobs.append(Job(edit, [*base, *counts, *result, *keep, "--checkpoint-every", "50", "--edit-only"]))
+            jobs.append(Job(f"{cell.name}_{method}", [*base, *counts, *result, *keep, "--checkpoint-every", "50"],
+                            [pre, edit]))
+    return jobs
+
+
+def select(jobs: list[Job], patterns: list[str]) -> list[Job]:
+    """The jobs matching any of ``patterns`` (a job's name, a cell's name for all its jobs, or an
+    fnmatch glob), with the jobs they need."""
+    if not patterns:
+        return jobs
+    by_name = {j.name: j for j in jobs}
+    keep: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in keep:
+            keep.add(name)
+            for need in by_name[name].needs:
+                add(need)
+
+    for pat in patterns:
+        if any(c in pat for c in "*?["):
+            hits = [j.name for j in jobs if fnmatch.fnmatch(j.name, pat)]
+        else:  # a job's name, else a cell's name (all its jobs)
+            hits = [pat] if pat in by_name else [j.name for j in jobs if j.name.startswith(pat + "_")]
+        if not hits:
+            raise SystemExit(f"--only {pat!r} matches no job; --list shows them")
+        for name in hits:
+            add(name)
+    return [j for j in jobs if j.name in keep]
+
+
+def done_path(root: Path, job: Job) -> Path:
+    return root / "done" / f"{job.name}.json"
+
+
+def is_done(root: Path, job: Job) -> bool:
+    """A job is done when its marker holds the same command (a changed plan runs it again)."""
+    path = done_path(root, job)
+    return path.is_file() and json.loads(path.read_text()).get("argv") == job.argv[1:]
+
+
+def run(jobs: list[Job], root: Path, n_jobs: int, poll_s: float = 1.0, log=print) -> dict[str, str]:
+    """Run the jobs not yet done, ``n_jobs`` at a time, each once every job it needs is done;
+    a failed job's dependents are skipped. Returns ``{job: "done" | "failed" | "skipped"}``
+    for the jobs this call ran or skipped; an interrupt terminates the running jobs."""
+    if n_jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {n_jobs}")
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    (root / "done").mkdir(parents=True, exist_ok=True)
+    finished = {j.name for j in jobs if is_done(root, j)}
+    pending = [j for j in jobs if j.name not in finished]
+    status: dict[str, str] = {}
+    running: dict[str, tuple] = {}
+    try:
+        while pending or running:
+            for job in list(pending):
+                if any(status.get(n) in ("failed", "skipped") for n in job.needs):
+                    status[job.name] = "skipped"
+                    pending.remove(job)
+                    log(f"{job.name}: skipped (a job it needs failed)")
+            ready = [j for j in pending if all(n in finished for n in j.needs)]
+            while ready and len(running) < n_jobs:
+                job = ready.pop(0)
+                pending.remove(job)
+                out = (root / "logs" / f"{job.name}.log").open("a")
+                out.write(f"\n$ {' '.join(job.argv)}\n")
+                out.flush()
+                env = dict(os.environ, OMP_NUM_THREADS="1")
+                proc = subprocess.Popen(job.argv, cwd=HERE.parent, stdout=out, stderr=subprocess.STDOUT, env=env)
+                running[job.name] = (proc, out, time.time(), job)
+                log(f"{job.name}: started (log {out.name})")
+            if not running:
+                break  # nothing runs and nothing can start: the rest waits on failed jobs
+            time.sleep(poll_s)
+            for name, (proc, out, t0, job) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                out.close()
+                del running[name]
+                seconds = time.time() - t0
+                if proc.returncode == 0:
+                    marker = {"argv": job.argv[1:], "seconds": round(seconds, 1),
+                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                    tmp = done_path(root, job).with_suffix(".tmp")
+                    tmp.write_text(json.dumps(marker, indent=1))
+                    os.replace(tmp, done_path(root, job))
+                    finished.add(name)
+                    status[name] = "done"
+                    log(f"{name}: done in {seconds:.0f} s")
+                else:
+                    status[name] = "failed"
+                    log(f"{name}: FAILED (exit {proc.returncode}) after {seconds:.0f} s; see {out.name}")
+        for job in pending:
+            status.setdefault(job.name, "skipped")
+    finally:
+        for proc, out, _, _ in running.values():
+            proc.terminate()
+            proc.wait()
+            out.close()
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", required=True, help="folder of the checkpoints, logs and done markers (kept across sessions)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="jobs at once (default: the cores, at most 2)")
+    p.add_argument("--only", action="append", default=[], help="a job's or a cell's name, or a glob (repeatable)")
+    p.add_argument("--list", action="store_true", help="print the jobs, their state and commands, and exit")
+    args = p.parse_args(argv)
+    root = Path(args.root).resolve()
+    jobs = select(plan(root), args.only)
+    if args.list:
+        for job in jobs:
+            state = "done" if is_done(root, job) else ("ready" if all(is_done(root, j) for j in jobs if j.name in job.needs)
+                                                       else "waits")
+            print(f"{state:5}  {job.name}\n       {' '.join(job.argv[1:])}")
+        return 0
+    status = run(jobs, root, args.jobs, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+    failed = sorted(n for n, s in status.items() if s != "done")
+    print(f"{sum(s == 'done' for s in status.values())} jobs done, {len(failed)} not: {', '.join(failed) or '-'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""benchmarks/matrix.py: the plan covers issue 21's cells with commands bench_baft accepts; the
+runner keeps the order jobs need, skips what is done, reruns a changed command, and skips the
+dependents of a failed job."""
+
+import json
+import sys
+
+import pytest
+
+from benchmarks import bench_baft, matrix
+
+
+def test_plan_covers_every_cell_with_commands_bench_baft_accepts(tmp_path):
+    jobs = matrix.plan(tmp_path)
+    names = [j.name for j in jobs]
+    assert len(names) == len(set(names))
+    by_name = {j.name: j for j in jobs}
+    for job in jobs:
+        assert all(n in by_name and names.index(n) < names.index(job.name) for n in job.needs)
+        args = bench_baft.build_parser().parse_args(job.argv[2:])  # argv: python, script, args
+        assert args.mixed_precision == "bf16" and args.checkpoint_dir.startswith(str(tmp_path))
+    for cell in matrix.CELLS:
+        scored = [n for n in names if n.startswith(cell.name + "_") and not n.endswith(("_pre", "_edit"))]
+        assert scored == [f"{cell.name}_{m}" for m in cell.methods]
+    long = by_name["smollm2-135m_counterfact_seq10000_baft"]
+    assert "--milestones" in long.argv and set(long.needs) == {"smollm2-135m_counterfact_seq10000_pre",
+                                                                 "smollm2-135m_counterfact_seq10000_baft_edit"}
+    assert not any(n.startswith("smollm2-135m_counterfact_seq10000_loreft") for n in names)
+    zsre_all = bench_baft.build_parser().parse_args(by_name["smollm2-135m_zsre_all_seqall_baft_edit"].argv[2:])
+    assert zsre_all.sequential == bench_baft.ALL and zsre_all.edit_only and zsre_all.source == "zsre_all"
+    single = bench_baft.build_parser().parse_args(by_name["gemma3-270m_zsre_single200_grace"].argv[2:])
+    assert (single.single, single.sequential, single.model, single.methods) == (200, 0, "gemma3-270m", "grace")
+    picked = [j.name for j in matrix.select(jobs, ["gemma3-270m_zsre_seq1000_baft"])]
+    assert picked == ["gemma3-270m_zsre_seq1000_pre", "gemma3-270m_zsre_seq1000_baft_edit", "gemma3-270m_zsre_seq1000_baft"]
+    with pytest.raises(SystemExit, match="matches no job"):
+        matrix.select(jobs, ["nothing_like_this"])
+
+
+def _job(name, code, needs=()):
+    return matrix.Job(name, [sys.executable, "-c", code], list(needs))
+
+
+def test_runner_orders_resumes_and_skips_after_a_failure(tmp_path):
+    trace = tmp_path / "trace.txt"
+    w = lambda tag: f"open({str(trace)!r}, 'a').write({tag!r} + '\\n')"  # noqa: E731
+    jobs = [_job("a", w("a")), _job("b", w("b"), ["a"]), _job("c", w("c") + "; raise SystemExit(3)"),
+            _job("d", w("d"), ["c"]), _job("e", w("e"), ["b", "a"])]
+    status = matrix.run(jobs, tmp_path, n_jobs=2, poll_s=0.05, log=lambda m: None)
+    assert status == {"a": "done", "b": "done", "c": "failed", "d": "skipped", "e": "done"}
+    order = trace.read_text().split()
+    assert sorted(order) == ["a", "b", "c", "e"] and order.index("a") < order.index("b") < order.index("e")
+    assert json.loads((tmp_path / "done" / "a.json").read_text())["argv"] == jobs[0].argv[1:]
+    assert not (tmp_path / "done" / "c.json").exists() and "SystemExit" in (tmp_path / "logs" / "c.log").read_text()
+    trace.write_text("")
+    jobs[2] = _job("c", w("c"))  # fixed: only c and what needs it run again
+    jobs[4] = _job("e", w("e2"), ["b", "a"])  # a changed command is not done
+    status = matrix.run(jobs, tmp_path, n_jobs=1, poll_s=0.05, log=lambda m: None)
+    assert status == {"c": "done", "d": "done", "e": "done"}
+    assert trace.read_text().split() == ["c", "d", "e2"]
+    with pytest.raises(ValueError):
+        matrix.run(jobs, tmp_path, n_jobs=0)
+
+
+def test_list_prints_each_jobs_state(tmp_path, capsys):
+    assert matrix.main(["--root", str(tmp_path), "--list", "--only", "smollm2-135m_counterfact_single200_baft"]) == 0
+    out = capsys.readouterr().out
+    assert "ready  smollm2-135m_counterfact_single200_pre" in out and "waits  smollm2-135m_counterfact_single200_baft" in out
