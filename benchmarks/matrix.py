@@ -22,13 +22,15 @@ import argparse
 import fnmatch
 import json
 import os
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from benchmarks.jobs import Job, run_jobs  # noqa: E402
 
 #: the methods of every cell (the reference without scope, both mechanisms, their combination)
 METHODS = ("loreft", "baft", "baft_ns", "grace", "balancedit")
@@ -68,15 +70,6 @@ CELLS = (
 COMMON = ("--mixed-precision", "bf16", "--latency-repeats", "3")
 #: kept states of a 10,000-edit run, scored with it (the growth plot's points)
 MILESTONES = {10000: "100,1000,2000,5000"}
-
-
-@dataclass
-class Job:
-    """One ``bench_baft.py`` invocation; ``needs``: the names of jobs that must be done first."""
-
-    name: str
-    argv: list[str]
-    needs: list[str] = field(default_factory=list)
 
 
 def plan(root: Path, cells=CELLS, python: str = sys.executable) -> list[Job]:
@@ -146,64 +139,22 @@ def is_done(root: Path, job: Job) -> bool:
 
 
 def run(jobs: list[Job], root: Path, n_jobs: int, poll_s: float = 1.0, log=print) -> dict[str, str]:
-    """Run the jobs not yet done, ``n_jobs`` at a time, each once every job it needs is done;
-    a failed job's dependents are skipped. Returns ``{job: "done" | "failed" | "skipped"}``
-    for the jobs this call ran or skipped; an interrupt terminates the running jobs."""
-    if n_jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {n_jobs}")
-    (root / "logs").mkdir(parents=True, exist_ok=True)
+    """Run the jobs not yet done, ``n_jobs`` at a time, each once every job it needs is done
+    (:func:`benchmarks.jobs.run_jobs`; logs appended to ``root/logs/<job>.log``), and mark each
+    one that succeeds in ``root/done/``. Returns ``{job: "done" | "failed" | "skipped"}`` for
+    the jobs this call ran or skipped."""
     (root / "done").mkdir(parents=True, exist_ok=True)
     finished = {j.name for j in jobs if is_done(root, j)}
-    pending = [j for j in jobs if j.name not in finished]
-    status: dict[str, str] = {}
-    running: dict[str, tuple] = {}
-    try:
-        while pending or running:
-            for job in list(pending):
-                if any(status.get(n) in ("failed", "skipped") for n in job.needs):
-                    status[job.name] = "skipped"
-                    pending.remove(job)
-                    log(f"{job.name}: skipped (a job it needs failed)")
-            ready = [j for j in pending if all(n in finished for n in j.needs)]
-            while ready and len(running) < n_jobs:
-                job = ready.pop(0)
-                pending.remove(job)
-                out = (root / "logs" / f"{job.name}.log").open("a")
-                out.write(f"\n$ {' '.join(job.argv)}\n")
-                out.flush()
-                env = dict(os.environ, OMP_NUM_THREADS="1")
-                proc = subprocess.Popen(job.argv, cwd=HERE.parent, stdout=out, stderr=subprocess.STDOUT, env=env)
-                running[job.name] = (proc, out, time.time(), job)
-                log(f"{job.name}: started (log {out.name})")
-            if not running:
-                break  # nothing runs and nothing can start: the rest waits on failed jobs
-            time.sleep(poll_s)
-            for name, (proc, out, t0, job) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                out.close()
-                del running[name]
-                seconds = time.time() - t0
-                if proc.returncode == 0:
-                    marker = {"argv": job.argv[1:], "seconds": round(seconds, 1),
-                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-                    tmp = done_path(root, job).with_suffix(".tmp")
-                    tmp.write_text(json.dumps(marker, indent=1))
-                    os.replace(tmp, done_path(root, job))
-                    finished.add(name)
-                    status[name] = "done"
-                    log(f"{name}: done in {seconds:.0f} s")
-                else:
-                    status[name] = "failed"
-                    log(f"{name}: FAILED (exit {proc.returncode}) after {seconds:.0f} s; see {out.name}")
-        for job in pending:
-            status.setdefault(job.name, "skipped")
-    finally:
-        for proc, out, _, _ in running.values():
-            proc.terminate()
-            proc.wait()
-            out.close()
-    return status
+
+    def mark(job: Job, seconds: float) -> None:
+        marker = {"argv": job.argv[1:], "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = done_path(root, job).with_suffix(".tmp")
+        tmp.write_text(json.dumps(marker, indent=1))
+        os.replace(tmp, done_path(root, job))
+
+    out = run_jobs([j for j in jobs if j.name not in finished], n_jobs, root / "logs", poll_s=poll_s, log=log,
+                   finished=finished, append=True, on_success=mark)
+    return {name: r["status"] for name, r in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import RESULTS_DIR, environment, set_threads, write_results  # noqa: E402
+from benchmarks.jobs import Job  # noqa: E402
+from benchmarks.jobs import run_jobs as _run  # noqa: E402
 
 #: longest first, so that with several jobs the short ones fill in beside it
 BENCHMARKS = ("baft", "codebook", "eval_speed", "growth")
@@ -35,43 +37,15 @@ BENCHMARKS = ("baft", "codebook", "eval_speed", "growth")
 
 def run_jobs(commands: list[tuple[str, list[str]]], jobs: int, log_dir: Path, poll_s: float = 0.5) -> dict[str, dict]:
     """Run ``(name, argv)`` commands, at most ``jobs`` at once, each one's stdout and stderr
-    into ``log_dir/<name>.log``; return ``{name: {"returncode", "seconds", "log"}}``.
+    into ``log_dir/<name>.log``; return ``{name: {"returncode", "seconds", "log", "status"}}``
+    (:func:`benchmarks.jobs.run_jobs`).
 
     Example::
 
         run_jobs([("a", ["python", "-c", "print(1)"])], jobs=2, log_dir=Path("/tmp"))
     """
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    log_dir.mkdir(parents=True, exist_ok=True)
-    pending, running, done = list(commands), {}, {}
-    try:
-        while pending or running:
-            while pending and len(running) < jobs:
-                name, cmd = pending.pop(0)
-                log_path = log_dir / f"{name}.log"
-                log = log_path.open("w")
-                print("$", " ".join(cmd), f"  > {log_path}", flush=True)
-                proc = subprocess.Popen(cmd, cwd=HERE.parent, stdout=log, stderr=subprocess.STDOUT)
-                running[name] = (proc, time.perf_counter(), log, log_path)
-            time.sleep(poll_s)
-            for name, (proc, t0, log, log_path) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                seconds = time.perf_counter() - t0
-                done[name] = {"returncode": proc.returncode, "seconds": round(seconds, 1), "log": str(log_path)}
-                del running[name]
-                status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}); last lines of {log_path}:"
-                print(f"{name}: {status} in {seconds:.0f} s", flush=True)
-                if proc.returncode != 0:
-                    print("".join(log_path.read_text(errors="replace").splitlines(keepends=True)[-20:]), file=sys.stderr)
-    finally:  # interrupted (Ctrl-C): no benchmark keeps running behind the user's back
-        for proc, _, log, _ in running.values():
-            proc.terminate()
-            proc.wait()
-            log.close()
-    return done
+    return _run([Job(name, cmd) for name, cmd in commands], jobs, log_dir, poll_s=poll_s,
+                log=lambda msg: print(msg, flush=True))
 
 
 def build_commands(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
