@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import fcntl
 import fnmatch
 import json
 import os
@@ -83,7 +84,8 @@ def plan(root: Path, cells=CELLS, python: str = sys.executable) -> list[Job]:
     jobs: list[Job] = []
     for cell in cells:
         ck = root / f"{cell.model}_{cell.source}"
-        base = [python, str(HERE / "bench_baft.py"), "--model", cell.model, "--source", cell.source,
+        # the script relative to the repository root (where jobs run), so a moved clone keeps its done markers
+        base = [python, "benchmarks/bench_baft.py", "--model", cell.model, "--source", cell.source,
                 "--checkpoint-dir", str(ck), *COMMON]
         counts = (["--single", str(cell.n), "--sequential", "0"] if cell.setting == "single"
                   else ["--single", "0", "--sequential", str(cell.n)])
@@ -172,6 +174,12 @@ def main(argv: list[str] | None = None) -> int:
                                                        else "waits")
             print(f"{state:5}  {job.name}\n       {' '.join(job.argv[1:])}")
         return 0
+    root.mkdir(parents=True, exist_ok=True)
+    lock = (root / "matrix.lock").open("a")
+    try:  # one runner per root: two would run the same checkpoints at once
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another benchmarks.matrix is running on {root}") from None
     status = run(jobs, root, args.jobs, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
     failed = sorted(n for n, s in status.items() if s != "done")
     print(f"{sum(s == 'done' for s in status.values())} jobs done, {len(failed)} not: {', '.join(failed) or '-'}")

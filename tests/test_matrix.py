@@ -65,3 +65,14 @@ def test_list_prints_each_jobs_state(tmp_path, capsys):
     assert matrix.main(["--root", str(tmp_path), "--list", "--only", "smollm2-135m_counterfact_single200_baft"]) == 0
     out = capsys.readouterr().out
     assert "ready  smollm2-135m_counterfact_single200_pre" in out and "waits  smollm2-135m_counterfact_single200_baft" in out
+
+
+def test_one_runner_per_root(tmp_path, monkeypatch):
+    import fcntl
+
+    monkeypatch.setattr(matrix, "run", lambda *a, **k: pytest.fail("a second runner must not run jobs"))
+    with open(tmp_path / "matrix.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running matrix holds it
+        with pytest.raises(SystemExit, match="another benchmarks.matrix"):
+            matrix.main(["--root", str(tmp_path), "--only", "gemma3-270m_zsre_seq1000_pre", "--jobs", "1"])
+        assert matrix.main(["--root", str(tmp_path), "--list"]) == 0  # listing needs no lock
