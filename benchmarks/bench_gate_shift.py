@@ -29,6 +29,7 @@ as saved: an interim score of any method's unfinished sequential run (copy its s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -117,10 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep = values != [None]
     for value in values:  # None: as saved
         t = time.perf_counter()
-        if sweep:
-            with knob_setting(edited, args.knob, value):
-                posts = evaluate_requests(model, tok, reqs, protocols=protocols, pre=pre)
-        else:
+        with knob_setting(edited, args.knob, value) if sweep else contextlib.nullcontext():
             posts = evaluate_requests(model, tok, reqs, protocols=protocols, pre=pre)
         row = {"knob": args.knob, args.knob: value, "edits": done, "scored": len(reqs),
                **{k: v for k, v in flat(summarize(build_case_records(reqs, pre, posts))).items() if v is not None},

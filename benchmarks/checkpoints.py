@@ -37,7 +37,11 @@ def cached(root: str | os.PathLike, name: str, identity: dict[str, Any], compute
     found, value = lookup(root, name, identity)
     if found:
         return value
-    value = compute()
+    return _store(root, name, identity, compute())
+
+
+def _store(root: str | os.PathLike, name: str, identity: dict[str, Any], value: Any) -> Any:
+    """Write ``value`` with its ``identity`` to ``root/<name>.json`` atomically; return it."""
     path = Path(root) / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
@@ -71,15 +75,19 @@ def cached_in_chunks(root: str | os.PathLike, name: str, identity: dict[str, Any
     values: list = []
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
-        if progress is not None and not lookup(parts, f"{lo:07d}", dict(identity, part=[lo, hi]))[0]:
-            progress(f"{name}: scoring records {lo}..{hi - 1} of {n}")
-        part = cached(parts, f"{lo:07d}", dict(identity, part=[lo, hi]), lambda: list(compute(lo, hi)))
-        if len(part) != hi - lo:
-            raise ValueError(f"{name}: part {lo}..{hi - 1} holds {len(part)} values, not {hi - lo}")
+        key, ident = f"{lo:07d}", dict(identity, part=[lo, hi])
+        found, part = lookup(parts, key, ident)
+        if not found:
+            if progress is not None:
+                progress(f"{name}: scoring records {lo}..{hi - 1} of {n}")
+            part = list(compute(lo, hi))
+            if len(part) != hi - lo:
+                raise ValueError(f"{name}: part {lo}..{hi - 1} holds {len(part)} values, not {hi - lo}")
+            _store(parts, key, ident, part)
         values.extend(part)
-    value = cached(root, name, identity, lambda: values)
+    _store(root, name, identity, values)
     shutil.rmtree(parts, ignore_errors=True)  # joined: the parts are no longer needed
-    return value
+    return values
 
 
 def _normal(identity: dict[str, Any]) -> Any:
