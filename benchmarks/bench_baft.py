@@ -68,7 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import SOURCES, environment, latency_ratio, select_requests, set_threads, write_results  # noqa: E402
+from benchmarks.common import (SOURCES, environment, forward_backward_seconds, latency_ratio,  # noqa: E402
+                               peak_memory_mib, select_requests, set_threads, write_results)
 
 PROTOCOLS = ["teacher_forced", "probability", "generation"]
 #: ``--sequential all``: every record of the source
@@ -454,6 +455,10 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
         editor.reset()
         if shard is not None:  # a share of the edits is kept in checkpoint_dir; the plain run scores them all
             return None, None
+    # the cost columns: one forward+backward over an edit's training batch (the machine-independent
+    # unit of bench_cost.py), the process's peak memory, the saved adapter per edit
+    fwd_bwd = forward_backward_seconds(editor, reqs[0], repeats=3)
+    editor.reset()  # the timing built the editor's (empty) attachment again
     summary = summarize(build_case_records(reqs, pre, posts))
     row = {"method": name, "setting": f"{len(reqs)} {'sequential' if sequential else 'single'}", **flat(summary)}
     row["success_rate"] = sum(o.success for o in outcomes) / len(outcomes)
@@ -463,8 +468,12 @@ def run_setting(name, cfg_kwargs, reqs, pre, model, tok, edited, sequential, log
     row["latency_min"] = lat["min_ratio"] if lat else None
     row["hook_share"] = lat["hook_share"] if lat else None
     row["latency_aa"] = lat["aa_ratio"] if lat else None
+    row["fwd_bwd_s"] = fwd_bwd
+    row["edit_over_fwd_bwd"] = row["s_per_edit"] / fwd_bwd
+    row["peak_mib"] = peak_memory_mib(str(editor.device))
     if "adapter_bytes" in extra:  # a sequential run's saved checkpoint
         row["adapter_bytes"] = extra["adapter_bytes"]
+        row["bytes_per_edit"] = extra["adapter_bytes"] / len(reqs)
     return row, {"summary": summary, "latency": lat, "config": cfg_kwargs, **extra}
 
 
@@ -674,8 +683,8 @@ def main(argv=None) -> None:
                 "method", "setting", "rewrite_acc", "rephrase_acc", "locality", "subject_loc", "gen_rephrase_prefix",
                 "gen_rephrase", "gen_rewrite", "gen_loc_agree", "gen_subject_agree", "efficacy", "paraphrase",
                 "neighborhood", "success_rate", "mean_steps",
-                "s_per_edit", "latency_ratio", "latency_min", "latency_aa", "hook_share"]
-                + (["adapter_bytes"] if any("adapter_bytes" in r for r in rows) else []),
+                "s_per_edit", "edit_over_fwd_bwd", "peak_mib", "latency_ratio", "latency_min", "latency_aa", "hook_share"]
+                + (["adapter_bytes", "bytes_per_edit"] if any("adapter_bytes" in r for r in rows) else []),
                 notes=("rewrite_acc/rephrase_acc: EasyEdit teacher-forced token accuracy (the headline); "
                        "locality: EasyEdit argmax agreement with the unedited model on neighbourhood prompts; "
                        "subject_loc: the same agreement on the edited subject asked about other relations; "
@@ -686,7 +695,10 @@ def main(argv=None) -> None:
                        f"Latency ratio: edited/unedited forward, 16 prompts, median of {latency_repeats} interleaved repeats "
                        "(latency_min: ratio of the fastest runs; latency_aa: the same measurement of the unedited model "
                        "against itself, the run's noise floor; hook_share: time inside the edit's hooks over the "
-                       "unedited forward time); adapter_bytes: the saved adapter of a checkpointed sequential run; "
+                       "unedited forward time); edit_over_fwd_bwd: s_per_edit over one forward+backward of the model over an "
+                       "edit's training batch (fwd_bwd_s; the machine-independent cost of bench_cost.py); peak_mib: the "
+                       "process's peak resident memory (CUDA: the allocator's peak) over the whole run, scoring included; "
+                       "adapter_bytes: the saved adapter of a checkpointed sequential run (bytes_per_edit: over its edits); "
                        "'after k of N sequential': the run's state after its first k edits, scored on those k "
                        "requests (--milestones)."))
     log("done")

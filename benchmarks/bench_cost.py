@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from benchmarks.common import environment, select_requests, set_threads, write_results  # noqa: E402
+from benchmarks.common import (environment, forward_backward_seconds, select_requests, set_threads,  # noqa: E402
+                               write_results)
 
 PHASES = ("setup", "prepare", "gate_fit", "train", "verify", "other")
 
@@ -94,34 +95,6 @@ def instrument(clock: PhaseClock) -> None:
     for phase, places in timed.items():
         for owner, attr in places:
             clock.wrap(owner, attr, phase)
-
-
-def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
-    """Median time of one forward+backward over ``request``'s training batch, with a trainable
-    LoReFT at the editor's site (the gradient flows from the logits down to the site)."""
-    from repedit.editing import target_positions
-    from repedit.positions import encode
-
-    edited, cfg = editor.edited, editor.config
-    prompts, owners = editor.training_prompts([request], [0])
-    batch = encode(editor.tokenizer, prompts, [" " + request.target_new] * len(prompts),
-                   [request.subject] * len(prompts)).to(editor.device)
-    layer = editor.default_layers()[0]
-    probe = edited.add("cost_probe", "loreft", layer=layer, positions=cfg.positions, config={"rank": 2})
-    probe.train()
-    positions, target, valid = target_positions(batch.labels)
-    times = []
-    try:
-        for _ in range(repeats + 1):
-            t0 = time.perf_counter()
-            with batch.info():
-                out = edited.model(**batch.model_inputs(), logits_to_keep=positions)
-            loss = torch.nn.functional.cross_entropy(out.logits[valid].float(), target[valid])
-            loss.backward()
-            times.append(time.perf_counter() - t0)
-    finally:
-        edited.remove("cost_probe")
-    return statistics.median(times[1:])
 
 
 def switch_ab(model, tok, reqs, method: str, switch: str) -> dict:

@@ -40,6 +40,8 @@ __all__ = [
     "Timer",
     "median_time",
     "latency_ratio",
+    "forward_backward_seconds",
+    "peak_memory_mib",
     "environment",
     "command_line",
     "markdown_table",
@@ -233,6 +235,49 @@ def latency_ratio(run_edited: Callable[[], Any], run_base: Callable[[], Any], re
     mb, me = statistics.median(base), statistics.median(edited)
     return {"base_s": mb, "edited_s": me, "ratio": me / mb, "median_pair_ratio": statistics.median(ratios),
             "min_ratio": min(edited) / min(base), "repeats": repeats}
+
+
+def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
+    """Median time of one forward+backward over ``request``'s training batch, with a trainable
+    LoReFT at the editor's site (the gradient flows from the logits down to the site)."""
+    import torch
+
+    from repedit.editing import target_positions
+    from repedit.positions import encode
+
+    edited, cfg = editor.edited, editor.config
+    prompts, owners = editor.training_prompts([request], [0])
+    batch = encode(editor.tokenizer, prompts, [" " + request.target_new] * len(prompts),
+                   [request.subject] * len(prompts)).to(editor.device)
+    layer = editor.default_layers()[0]
+    probe = edited.add("cost_probe", "loreft", layer=layer, positions=cfg.positions, config={"rank": 2})
+    probe.train()
+    positions, target, valid = target_positions(batch.labels)
+    times = []
+    try:
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            with batch.info():
+                out = edited.model(**batch.model_inputs(), logits_to_keep=positions)
+            loss = torch.nn.functional.cross_entropy(out.logits[valid].float(), target[valid])
+            loss.backward()
+            times.append(time.perf_counter() - t0)
+    finally:
+        edited.remove("cost_probe")
+    return statistics.median(times[1:])
+
+
+def peak_memory_mib(device: str = "cpu") -> float:
+    """The process's peak memory so far in MiB: the CUDA allocator's peak on ``"cuda"``, else the
+    peak resident set size (Linux ``ru_maxrss``; the model, the edits and the scoring together)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
 
 
 def command_line() -> str:

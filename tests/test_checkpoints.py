@@ -146,6 +146,11 @@ def test_bench_baft_scores_a_finished_checkpoint_once(tmp_path, tok, monkeypatch
 
     first = run(CFG)
     assert len(calls) == 1 and (tmp_path / "post_baft_seq3.json").is_file()
+    # the cost columns beside every table
+    assert first["fwd_bwd_s"] > 0 and first["edit_over_fwd_bwd"] == pytest.approx(first["s_per_edit"] / first["fwd_bwd_s"])
+    assert first["peak_mib"] > 50  # the process's resident peak: torch alone is more
+    assert first["adapter_bytes"] > 0 and first["bytes_per_edit"] == pytest.approx(first["adapter_bytes"] / 3)
+    assert not edited.attachments()  # neither the timing probe nor an empty attachment is left
     again = run(CFG)  # restored from the finished checkpoint: scores reused
     assert len(calls) == 1
     assert {k: again[k] for k in ("efficacy", "rewrite_acc", "locality")} == \
@@ -247,6 +252,8 @@ def test_bench_baft_single_edits_resume_from_their_cache(tmp_path, tok, monkeypa
     keys = ("efficacy", "paraphrase", "locality", "rewrite_acc", "success_rate", "mean_steps", "s_per_edit")
     assert {k: again[k] for k in keys} == {k: first[k] for k in keys}
     assert part["s_per_edit"] * 2 < first["s_per_edit"] * 3
+    assert first["edit_over_fwd_bwd"] == pytest.approx(first["s_per_edit"] / first["fwd_bwd_s"])
+    assert "bytes_per_edit" not in first  # single edits keep no adapter
     run(dict(CFG, lr=1e-2))
     assert len(edits) == 7  # another config: every edit anew
     assert len(list(tmp_path.glob("single_baft_*/*.json"))) == 6

@@ -76,3 +76,49 @@ def test_one_runner_per_root(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match="another benchmarks.matrix"):
             matrix.main(["--root", str(tmp_path), "--only", "gemma3-270m_zsre_seq1000_pre", "--jobs", "1"])
         assert matrix.main(["--root", str(tmp_path), "--list"]) == 0  # listing needs no lock
+
+
+def _result(path, rows, commit="abc1234567890"):
+    path.write_text(json.dumps({"rows": rows, "command": "python benchmarks/bench_baft.py ...",
+                                "environment": {"git_commit": commit}}))
+
+
+def test_report_gathers_each_cells_rows_growth_missing_methods_and_peers(tmp_path):
+    """matrix_report puts each method's final row under its cell (the unedited row once), the
+    milestone rows and the final one in the growth table, lists what has no result (an
+    interrupted file too), and sets the peers beside the SmolLM2 CounterFact cells only, by mode."""
+    from benchmarks import matrix_report
+
+    unedited = {"method": "unedited", "setting": "–", "rewrite_acc": 0.05}
+    row = lambda m, s, acc, **k: {"method": m, "setting": s, "rewrite_acc": acc, "rephrase_acc": 0.4,  # noqa: E731
+                                  "locality": 0.9, "s_per_edit": 3.0, **k}
+    _result(tmp_path / "matrix_smollm2-135m_counterfact_seq10000_baft.json",
+            [unedited, row("baft", "after 100 of 10000 sequential", 1.0, adapter_bytes=100),
+             row("baft", "after 1000 of 10000 sequential", 0.99, adapter_bytes=1000),
+             row("baft", "10000 sequential", 0.9123, adapter_bytes=10000, bytes_per_edit=1.0)])
+    _result(tmp_path / "matrix_smollm2-135m_counterfact_single200_grace.json",
+            [unedited, row("grace", "200 single", 0.75)])
+    _result(tmp_path / "matrix_smollm2-135m_zsre_single200_baft.json", [unedited])  # interrupted: no final row
+    _result(tmp_path / "peers_single20.json", [unedited, row("rome", "20 single", 0.95)])
+    peers = tmp_path / "peers.md"
+    peers.write_text("# peers\n\ntext\n\n| method | mode | reliability |\n|---|---|---|\n| unedited | – | 0.085 |\n"
+                     "| ROME | single | 1.00 |\n| ROME | 50 sequential | 0.80 |\n\nafter\n")
+    payload, body = matrix_report.build(tmp_path, peers)
+    cells = {c["cell"]: c for c in payload["cells"]}
+    long = cells["smollm2-135m_counterfact_seq10000"]
+    assert [r["method"] for r in long["rows"]] == ["baft"] and long["missing"] == ["balancedit"]
+    assert [g["edits"] for g in long["growth"]] == [100, 1000, 10000]
+    assert long["unedited"]["rewrite_acc"] == 0.05 and long["rows"][0]["git"] == "abc1234567"
+    assert cells["smollm2-135m_zsre_single200"]["missing"] == list(matrix.METHODS)
+    assert "| 0.912 |" in body and "| 0.750 |" in body
+    sections = body.split("## ")
+    single = next(s for s in sections if s.startswith("SmolLM2-135M, CounterFact: 200 single"))
+    assert "| ROME | single | 1.00 |" in single and "50 sequential" not in single
+    assert "EasyEdit rome (20 single)" in single and "Not run yet: loreft, baft, baft_ns, balancedit" in single
+    seq = next(s for s in sections if s.startswith("SmolLM2-135M, CounterFact: 10,000 sequential"))
+    assert "| ROME | 50 sequential | 0.80 |" in seq and "Growth" in seq and "| 10,000 |" in seq
+    gemma = next(s for s in sections if s.startswith("Gemma 3 270M, zsRE: 1,000 sequential"))
+    assert "EasyEdit" not in gemma and "Not run yet" in gemma
+    assert matrix_report.main(["--results", str(tmp_path), "--peers", str(peers), "--name", "report"]) == 0
+    assert (tmp_path / "report.md").read_text().count("## ") == len(matrix.CELLS)
+    assert json.loads((tmp_path / "report.json").read_text())["cells"][0]["cell"] == "smollm2-135m_counterfact_seq10000"
