@@ -140,6 +140,18 @@ def is_done(root: Path, job: Job) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("argv") == job.argv[1:]
 
 
+def last_progress(log: Path, width: int = 150, tail: int = 4096) -> str:
+    """The last status line of a job's log (a progress bar's last refresh, or the last printed
+    line), cut to ``width`` characters; ``""`` without a log."""
+    if not log.is_file():
+        return ""
+    with log.open("rb") as f:
+        f.seek(max(0, log.stat().st_size - tail))
+        text = f.read().decode("utf-8", "replace")
+    lines = [ln.strip() for ln in text.replace("\r", "\n").split("\n") if ln.strip()]
+    return lines[-1][:width] if lines else ""
+
+
 def run(jobs: list[Job], root: Path, n_jobs: int, poll_s: float = 1.0, log=print) -> dict[str, str]:
     """Run the jobs not yet done, ``n_jobs`` at a time, each once every job it needs is done
     (:func:`benchmarks.jobs.run_jobs`; logs appended to ``root/logs/<job>.log``), and mark each
@@ -173,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             state = "done" if is_done(root, job) else ("ready" if all(is_done(root, j) for j in jobs if j.name in job.needs)
                                                        else "waits")
             print(f"{state:5}  {job.name}\n       {' '.join(job.argv[1:])}")
+            last = last_progress(root / "logs" / f"{job.name}.log") if state != "done" else ""
+            if last:
+                print(f"       last: {last}")
         return 0
     root.mkdir(parents=True, exist_ok=True)
     lock = (root / "matrix.lock").open("a")

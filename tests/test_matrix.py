@@ -122,3 +122,14 @@ def test_report_gathers_each_cells_rows_growth_missing_methods_and_peers(tmp_pat
     assert matrix_report.main(["--results", str(tmp_path), "--peers", str(peers), "--name", "report"]) == 0
     assert (tmp_path / "report.md").read_text().count("## ") == len(matrix.CELLS)
     assert json.loads((tmp_path / "report.json").read_text())["cells"][0]["cell"] == "smollm2-135m_counterfact_seq10000"
+
+
+def test_list_shows_the_last_progress_line_of_an_unfinished_job(tmp_path, capsys):
+    """--list adds each unfinished job's last status line (a progress bar's last refresh)."""
+    jobs = matrix.plan(tmp_path)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / f"{jobs[1].name}.log").write_text("$ cmd\n[ 4.0s] loaded\nediting:  1%| 1/100\rediting:  2%| 2/100\r")
+    assert matrix.last_progress(tmp_path / "logs" / "none.log") == ""
+    matrix.main(["--root", str(tmp_path), "--list"])
+    out = capsys.readouterr().out
+    assert out.count("last: ") == 1 and "last: editing:  2%| 2/100\n" in out
