@@ -25,6 +25,9 @@ algorithmic cost). Writes ``benchmarks/results/<name>.{json,md}``.
     python benchmarks/bench_cost.py --n 20 --no-split        # the edits without the cached prefix
     python benchmarks/bench_cost.py --n 20 --precision-ab 6  # + steps and edits in fp32 and with mixed_precision='bf16'
     python benchmarks/bench_cost.py --n 20 --config '{"mixed_precision": "bf16"}'   # the edits in bf16
+    python benchmarks/bench_cost.py --n 10 --from-checkpoint CKPT/baft_seq10000 --milestone 2000
+        # 10 more edits of a saved sequential run (bench_baft --checkpoint-dir CKPT), from its state
+        # after 2,000 edits, with the run's own config and requests: where a late edit's time goes
 """
 
 from __future__ import annotations
@@ -150,6 +153,28 @@ def switch_ab(model, tok, reqs, method: str, switch: str) -> dict:
             "loss_off": [r[1] for r in runs[False]], "loss_on": [r[1] for r in runs[True]], "requests": len(reqs)}
 
 
+class _Enough(Exception):
+    """Raised by the edit callback once the edits to time are done."""
+
+
+def resume_point(folder: Path, milestone: int | None, seed: int = 0):
+    """A saved sequential run's requests, EditorConfig kwargs, edits done and adapter folder, from
+    its ``state.json`` (the last checkpoint, or the kept one after ``milestone`` edits)."""
+    base = folder if milestone is None else folder / f"keep_{int(milestone):06d}"
+    path = base / "state.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: not a bench_baft sequential checkpoint (or that milestone was not kept)")
+    state = json.loads(path.read_text())
+    ident = state["identity"]
+    reqs, data = select_requests(len(ident["cases"]), seed=seed)
+    if [r.case_id for r in reqs] != ident["cases"]:
+        raise SystemExit(f"{folder} was run on other requests than select_requests({len(ident['cases'])}, seed={seed})")
+    cfg = dict(ident["config"])
+    if "gate_shift" in ident:  # an inference knob, kept apart from the training config
+        cfg["method_config"] = dict(cfg.get("method_config") or {}, gate_shift=ident["gate_shift"])
+    return reqs, data, cfg, state["done"], base / state["step_dir"], ident
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=20, help="sequential edits (default 20)")
@@ -168,7 +193,15 @@ def main(argv=None) -> int:
                     "dtype and with mixed_precision='bf16' on this many requests, interleaved in this process")
     ap.add_argument("--no-split", action="store_true", help="run the edits without the cached prefix (Editor.split_prefix "
                     "= False): the cost before it, for a run beside the default one")
+    ap.add_argument("--from-checkpoint", type=Path, default=None,
+                    help="a sequential run's checkpoint folder (bench_baft.py --checkpoint-dir CKPT: CKPT/<method>_seq<N>): "
+                    "time --n more edits from its saved state, with the run's own config and requests (--method and "
+                    "--config are not used)")
+    ap.add_argument("--milestone", type=int, default=None,
+                    help="with --from-checkpoint: start from the state kept after this many edits (default: the last)")
     args = ap.parse_args(argv)
+    if args.milestone is not None and args.from_checkpoint is None:
+        ap.error("--milestone needs --from-checkpoint")
     set_threads(args.threads)
     from repedit import Editor, EditorConfig, models
     from repedit.hooks import EditableModel
@@ -178,12 +211,30 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     model, tok = models.load(args.model)
     t_model = time.perf_counter() - t_start
-    reqs, data = select_requests(args.n, seed=args.seed)
     clock = PhaseClock()
     instrument(clock)
     edited = EditableModel(model, tok)
-    overrides = json.loads(args.config) if args.config else {}
-    editor = Editor(edited, tok, EditorConfig(method=args.method, **overrides))
+    start, resumed = 0, None
+    if args.from_checkpoint is not None:
+        from benchmarks.bench_baft import sequential_checkpoint_identity
+        from repedit.adapters import attach_adapter
+
+        reqs, data, overrides, start, adapter_dir, ident = resume_point(args.from_checkpoint, args.milestone, args.seed)
+        args.method = overrides.pop("method")
+        editor = Editor(edited, tok, EditorConfig(method=args.method, **overrides))
+        mine = json.loads(json.dumps(sequential_checkpoint_identity(editor, dict(overrides, method=args.method), reqs),
+                                     sort_keys=True, default=str))
+        if mine != ident:
+            raise SystemExit(f"{args.from_checkpoint} was made with other settings than this repedit resolves: "
+                             f"{sorted(k for k in set(mine) | set(ident) if mine.get(k) != ident.get(k))}")
+        attach_adapter(edited, adapter_dir, adapter=editor.config.adapter)
+        if start + args.n > len(reqs):
+            raise SystemExit(f"the run has {len(reqs) - start} edits left after {start}; ask for at most that many (--n)")
+        resumed = {"checkpoint": str(args.from_checkpoint), "after_edits": start, "run_size": len(reqs)}
+    else:
+        reqs, data = select_requests(args.n, seed=args.seed)
+        overrides = json.loads(args.config) if args.config else {}
+        editor = Editor(edited, tok, EditorConfig(method=args.method, **overrides))
     per_edit = []
 
     def done(k, outcomes):
@@ -192,9 +243,14 @@ def main(argv=None) -> int:
         phases["steps"] = outcomes[-1].steps
         per_edit.append(phases)
         clock.current.clear()
+        if resumed and len(per_edit) >= args.n:  # a resumed run stops here; the others edit all their requests
+            raise _Enough
 
-    editor.edit(reqs, sequential=True, callback=done)
-    fb = forward_backward_seconds(editor, reqs[0])
+    try:
+        editor.edit(reqs, sequential=True, start=start, callback=done)
+    except _Enough:
+        pass
+    fb = forward_backward_seconds(editor, reqs[start])
     editor.reset()  # the A/B runs below edit the unedited model (these edits would already hold their requests)
     ab = switch_ab(model, tok, reqs[: args.resume_ab], args.method, "resume_forward") if args.resume_ab else None
     split_ab = switch_ab(model, tok, reqs[: args.split_ab], args.method, "split_prefix") if args.split_ab else None
@@ -208,7 +264,7 @@ def main(argv=None) -> int:
             {"edits": f"median of edits 2..{len(per_edit)}", **{p: median[p] for p in (*PHASES, "total")},
              "steps": median["steps"], "ratio_to_fwd_bwd": median["total"] / fb}]
     name = args.name or f"cost_{args.method}_n{args.n}"
-    payload = {"rows": rows, "per_edit": per_edit, "forward_backward_s": fb, "model_load_s": t_model,
+    payload = {"rows": rows, "per_edit": per_edit, "forward_backward_s": fb, "model_load_s": t_model, "resumed": resumed,
                "resume_ab": ab, "split_ab": split_ab, "precision_ab": precision_ab, "split_prefix": not args.no_split, "method": args.method, "config": {k: v for k, v in vars(editor.config).items() if k != "relation_templates"},
                "data": data, "environment": environment(model, args.model)}
     shares = {p: median[p] / median["total"] for p in PHASES}
@@ -219,6 +275,9 @@ def main(argv=None) -> int:
                          f"{fb * 1000:.0f} ms here, so ratio_to_fwd_bwd = s/edit ÷ that. Steady-state shares: "
                          + ", ".join(f"{p} {100 * v:.0f}%" for p, v in shares.items()) + "."
                          + (" Without the cached prefix (--no-split)." if args.no_split else "")
+                         + (f" Edits {start + 1} to {start + len(per_edit)} of a {len(reqs)}-edit sequential run, "
+                            f"resumed from {args.from_checkpoint.name} (the first row: the first edit of the process, "
+                            "with the run's banks on disk)." if resumed else "")
                          + (f" A training step resumed at the edited layer took {ab['ratio']:.2f}x a full-forward step "
                             f"({ab['step_s_on']:.3f} vs {ab['step_s_off']:.3f} s, median over {ab['requests']} "
                             "requests, interleaved)." if ab else "")

@@ -1,6 +1,7 @@
 """Benchmark helpers shared by the scripts in benchmarks/ (timed on a fake clock, so the
 assertions are exact and independent of the machine's load)."""
 
+import json
 import types
 
 import pytest
@@ -227,3 +228,28 @@ def test_zsre_all_is_every_valid_record_of_both_files_with_distinct_ids():
     assert args.sequential == bench_baft.ALL
     with pytest.raises(SystemExit):
         bench_baft.build_parser().parse_args(["--sequential", "many"])
+
+
+def test_bench_cost_resume_point_reads_a_saved_sequential_run(tmp_path):
+    """bench_cost --from-checkpoint takes the run's requests, config (its gate shift back in the
+    method config) and progress from the checkpoint's state.json, and refuses another run's."""
+    from benchmarks import bench_cost
+    from benchmarks.common import select_requests
+
+    reqs, _ = select_requests(3)
+    ident = {"cases": [r.case_id for r in reqs], "gate_shift": -4.0,
+             "config": {"method": "baft", "method_config": {"rank": 2}, "mixed_precision": "bf16"}}
+    keep = tmp_path / "baft_seq3" / "keep_000002"
+    keep.mkdir(parents=True)
+    (keep / "state.json").write_text(json.dumps({"identity": ident, "done": 2, "step_dir": "step_000002"}))
+    got, _, cfg, done, adapter, back = bench_cost.resume_point(tmp_path / "baft_seq3", 2)
+    assert [r.case_id for r in got] == ident["cases"] and done == 2 and back == ident
+    assert cfg == {"method": "baft", "method_config": {"rank": 2, "gate_shift": -4.0}, "mixed_precision": "bf16"}
+    assert adapter == keep / "step_000002"
+    with pytest.raises(SystemExit, match="not a bench_baft sequential checkpoint"):
+        bench_cost.resume_point(tmp_path / "baft_seq3", None)  # only the milestone was kept
+    (keep / "state.json").write_text(json.dumps({"identity": dict(ident, cases=[1, 2, 3]), "done": 2, "step_dir": "s"}))
+    with pytest.raises(SystemExit, match="other requests"):
+        bench_cost.resume_point(tmp_path / "baft_seq3", 2)
+    with pytest.raises(SystemExit):
+        bench_cost.main(["--milestone", "2"])  # without --from-checkpoint
