@@ -349,38 +349,84 @@ def fixed_logits(model, tok) -> torch.Tensor:
 # ---------------------------------------------------------------------------------- runs
 
 
-def run_single(method, editor, tok, reqs, pre, base_logits, log, checkpoint_dir=None, ident=None):
-    """Each request edited alone, scored, restored. Returns (posts, seconds, max restore diff)."""
+def peer_single_edit(method, editor, tok, req, pre_i, base_logits) -> dict[str, Any]:
+    """One request edited alone by an EasyEdit method, scored with repedit's scorer, restored
+    (checked on fixed prompts' logits): ``{"post", "seconds", "restore_max_abs_diff"}``."""
     from repedit.eval.metrics import evaluate_requests
 
-    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    posts, seconds, worst = [], 0.0, 0.0
+    reset_method_state(method)
+    t = time.perf_counter()
+    edited, weights_copy = apply_edits(editor, [req])
+    took = time.perf_counter() - t
+    with easyedit_generation(editor.model):
+        post = evaluate_requests(editor.model, tok, [req], protocols=PROTOCOLS, pre=[pre_i])[0]
+    restore(editor, edited, weights_copy)
+    diff = float((fixed_logits(editor.model, tok) - base_logits).abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"{method}: the model is not restored after editing case {req.case_id} (max |Δlogit| {diff:.3g})")
+    return {"post": post, "seconds": took, "restore_max_abs_diff": diff}
 
-    def one(req, i):
-        reset_method_state(method)
-        t = time.perf_counter()
-        edited, weights_copy = apply_edits(editor, [req])
-        took = time.perf_counter() - t
-        with easyedit_generation(editor.model):
-            post = evaluate_requests(editor.model, tok, [req], protocols=PROTOCOLS, pre=[pre[i]])[0]
-        restore(editor, edited, weights_copy)
-        diff = float((fixed_logits(editor.model, tok) - base_logits).abs().max())
-        if diff > 1e-4:
-            raise RuntimeError(f"{method}: the model is not restored after edit {i} (max |Δlogit| {diff:.3g})")
-        return {"post": post, "seconds": took, "restore_max_abs_diff": diff}
 
+def repedit_single_edit(editor, model, tok, req, pre_i, base_logits) -> dict[str, Any]:
+    """One request edited alone by a repedit :class:`~repedit.Editor`, scored, and the edit
+    removed (checked like the peers'): ``{"post", "seconds", "restore_max_abs_diff", "steps"}``."""
+    from repedit.eval.metrics import evaluate_requests
+
+    editor.reset()
+    t = time.perf_counter()
+    outcome = editor.edit(req).outcomes[0]
+    took = time.perf_counter() - t
+    post = evaluate_requests(model, tok, [req], protocols=PROTOCOLS, pre=[pre_i])[0]
+    editor.reset()
+    diff = float((fixed_logits(model, tok) - base_logits).abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"repedit: the model is not restored after editing case {req.case_id} (max |Δlogit| {diff:.3g})")
+    return {"post": post, "seconds": took, "restore_max_abs_diff": diff, "steps": outcome.steps}
+
+
+def interleaved_single(runners: dict[str, Any], cases: list, log, checkpoint_dir=None, idents=None) -> dict[str, list[dict]]:
+    """Record by record, every method in turn (``runners[m](i)`` edits, scores and restores
+    record ``i``, whose case id is ``cases[i]``), so all methods' edits run under the same load
+    and their s/edit compare within one run. With ``checkpoint_dir`` each record's result is kept
+    (``idents[m]`` keys it), and a rerun resumes; a kept record is marked ``fresh: False`` (timed
+    by an earlier run).
+    Returns ``{method: [record result, ...]}``."""
     from benchmarks.checkpoints import cached
 
-    for i, req in enumerate(reqs):
-        compute = lambda: one(req, i)  # noqa: E731
-        rec = compute() if not checkpoint_dir else cached(
-            checkpoint_dir, f"peers_single_{method}_{key}/{i:05d}", dict(ident, case=req.case_id), compute)
-        posts.append(rec["post"])
-        seconds += rec["seconds"]
-        worst = max(worst, rec["restore_max_abs_diff"])
-        log(f"  {method} single {i + 1}/{len(reqs)}: {rec['seconds']:.1f} s "
-            f"(mean {seconds / len(posts):.1f} s/edit)")
-    return posts, seconds, worst
+    out: dict[str, list[dict]] = {m: [] for m in runners}
+    n = len(cases)
+    for i in range(n):
+        for m, run in runners.items():
+            made = []
+            compute = lambda: made.append(1) or run(i)  # noqa: E731
+            if checkpoint_dir:
+                key = hashlib.sha256(json.dumps(idents[m], sort_keys=True, default=str).encode()).hexdigest()[:16]
+                rec = cached(checkpoint_dir, f"peers_single_{m}_{key}/{i:05d}", dict(idents[m], case=cases[i]), compute)
+            else:
+                rec = compute()
+            out[m].append(dict(rec, fresh=bool(made)))
+        log(f"  record {i + 1}/{n}: " + ", ".join(f"{m} {out[m][-1]['seconds']:.1f} s" for m in runners))
+    return out
+
+
+def speed_ratios(recs: dict[str, list[dict]], peers: list[str], mine: list[str]) -> list[dict[str, Any]]:
+    """Each peer's s/edit over each repedit method's, on the records both timed in this run.
+
+    Example::
+
+        speed_ratios({"rome": [{"seconds": 60, "fresh": True}], "repedit baft": [{"seconds": 3, "fresh": True}]},
+                     ["rome"], ["repedit baft"])[0]["ratio"]  # 20.0
+    """
+    rows = []
+    for p in peers:
+        for m in mine:
+            both = [(a["seconds"], b["seconds"]) for a, b in zip(recs[p], recs[m]) if a["fresh"] and b["fresh"]]
+            if not both:
+                continue
+            ps, ms = sum(a for a, _ in both) / len(both), sum(b for _, b in both) / len(both)
+            rows.append({"peer": p, "repedit": m, "records": len(both), "peer_s_per_edit": ps,
+                         "repedit_s_per_edit": ms, "ratio": ps / ms})
+    return rows
 
 
 def run_sequential(method, editor, tok, reqs, pre, base_logits, log):
@@ -420,11 +466,24 @@ def main(argv=None) -> None:
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--subject-locality", type=int, default=3, help="as bench_baft's (0: none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repedit-methods", default="",
+                   help="bench_baft.py methods (e.g. baft,balancedit) run in the same process on the same records: "
+                   "single edits interleaved record by record with the peers', so s/edit compares within one run")
+    p.add_argument("--repedit-args", default="--mixed-precision bf16",
+                   help="bench_baft.py options the repedit methods' configs are built from (default: the matrix's cost)")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         if m not in METHODS:
             p.error(f"unknown method {m!r} (one of {', '.join(METHODS)})")
+    from benchmarks import bench_baft
+
+    mine = [m.strip() for m in args.repedit_methods.split(",") if m.strip()]
+    for m in mine:
+        if m not in bench_baft.METHODS:
+            p.error(f"unknown repedit method {m!r} (one of {', '.join(bench_baft.METHODS)})")
+    baft_args = bench_baft.build_parser().parse_args(["--methods", ",".join(mine or ["baft"]), *args.repedit_args.split()])
+    repedit_configs = {m: c for m, c in bench_baft.method_configs(baft_args).items() if m in mine}
     name = args.name or "_".join(([f"peers_single{args.single}"] if args.single else ["peers"])
                                  + ([f"seq{args.sequential}"] if args.sequential else []))
 
@@ -474,8 +533,9 @@ def main(argv=None) -> None:
         "GRACE: model.generate sets the adapters' key_id = -1 while repedit's scorer generates (GRACE.generate)",
     ]
     link = model_link(models.cached_model_dir(args.model), ROOT / ".peers" / "models")
-    rows, details = [unedited], {}
-    for method in methods:
+    rows, details, ratios = [unedited], {}, []
+    editors, infos, idents = {}, {}, {}
+    for method in methods:  # every peer's editor (its own copy of the model) and what it prepares
         hp = load_hparams(method, Path(args.hparams_dir), link, Path(args.stats_dir))
         editor = new_editor(hp)
         same = float((fixed_logits(editor.model, tok) - base_logits).abs().max())
@@ -483,38 +543,80 @@ def main(argv=None) -> None:
         info = prepare(method, editor, hp)
         info.update({"hparams": {k: v for k, v in dataclasses.asdict(hp).items()}, "load_max_abs_diff": same})
         log(f"{method}: prepared in {info['prepare_s']} s")
-        for sequential, n in ((False, args.single), (True, args.sequential)):
-            if n <= 0:
-                continue
-            sub, sub_pre = reqs[:n], pre[:n]
-            if sequential:
-                posts, seconds, worst = run_sequential(method, editor, tok, sub, sub_pre, base_logits, log)
-            else:
-                ident = {"method": method, "hparams": info["hparams"], "easyedit": commit, "protocols": PROTOCOLS,
-                         "model": env.get("model"), "transformers": env["transformers"]}
-                ident["hparams"] = {k: v for k, v in ident["hparams"].items() if k not in ("model_name", "stats_dir",
-                                                                                         "P_loc")}
-                if method == "grace":
-                    ident["generation"] = "GRACE.generate: key_id=-1"
-                posts, seconds, worst = run_single(method, editor, tok, sub, sub_pre, base_logits, log,
-                                                   args.checkpoint_dir, ident)
-            summary = summarize(build_case_records(sub, sub_pre, posts))
-            row = {"method": method, "setting": f"{n} {'sequential' if sequential else 'single'}", **flat(summary),
-                   "s_per_edit": seconds / n}
-            rows.append(row)
-            details[f"{method}/{row['setting']}"] = {"summary": summary, "restore_max_abs_diff": worst, **info}
-            log(f"  -> {row}")
-            write_results(name, {"rows": rows, "details": details, "args": vars(args), "data": data,
-                                 "environment": env, "patches": patches,
-                                 "wall_seconds": time.perf_counter() - start}, table=rows, columns=COLUMNS,
-                          notes=(f"EasyEdit {commit} run by benchmarks/bench_peers.py in .venv-peers "
-                                 f"(transformers {env['transformers']}), hparams benchmarks/peers/hparams/*.yaml "
-                                 "(EasyEdit's llama settings, layers x30/32), scored with repedit's scorer exactly "
-                                 "as bench_baft.py (same records: dev CounterFact, seed "
-                                 f"{args.seed}, offset {args.offset}, subject locality {args.subject_locality}). "
-                                 "s_per_edit: the EasyEdit edit call only (layer statistics / P computed before, "
-                                 "see details.prepare_s). Patches: benchmarks/peers/PATCHES.md."))
-        del editor
+        editors[method], infos[method] = editor, info
+        ident = {"method": method, "hparams": info["hparams"], "easyedit": commit, "protocols": PROTOCOLS,
+                 "model": env.get("model"), "transformers": env["transformers"]}
+        ident["hparams"] = {k: v for k, v in ident["hparams"].items() if k not in ("model_name", "stats_dir", "P_loc")}
+        if method == "grace":
+            ident["generation"] = "GRACE.generate: key_id=-1"
+        idents[method] = ident
+    edited = None
+    if mine:
+        from repedit import Editor, EditorConfig
+        from repedit.hooks import EditableModel
+
+        edited = EditableModel(model, tok)
+        for m, cfg in repedit_configs.items():
+            editors[f"repedit {m}"] = Editor(edited, tok, EditorConfig(**cfg))
+            infos[f"repedit {m}"] = {"config": cfg}
+            idents[f"repedit {m}"] = {"repedit": m, "config": cfg, "protocols": PROTOCOLS, "model": env.get("model")}
+
+    def add_row(method, setting, n, sub, sub_pre, posts, seconds, extra):
+        summary = summarize(build_case_records(sub, sub_pre, posts))
+        row = {"method": method, "setting": f"{n} {setting}", **flat(summary), "s_per_edit": seconds / n}
+        rows.append(row)
+        details[f"{method}/{row['setting']}"] = {"summary": summary, **extra, **infos[method]}
+        log(f"  -> {row}")
+        save()
+
+    def save():
+        notes = (f"EasyEdit {commit} run by benchmarks/bench_peers.py in .venv-peers "
+                 f"(transformers {env['transformers']}), hparams benchmarks/peers/hparams/*.yaml "
+                 "(EasyEdit's llama settings, layers x30/32), scored with repedit's scorer exactly "
+                 "as bench_baft.py (same records: dev CounterFact, seed "
+                 f"{args.seed}, offset {args.offset}, subject locality {args.subject_locality}). "
+                 "s_per_edit: the EasyEdit edit call only (layer statistics / P computed before, "
+                 "see details.prepare_s). Patches: benchmarks/peers/PATCHES.md.")
+        if mine:
+            notes += (f" 'repedit <method>' rows: bench_baft.py's config for that method with `{args.repedit_args}`, "
+                      "in the same process; single edits interleaved record by record with the peers'.")
+        if ratios:
+            notes += " One-run s/edit ratios (peer over repedit, on the records both timed in this run): " + "; ".join(
+                f"{r['peer']} / {r['repedit']} {r['ratio']:.1f}x ({r['peer_s_per_edit']:.1f} against "
+                f"{r['repedit_s_per_edit']:.2f} s, {r['records']} records)" for r in ratios) + "."
+        write_results(name, {"rows": rows, "details": details, "ratios": ratios, "args": vars(args), "data": data,
+                             "environment": env, "patches": patches, "wall_seconds": time.perf_counter() - start},
+                      table=rows, columns=COLUMNS, notes=notes)
+
+    if args.single > 0:
+        n = args.single
+        sub, sub_pre = reqs[:n], pre[:n]
+        runners = {m: (lambda i, m=m: peer_single_edit(m, editors[m], tok, sub[i], sub_pre[i], base_logits))
+                   for m in methods}
+        runners.update({m: (lambda i, m=m: repedit_single_edit(editors[m], model, tok, sub[i], sub_pre[i], base_logits))
+                        for m in editors if m.startswith("repedit ")})
+        recs = interleaved_single(runners, [r.case_id for r in sub], log, args.checkpoint_dir, idents)
+        ratios[:] = speed_ratios(recs, methods, [m for m in runners if m.startswith("repedit ")])
+        for m, got in recs.items():
+            extra = {"restore_max_abs_diff": max(r["restore_max_abs_diff"] for r in got),
+                     "timed_here": sum(r["fresh"] for r in got)}
+            if "steps" in got[0]:
+                extra["mean_steps"] = sum(r["steps"] for r in got) / n
+            add_row(m, "single", n, sub, sub_pre, [r["post"] for r in got], sum(r["seconds"] for r in got), extra)
+    if args.sequential > 0:
+        n = args.sequential
+        sub, sub_pre = reqs[:n], pre[:n]
+        for method in methods:
+            posts, seconds, worst = run_sequential(method, editors[method], tok, sub, sub_pre, base_logits, log)
+            add_row(method, "sequential", n, sub, sub_pre, posts, seconds, {"restore_max_abs_diff": worst})
+        for m in mine:
+            row, det = bench_baft.run_setting(m, repedit_configs[m], sub, sub_pre, model, tok, edited, True, log,
+                                              latency_repeats=3)
+            rows.append({**row, "method": f"repedit {m}"})
+            details[f"repedit {m}/{row['setting']}"] = det
+            save()
+    for method in methods:
+        editors.pop(method, None)
     log("done")
 
 

@@ -65,3 +65,28 @@ def test_wikitext_texts_drops_headings_and_blank_lines(tmp_path):
     f.write_text(" \n = Robert Boulter = \n \n Robert Boulter is an actor . \n = = Career = = \n He was born .\n")
     assert wikitext_texts(f) == ["Robert Boulter is an actor .", "He was born ."]
     assert wikitext_texts(f, limit=1) == ["Robert Boulter is an actor ."]
+
+
+def test_interleaved_single_runs_every_method_per_record_and_resumes(tmp_path):
+    """Single edits run record by record, every method in turn (so their s/edit share one run's
+    load); kept records are reused on a rerun and marked as timed by an earlier run."""
+    from benchmarks.bench_peers import interleaved_single, speed_ratios
+
+    order = []
+
+    def runner(m, s):
+        return lambda i: order.append((i, m)) or {"post": {"i": i}, "seconds": s * (i + 1), "restore_max_abs_diff": 0.0}
+
+    runners = {"rome": runner("rome", 20.0), "repedit baft": runner("repedit baft", 2.0)}
+    idents = {"rome": {"m": "rome"}, "repedit baft": {"m": "baft"}}
+    recs = interleaved_single(runners, [7, 8, 9], lambda m: None, tmp_path, idents)
+    assert order == [(0, "rome"), (0, "repedit baft"), (1, "rome"), (1, "repedit baft"), (2, "rome"), (2, "repedit baft")]
+    assert [r["seconds"] for r in recs["rome"]] == [20.0, 40.0, 60.0] and all(r["fresh"] for r in recs["rome"])
+    (ratio,) = speed_ratios(recs, ["rome"], ["repedit baft"])
+    assert ratio["ratio"] == pytest.approx(10.0) and ratio["records"] == 3
+    order.clear()
+    again = interleaved_single(runners, [7, 8, 9], lambda m: None, tmp_path, idents)
+    assert order == [] and not any(r["fresh"] for r in again["rome"])  # all kept: nothing edited
+    assert speed_ratios(again, ["rome"], ["repedit baft"]) == []  # no record timed in this run
+    other = interleaved_single(runners, [7, 8, 5], lambda m: None, tmp_path, idents)  # another case at record 2
+    assert [r["fresh"] for r in other["rome"]] == [False, False, True]
