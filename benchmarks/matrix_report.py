@@ -31,8 +31,9 @@ from benchmarks.matrix import CELLS, Cell  # noqa: E402
 
 #: EasyEdit's figures measured on SmolLM2 with its own scripts (other CounterFact records)
 PEERS_NOTE = SHARED_DATA.parent / "notes" / "peers.md"
-#: bench_peers.py's runs on bench_baft's records, scored with repedit's scorer
-SAME_RECORD_PEERS = {"single": "peers_single20", "seq": "peers_seq10"}
+#: bench_peers.py's runs on bench_baft's records, scored with repedit's scorer (the first file
+#: found: the one-run comparison with repedit's methods interleaved, else EasyEdit alone)
+SAME_RECORD_PEERS = {"single": ("peers_samerun_single20", "peers_single20"), "seq": ("peers_seq10",)}
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
 SOURCE_NAMES = {"counterfact": "CounterFact", "zsre": "zsRE", "zsre_all": "zsRE (eval + train)"}
 
@@ -153,12 +154,12 @@ def same_record_peers(cell: Cell, results: Path) -> tuple[str, list[dict]]:
     """bench_peers.py's rows on the first records of this cell (SmolLM2 CounterFact only)."""
     if cell.model != "smollm2-135m" or cell.source != "counterfact":
         return "", []
-    name = SAME_RECORD_PEERS[cell.setting]
-    path = results / f"{name}.json"
-    if not path.is_file():
-        return name, []
-    rows = [r for r in json.loads(path.read_text()).get("rows", []) if r.get("method") != "unedited"]
-    return name, [dict(r, method=f"EasyEdit {r['method']} ({r.get('setting', '')})") for r in rows]
+    name = next((n for n in SAME_RECORD_PEERS[cell.setting] if (results / f"{n}.json").is_file()), "")
+    if not name:
+        return "", []
+    rows = [r for r in json.loads((results / f"{name}.json").read_text()).get("rows", []) if r.get("method") != "unedited"]
+    return name, [dict(r, method=(r["method"] if r["method"].startswith("repedit ") else f"EasyEdit {r['method']}")
+                       + f" ({r.get('setting', '')})") for r in rows]
 
 
 def render(cells: Sequence[dict], peers: list[dict[str, str]], peers_path: Path, results: Path) -> str:
@@ -183,7 +184,7 @@ def render(cells: Sequence[dict], peers: list[dict[str, str]], peers_path: Path,
         same_name, same = same_record_peers(cell, results)
         if same:
             md += [f"EasyEdit on the first records of this cell, scored with repedit's scorer (`{same_name}`, "
-                   "bench_peers.py):", "", _table(same, QUALITY[:3] + COST[:1]), ""]
+                   "bench_peers.py; `repedit` rows: the same process):", "", _table(same, QUALITY[:3] + COST[:1]), ""]
         theirs = peers_for(cell, peers)
         if theirs:
             cols = [k for k in theirs[0] if k]

@@ -100,6 +100,8 @@ def test_report_gathers_each_cells_rows_growth_missing_methods_and_peers(tmp_pat
             [unedited, row("grace", "200 single", 0.75)])
     _result(tmp_path / "matrix_smollm2-135m_zsre_single200_baft.json", [unedited])  # interrupted: no final row
     _result(tmp_path / "peers_single20.json", [unedited, row("rome", "20 single", 0.95)])
+    _result(tmp_path / "peers_samerun_single20.json", [unedited, row("rome", "20 single", 0.95),
+                                                       row("repedit baft", "20 single", 1.0)])
     peers = tmp_path / "peers.md"
     peers.write_text("# peers\n\ntext\n\n| method | mode | reliability |\n|---|---|---|\n| unedited | – | 0.085 |\n"
                      "| ROME | single | 1.00 |\n| ROME | 50 sequential | 0.80 |\n\nafter\n")
@@ -115,6 +117,7 @@ def test_report_gathers_each_cells_rows_growth_missing_methods_and_peers(tmp_pat
     single = next(s for s in sections if s.startswith("SmolLM2-135M, CounterFact: 200 single"))
     assert "| ROME | single | 1.00 |" in single and "50 sequential" not in single
     assert "EasyEdit rome (20 single)" in single and "Not run yet: loreft, baft, baft_ns, balancedit" in single
+    assert "`peers_samerun_single20`" in single and "| repedit baft (20 single) |" in single  # the one-run file first
     seq = next(s for s in sections if s.startswith("SmolLM2-135M, CounterFact: 10,000 sequential"))
     assert "| ROME | 50 sequential | 0.80 |" in seq and "Growth" in seq and "| 10,000 |" in seq
     gemma = next(s for s in sections if s.startswith("Gemma 3 270M, zsRE: 1,000 sequential"))
