@@ -9,6 +9,9 @@ in a separate virtual environment made by ``benchmarks/peers/setup_easyedit.sh``
         --single 20 --name peers_single20 --checkpoint-dir .peers/ckpt      # ~45 min on one CPU thread
     .venv-peers/bin/python benchmarks/bench_peers.py --methods grace,memit,alphaedit,rome --single 0 \\
         --sequential 10 --name peers_seq10
+    .venv-peers/bin/python benchmarks/bench_peers.py --methods grace,rome,memit,alphaedit \\
+        --repedit-methods baft,balancedit --single 20 --name peers_samerun_single20 --checkpoint-dir CKPT
+        # repedit's methods in the same process, single edits interleaved record by record: one-run s/edit ratios
 
 The first MEMIT/AlphaEdit run computes the layer statistics (about 8 minutes on one CPU thread);
 without ``--easyedit`` the tree is looked for in ``.peers/EasyEdit``.
