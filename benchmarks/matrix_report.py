@@ -33,7 +33,7 @@ from benchmarks.matrix import CELLS, Cell  # noqa: E402
 PEERS_NOTE = SHARED_DATA.parent / "notes" / "peers.md"
 #: bench_peers.py's runs on bench_baft's records, scored with repedit's scorer (the first file
 #: found: the one-run comparison with repedit's methods interleaved, else EasyEdit alone)
-SAME_RECORD_PEERS = {"single": ("peers_samerun_single20", "peers_single20"), "seq": ("peers_seq10",)}
+SAME_RECORD_PEERS = {"single": ("peers_samerun_single20", "peers_single20"), "seq": ("peers_samerun_seq10", "peers_seq10")}
 MODEL_NAMES = {"smollm2-135m": "SmolLM2-135M", "gemma3-270m": "Gemma 3 270M"}
 SOURCE_NAMES = {"counterfact": "CounterFact", "zsre": "zsRE", "zsre_all": "zsRE (eval + train)"}
 
