@@ -364,10 +364,16 @@ def peer_single_edit(method, editor, tok, req, pre_i, base_logits) -> dict[str, 
     with easyedit_generation(editor.model):
         post = evaluate_requests(editor.model, tok, [req], protocols=PROTOCOLS, pre=[pre_i])[0]
     restore(editor, edited, weights_copy)
-    diff = float((fixed_logits(editor.model, tok) - base_logits).abs().max())
+    return {"post": post, "seconds": took, "restore_max_abs_diff": restored_diff(method, editor.model, tok, base_logits, req)}
+
+
+def restored_diff(who: str, model, tok, base_logits, req) -> float:
+    """Max |Δlogit| of :data:`CHECK_PROMPTS` against the unedited model after an edit was undone;
+    raises when the model is not restored."""
+    diff = float((fixed_logits(model, tok) - base_logits).abs().max())
     if diff > 1e-4:
-        raise RuntimeError(f"{method}: the model is not restored after editing case {req.case_id} (max |Δlogit| {diff:.3g})")
-    return {"post": post, "seconds": took, "restore_max_abs_diff": diff}
+        raise RuntimeError(f"{who}: the model is not restored after editing case {req.case_id} (max |Δlogit| {diff:.3g})")
+    return diff
 
 
 def repedit_single_edit(editor, model, tok, req, pre_i, base_logits) -> dict[str, Any]:
@@ -381,10 +387,8 @@ def repedit_single_edit(editor, model, tok, req, pre_i, base_logits) -> dict[str
     took = time.perf_counter() - t
     post = evaluate_requests(model, tok, [req], protocols=PROTOCOLS, pre=[pre_i])[0]
     editor.reset()
-    diff = float((fixed_logits(model, tok) - base_logits).abs().max())
-    if diff > 1e-4:
-        raise RuntimeError(f"repedit: the model is not restored after editing case {req.case_id} (max |Δlogit| {diff:.3g})")
-    return {"post": post, "seconds": took, "restore_max_abs_diff": diff, "steps": outcome.steps}
+    return {"post": post, "seconds": took, "restore_max_abs_diff": restored_diff("repedit", model, tok, base_logits, req),
+            "steps": outcome.steps}
 
 
 def interleaved_single(runners: dict[str, Any], cases: list, log, checkpoint_dir=None, idents=None) -> dict[str, list[dict]]:
@@ -397,14 +401,15 @@ def interleaved_single(runners: dict[str, Any], cases: list, log, checkpoint_dir
     from benchmarks.checkpoints import cached
 
     out: dict[str, list[dict]] = {m: [] for m in runners}
+    keys = {m: hashlib.sha256(json.dumps(idents[m], sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for m in runners} if checkpoint_dir else {}
     n = len(cases)
     for i in range(n):
         for m, run in runners.items():
             made = []
             compute = lambda: made.append(1) or run(i)  # noqa: E731
             if checkpoint_dir:
-                key = hashlib.sha256(json.dumps(idents[m], sort_keys=True, default=str).encode()).hexdigest()[:16]
-                rec = cached(checkpoint_dir, f"peers_single_{m}_{key}/{i:05d}", dict(idents[m], case=cases[i]), compute)
+                rec = cached(checkpoint_dir, f"peers_single_{m}_{keys[m]}/{i:05d}", dict(idents[m], case=cases[i]), compute)
             else:
                 rec = compute()
             out[m].append(dict(rec, fresh=bool(made)))
@@ -618,8 +623,6 @@ def main(argv=None) -> None:
             rows.append({**row, "method": f"repedit {m}"})
             details[f"repedit {m}/{row['setting']}"] = det
             save()
-    for method in methods:
-        editors.pop(method, None)
     log("done")
 
 

@@ -246,7 +246,7 @@ def forward_backward_seconds(editor, request, repeats: int = 5) -> float:
     from repedit.positions import encode
 
     edited, cfg = editor.edited, editor.config
-    prompts, owners = editor.training_prompts([request], [0])
+    prompts, _ = editor.training_prompts([request], [0])
     batch = encode(editor.tokenizer, prompts, [" " + request.target_new] * len(prompts),
                    [request.subject] * len(prompts)).to(editor.device)
     layer = editor.default_layers()[0]
